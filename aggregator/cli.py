@@ -1,0 +1,178 @@
+"""The `aggregator` command line: run the service, emit events from a shell, print the schema."""
+
+import json
+import logging
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Annotated, Any
+
+import anyio
+import msgspec
+import typer
+
+from aggregator.config import DEFAULT_AMQP_URL, ConfigError, load_settings
+from aggregator.consumer import redacted
+from aggregator.topology import TopologyError
+from schemas.events import KINDS, Event
+from schemas.jsonschema import event_json_schema
+from schemas.wire import CONTENT_TYPE_JSON, DEFAULT_EXCHANGE
+
+app = typer.Typer(
+    name="aggregator",
+    help="tickbus: typed metric events over RabbitMQ, served as one Prometheus scrape target.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+AmqpUrl = Annotated[
+    str | None,
+    typer.Option("--amqp-url", envvar="TICKBUS_AMQP_URL", help=f"RabbitMQ URL (default {DEFAULT_AMQP_URL})."),
+]
+Exchange = Annotated[
+    str | None,
+    typer.Option("--exchange", envvar="TICKBUS_EXCHANGE", help=f"Exchange events go to (default {DEFAULT_EXCHANGE})."),
+]
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    typer.echo(f"error: {message}", err=True)
+    return typer.Exit(code)
+
+
+@app.command(
+    epilog="Example:  aggregator run --config tickbus.toml --port 9464   (then: curl localhost:9464/metrics)"
+)
+def run(
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", envvar="TICKBUS_CONFIG", help="TOML config file.")
+    ] = None,
+    amqp_url: AmqpUrl = None,
+    exchange: Exchange = None,
+    queue: Annotated[str | None, typer.Option(envvar="TICKBUS_QUEUE", help="Queue to consume.")] = None,
+    host: Annotated[str | None, typer.Option(envvar="TICKBUS_HTTP_HOST", help="Address to serve on.")] = None,
+    port: Annotated[int | None, typer.Option(envvar="TICKBUS_HTTP_PORT", help="Port to serve /metrics on.")] = None,
+    namespace: Annotated[
+        str | None, typer.Option(envvar="TICKBUS_NAMESPACE", help="Prefix of the trading metrics.")
+    ] = None,
+    state_dir: Annotated[
+        str | None, typer.Option(envvar="TICKBUS_STATE_DIR", help="Directory for checkpoints.")
+    ] = None,
+    log_level: Annotated[str | None, typer.Option(envvar="TICKBUS_LOG_LEVEL", help="debug, info, warning, error.")] = None,
+) -> None:
+    """Consume metric events from RabbitMQ and serve them on /metrics (plus /healthz and /readyz).
+
+    Settings come from defaults, then the --config file, then flags and TICKBUS_* environment variables.
+    """
+    from aggregator.service import Aggregator
+
+    overrides: dict[str, Any] = {
+        "amqp.url": amqp_url,
+        "amqp.exchange": exchange,
+        "amqp.queue": queue,
+        "http.host": host,
+        "http.port": port,
+        "catalog.namespace": namespace,
+        "state.dir": state_dir,
+        "log_level": log_level,
+    }
+    try:
+        settings = load_settings(config, overrides)
+    except ConfigError as error:
+        raise _fail(str(error), 2) from None
+    logging.basicConfig(
+        level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    logging.getLogger("aio_pika").setLevel(logging.CRITICAL)
+    logging.getLogger("aiormq").setLevel(logging.CRITICAL)
+    try:
+        aggregator = Aggregator(settings)
+    except ValueError as error:
+        raise _fail(f"invalid configuration: {error}", 2) from None
+    try:
+        anyio.run(aggregator.run)
+    except TopologyError as error:
+        raise _fail(str(error)) from None
+    except OSError as error:
+        raise _fail(f"cannot serve on {settings.http.host}:{settings.http.port}: {error}") from None
+    except KeyboardInterrupt:
+        pass
+
+
+def parse_assignments(kind: str, assignments: list[str], source: str) -> dict[str, Any]:
+    """`field=value` words into an event object; `labels.NAME=value` fills the labels of a metric event."""
+    event: dict[str, Any] = {"kind": kind, "source": source, "ts": time.time()}
+    for assignment in assignments:
+        name, separator, value = assignment.partition("=")
+        if not separator or not name:
+            raise ValueError(f"expected field=value, got {assignment!r}")
+        if name.startswith("labels."):
+            event.setdefault("labels", {})[name.removeprefix("labels.")] = value
+        else:
+            event[name] = value
+    return event
+
+
+@app.command(
+    epilog=(
+        "Examples:\n\n"
+        "  aggregator emit signal strategy=momentum symbol=BTCUSDT side=buy outcome=accepted confidence=0.8\n\n"
+        "  aggregator emit order symbol=ETHUSDT side=sell status=filled latency=0.012 slippage_bps=1.5\n\n"
+        "  aggregator emit metric name=kill_switch_active value=1 labels.reason=drawdown"
+    )
+)
+def emit(
+    kind: Annotated[str, typer.Argument(help=f"Event kind: {', '.join(KINDS)}.")],
+    fields: Annotated[list[str] | None, typer.Argument(help="field=value pairs (see `aggregator schema`).")] = None,
+    source: Annotated[
+        str | None, typer.Option(envvar="TICKBUS_SOURCE", help="Source name (default: this host's name).")
+    ] = None,
+    amqp_url: AmqpUrl = None,
+    exchange: Exchange = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the broker's confirm.")] = 10.0,
+) -> None:
+    """Publish one event, for shell scripts and smoke tests; exits non-zero if it is invalid or not delivered."""
+    from producers.emitter import AsyncEmitter, EmitterSettings
+
+    if kind not in KINDS:
+        raise _fail(f"unknown kind {kind!r}; one of: {', '.join(KINDS)}", 2)
+    source_name = source or socket.gethostname().split(".")[0]
+    try:
+        event = msgspec.convert(parse_assignments(kind, fields or [], source_name), Event, strict=False)  # type: ignore[call-overload]
+    except (ValueError, msgspec.ValidationError) as error:
+        raise _fail(f"invalid {kind} event: {str(error).replace('`$.', '`')}", 2) from None
+    settings = EmitterSettings(
+        source=source_name,
+        url=amqp_url or DEFAULT_AMQP_URL,
+        exchange=exchange or DEFAULT_EXCHANGE,
+        content_type=CONTENT_TYPE_JSON,
+        heartbeat_interval=0,
+    )
+
+    async def publish() -> bool:
+        emitter = AsyncEmitter(settings)
+        emitter.emit(event)
+        await emitter.start()
+        return await emitter.aclose(timeout)
+
+    if not anyio.run(publish):
+        raise _fail(f"could not deliver to RabbitMQ at {redacted(settings.url)} within {timeout:g}s")
+    typer.echo(msgspec.json.encode(event).decode())
+
+
+@app.command(epilog="Example:  aggregator schema --output schemas/events.schema.json")
+def schema(
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write to this file instead of stdout.")] = None,
+) -> None:
+    """Print the JSON Schema of every event, for producers in other languages."""
+    text = json.dumps(event_json_schema(), indent=2, sort_keys=True) + "\n"
+    if output is None:
+        typer.echo(text, nl=False)
+    else:
+        output.write_text(text, encoding="utf-8")
+
+
+def main() -> None:
+    app()

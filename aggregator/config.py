@@ -1,0 +1,157 @@
+"""Aggregator settings: defaults, an optional TOML file and overrides from flags or environment."""
+
+import tomllib
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import msgspec
+
+from schemas.types import LABEL_MAX_LENGTH, METRIC_NAME_PATTERN
+
+DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
+RESERVED_LABELS = frozenset({"source", "le", "quantile"})
+
+PositiveSeconds = Annotated[float, msgspec.Meta(gt=0)]
+MetricNameField = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=METRIC_NAME_PATTERN)]
+LabelNameField = Annotated[
+    str, msgspec.Meta(min_length=1, max_length=LABEL_MAX_LENGTH, pattern=METRIC_NAME_PATTERN)
+]
+
+
+class ConfigError(ValueError):
+    """The configuration is invalid; the message names the file and the bad key."""
+
+
+class _Section(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
+    pass
+
+
+class AmqpSettings(_Section):
+    """Where to consume from and the topology the aggregator declares."""
+
+    url: str = DEFAULT_AMQP_URL
+    exchange: str = "metrics"
+    queue: str = "tickbus.aggregator"
+    # Empty: derived from the exchange and queue names (`<exchange>.dead`, `<queue>.dead`).
+    dead_letter_exchange: str = ""
+    dead_letter_queue: str = ""
+    binding_keys: list[str] = msgspec.field(default_factory=lambda: ["#"])
+    prefetch: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 2000
+    queue_type: Literal["classic", "quorum"] = "classic"
+    # Quorum queues only: deliveries after which the broker dead-letters a message.
+    delivery_limit: Annotated[int, msgspec.Meta(ge=1)] = 5
+    reconnect_max_seconds: PositiveSeconds = 30.0
+
+    @property
+    def dead_letter_exchange_name(self) -> str:
+        return self.dead_letter_exchange or f"{self.exchange}.dead"
+
+    @property
+    def dead_letter_queue_name(self) -> str:
+        return self.dead_letter_queue or f"{self.queue}.dead"
+
+
+class HttpSettings(_Section):
+    """The scrape endpoint."""
+
+    host: str = "0.0.0.0"
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 9464
+
+
+class CatalogSettings(_Section):
+    """Naming and retention of the metrics the aggregator serves."""
+
+    namespace: Annotated[str, msgspec.Meta(pattern=r"^([a-zA-Z_][a-zA-Z0-9_]*)?$")] = "trading"
+    max_series_per_metric: Annotated[int, msgspec.Meta(ge=1)] = 10_000
+    # Gauges not updated for this long are dropped (their source went away); 0 keeps them forever.
+    gauge_ttl_seconds: Annotated[float, msgspec.Meta(ge=0)] = 900.0
+    heartbeat_staleness_seconds: PositiveSeconds = 30.0
+
+
+class StateSettings(_Section):
+    """Checkpointing: where the series state is kept so that restarts lose nothing."""
+
+    # Empty: no checkpoints; messages are acked as soon as they are applied.
+    dir: str = ""
+    checkpoint_interval_seconds: PositiveSeconds = 0.2
+    dedup_window: Annotated[int, msgspec.Meta(ge=0)] = 200_000
+
+
+class CustomMetric(_Section):
+    """A metric a user declares so that `metric` events can feed it."""
+
+    name: MetricNameField
+    type: Literal["counter", "gauge", "histogram"]
+    help: Annotated[str, msgspec.Meta(min_length=1)]
+    labels: list[LabelNameField] = []
+    buckets: list[float] = []
+    unit: str = ""
+
+    def __post_init__(self) -> None:
+        if self.type == "counter" and not self.name.endswith("_total"):
+            raise ValueError(f"counter {self.name!r} must have a name ending in `_total`")
+        if self.type != "counter" and self.name.endswith("_total"):
+            raise ValueError(f"{self.type} {self.name!r}: only counters end in `_total`")
+        if self.type == "histogram":
+            if not self.buckets:
+                raise ValueError(f"histogram {self.name!r} needs `buckets`")
+            if sorted(set(self.buckets)) != self.buckets:
+                raise ValueError(f"histogram {self.name!r}: buckets must be strictly increasing")
+        elif self.buckets:
+            raise ValueError(f"{self.type} {self.name!r}: only histograms have `buckets`")
+        reserved = RESERVED_LABELS.intersection(self.labels)
+        if reserved:
+            raise ValueError(f"metric {self.name!r}: label {sorted(reserved)[0]!r} is reserved")
+        if len(set(self.labels)) != len(self.labels):
+            raise ValueError(f"metric {self.name!r}: labels repeat")
+
+
+class Settings(_Section):
+    """Everything the aggregator is configured by."""
+
+    amqp: AmqpSettings = msgspec.field(default_factory=AmqpSettings)
+    http: HttpSettings = msgspec.field(default_factory=HttpSettings)
+    catalog: CatalogSettings = msgspec.field(default_factory=CatalogSettings)
+    state: StateSettings = msgspec.field(default_factory=StateSettings)
+    metrics: list[CustomMetric] = []
+    log_level: Literal["debug", "info", "warning", "error"] = "info"
+
+    def __post_init__(self) -> None:
+        names = [metric.name for metric in self.metrics]
+        duplicates = sorted({name for name in names if names.count(name) > 1})
+        if duplicates:
+            raise ValueError(f"custom metric {duplicates[0]!r} is declared twice")
+
+
+def load_settings(path: Path | None = None, overrides: dict[str, Any] | None = None) -> Settings:
+    """Settings from defaults, then the TOML file at `path`, then dotted-key `overrides`.
+
+    Overrides whose value is None are ignored, so unset CLI flags leave the file's value alone.
+    """
+    data: dict[str, Any] = {}
+    origin = "settings"
+    if path is not None:
+        origin = str(path)
+        try:
+            data = tomllib.loads(path.read_text(encoding="utf-8"))
+        except FileNotFoundError:
+            raise ConfigError(f"{path}: config file not found") from None
+        except tomllib.TOMLDecodeError as error:
+            raise ConfigError(f"{path}: not valid TOML: {error}") from None
+    for dotted_key, value in (overrides or {}).items():
+        if value is None:
+            continue
+        section = data
+        *parents, leaf = dotted_key.split(".")
+        for parent in parents:
+            section = section.setdefault(parent, {})
+        section[leaf] = value
+    try:
+        return msgspec.convert(data, Settings)
+    except msgspec.ValidationError as error:
+        raise ConfigError(f"{origin}: {_readable(str(error))}") from None
+
+
+def _readable(message: str) -> str:
+    """msgspec says `at `$.amqp.prefetch``; users think of TOML keys like `amqp.prefetch`."""
+    return message.replace("`$.", "`").replace(" - at `$`", "")

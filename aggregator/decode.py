@@ -1,0 +1,87 @@
+"""Turning a message body into events: one event or a batch, JSON or MessagePack, with reasons for what fails."""
+
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+import msgspec
+
+from schemas.events import MAX_BATCH_EVENTS
+from schemas.wire import CONTENT_TYPE_ALIASES, CONTENT_TYPE_JSON, MAX_MESSAGE_BYTES, Codec
+
+_KIND_PATH = re.compile(r"at `\$(\[\d+\])?\.kind`")
+
+
+@dataclass(frozen=True)
+class Rejected:
+    """A whole message, or one event of a batch (`index`), that could not be decoded."""
+
+    reason: str
+    detail: str
+    index: int | None = None
+    body: bytes = b""
+
+
+@dataclass
+class Decoded:
+    """The events of a message that decoded, and what did not."""
+
+    events: list[Any] = field(default_factory=list)
+    rejected: list[Rejected] = field(default_factory=list)
+    codec: Codec | None = None
+
+
+def _reason(error: msgspec.MsgspecError) -> str:
+    if isinstance(error, msgspec.ValidationError):
+        message = str(error)
+        if _KIND_PATH.search(message) or "missing required field `kind`" in message:
+            return "unknown_kind"
+        return "invalid_event"
+    return "malformed"
+
+
+class MessageDecoder:
+    """Decodes message bodies with codecs built once per content type."""
+
+    def __init__(self) -> None:
+        self._codecs = {name: Codec(name) for name in CONTENT_TYPE_ALIASES}
+
+    def codec(self, content_type: str | None) -> Codec | None:
+        # A producer that sets no content type (a plain shell tool, say) is taken to send JSON.
+        return self._codecs.get((content_type or CONTENT_TYPE_JSON).split(";")[0].strip().lower())
+
+    def decode(self, body: bytes, content_type: str | None) -> Decoded:
+        codec = self.codec(content_type)
+        if codec is None:
+            return Decoded(rejected=[Rejected("unsupported_content_type", f"content type {content_type!r}")])
+        if len(body) > MAX_MESSAGE_BYTES:
+            return Decoded(
+                rejected=[Rejected("too_large", f"{len(body)} bytes, limit {MAX_MESSAGE_BYTES}")], codec=codec
+            )
+        try:
+            decoded = codec.message_decoder.decode(body)
+        except msgspec.ValidationError as error:
+            try:
+                raw_events = codec.raw_list_decoder.decode(body)
+            except msgspec.DecodeError:
+                return Decoded(rejected=[Rejected(_reason(error), str(error))], codec=codec)
+            return self._decode_each(raw_events, codec)
+        except msgspec.DecodeError as error:
+            return Decoded(rejected=[Rejected("malformed", str(error))], codec=codec)
+        if isinstance(decoded, list):
+            return Decoded(events=decoded, codec=codec)
+        return Decoded(events=[decoded], codec=codec)
+
+    def _decode_each(self, raw_events: list[msgspec.Raw], codec: Codec) -> Decoded:
+        """A batch that failed as a whole: keep its good events, reject the bad ones one by one."""
+        result = Decoded(codec=codec)
+        if not raw_events or len(raw_events) > MAX_BATCH_EVENTS:
+            detail = f"a batch holds 1 to {MAX_BATCH_EVENTS} events, this one {len(raw_events)}"
+            result.rejected.append(Rejected("invalid_batch", detail))
+            return result
+        for index, raw in enumerate(raw_events):
+            try:
+                result.events.append(codec.event_decoder.decode(raw))
+            except msgspec.DecodeError as error:
+                result.rejected.append(Rejected(_reason(error), str(error), index, bytes(raw)))
+        return result

@@ -1,0 +1,226 @@
+"""Applying decoded events to the store: the catalog compiled into one update function per metric."""
+
+import logging
+import operator
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+from aggregator.catalog import BUILTIN_CATALOG, SOURCE_UP, Getter, MetricSpec, MetricType
+from aggregator.config import CatalogSettings, CustomMetric
+from aggregator.selfmetrics import SelfMetrics
+from aggregator.store import AnyFamily, CounterFamily, Family, GaugeFamily, HistogramFamily, Store
+from schemas.events import EventBase, Metric, kind_of
+
+log = logging.getLogger(__name__)
+
+Updater = Callable[[Any, float], None]
+
+
+@dataclass(frozen=True)
+class EventRejection:
+    """An event the catalog refused: its position in the message and why."""
+
+    index: int
+    reason: str
+    detail: str
+
+
+def full_name(namespace: str, name: str) -> str:
+    return f"{namespace}_{name}" if namespace else name
+
+
+def make_family(
+    spec: MetricSpec, name: str, max_series: int, on_overflow: Callable[[Family], None]
+) -> AnyFamily:
+    common: dict[str, Any] = {"unit": spec.unit, "max_series": max_series, "on_overflow": on_overflow}
+    labels = tuple(spec.labels)
+    if spec.type is MetricType.COUNTER:
+        return CounterFamily(name, spec.help, labels, **common)
+    if spec.type is MetricType.GAUGE:
+        return GaugeFamily(name, spec.help, labels, exclusive_prefix=spec.exclusive_prefix, **common)
+    return HistogramFamily(name, spec.help, labels, buckets=spec.buckets, **common)
+
+
+def _getter(source: Getter) -> Callable[[Any], Any]:
+    return operator.attrgetter(source) if isinstance(source, str) else source
+
+
+def _labels_getter(labels: Mapping[str, Getter]) -> Callable[[Any], tuple[str, ...]]:
+    sources = list(labels.values())
+    if all(isinstance(source, str) for source in sources):
+        names = [source for source in sources if isinstance(source, str)]
+        if len(names) == 1:
+            single = operator.attrgetter(names[0])
+            return lambda event: (single(event),)
+        return operator.attrgetter(*names)  # type: ignore[return-value]  # a tuple for 2+ names
+    getters = [_getter(source) for source in sources]
+    return lambda event: tuple(getter(event) for getter in getters)
+
+
+def make_updater(spec: MetricSpec, family: AnyFamily) -> Updater:
+    """One function that applies an event to `family` as `spec` says."""
+    labels_of = _labels_getter(spec.labels)
+    value_of = _getter(spec.value) if spec.value is not None else None
+    when = spec.when
+    requires = spec.requires
+
+    def value(event: Any) -> float | None:
+        if when is not None and not when(event):
+            return None
+        for field_name in requires:
+            if getattr(event, field_name) is None:
+                return None
+        return 1.0 if value_of is None else value_of(event)
+
+    if isinstance(family, CounterFamily) and spec.cumulative_key is not None:
+        instance_of = _getter(spec.cumulative_key)
+
+        def add_running_total(event: Any, now: float) -> None:
+            total = value(event)
+            if total is not None:
+                family.add_running_total(labels_of(event), instance_of(event), total)
+
+        return add_running_total
+    if isinstance(family, CounterFamily):
+        inc = family.inc
+
+        def increment(event: Any, now: float) -> None:
+            amount = value(event)
+            if amount is not None:
+                inc(labels_of(event), amount)
+
+        return increment
+    if isinstance(family, GaugeFamily):
+        gauge_set = family.set
+
+        def set_gauge(event: Any, now: float) -> None:
+            sample = value(event)
+            if sample is not None:
+                gauge_set(labels_of(event), sample, event.ts, now)
+
+        return set_gauge
+    observe = family.observe
+
+    def observe_histogram(event: Any, now: float) -> None:
+        sample = value(event)
+        if sample is not None:
+            observe(labels_of(event), sample)
+
+    return observe_histogram
+
+
+class CustomMetrics:
+    """User-declared metrics fed by `metric` events, with their declared label sets enforced."""
+
+    def __init__(self, declared: Sequence[CustomMetric], namespace: str, make: Callable[[MetricSpec, str], AnyFamily]):
+        self._by_name: dict[str, tuple[AnyFamily, tuple[str, ...], frozenset[str]]] = {}
+        for metric in declared:
+            spec = MetricSpec(
+                metric.name,
+                MetricType(metric.type),
+                metric.help,
+                {"source": "source", **{label: label for label in metric.labels}},
+                unit=metric.unit,
+                buckets=tuple(metric.buckets),
+            )
+            family = make(spec, full_name(namespace, metric.name))
+            self._by_name[metric.name] = (family, tuple(metric.labels), frozenset(metric.labels))
+
+    def check(self, event: Metric) -> tuple[str, str] | None:
+        """Why the event cannot be applied (reason, detail), or None if it can."""
+        declared = self._by_name.get(event.name)
+        if declared is None:
+            return "undeclared_metric", f"metric {event.name!r} is not declared in the aggregator's config"
+        family, _, label_set = declared
+        if event.labels.keys() != label_set:
+            return (
+                "label_mismatch",
+                f"metric {event.name!r} takes labels {sorted(label_set)}, got {sorted(event.labels)}",
+            )
+        if isinstance(family, CounterFamily) and event.value < 0:
+            return "negative_increment", f"counter {event.name!r} cannot decrease (value {event.value})"
+        return None
+
+    def apply(self, event: Metric, now: float) -> None:
+        family, label_names, _ = self._by_name[event.name]
+        key = (event.source, *(event.labels[name] for name in label_names))
+        if isinstance(family, CounterFamily):
+            family.inc(key, event.value)
+        elif isinstance(family, GaugeFamily):
+            family.set(key, event.value, event.ts, now)
+        else:
+            family.observe(key, event.value)
+
+
+class Ingest:
+    """The catalog bound to a store: applies events and counts them in the self-metrics."""
+
+    def __init__(
+        self,
+        settings: CatalogSettings,
+        custom_metrics: Sequence[CustomMetric],
+        store: Store,
+        catalog: Mapping[type[EventBase], tuple[MetricSpec, ...]] = BUILTIN_CATALOG,
+    ) -> None:
+        self.store = store
+        self.settings = settings
+        self._overflow_logged: set[str] = set()
+        self.self_metrics = SelfMetrics(store, on_overflow=self._on_overflow)
+
+        def make(spec: MetricSpec, name: str) -> AnyFamily:
+            family = make_family(spec, name, settings.max_series_per_metric, self._on_overflow)
+            store.add(family)
+            return family
+
+        self.specs: list[tuple[MetricSpec, AnyFamily]] = []
+        self._updaters: dict[type[Any], tuple[Updater, ...]] = {}
+        for event_type, specs in catalog.items():
+            updaters = []
+            for spec in specs:
+                family = make(spec, full_name(settings.namespace, spec.name))
+                self.specs.append((spec, family))
+                updaters.append(make_updater(spec, family))
+            self._updaters[event_type] = tuple(updaters)
+        self.source_last_seen = store.families[full_name(settings.namespace, "source_last_seen_timestamp_seconds")]
+        self.source_up_name = full_name(settings.namespace, SOURCE_UP.name)
+        self.custom = CustomMetrics(custom_metrics, settings.namespace, make)
+
+    def _on_overflow(self, family: Family) -> None:
+        if family.name.startswith("tickbus_series_overflow"):
+            return
+        self.self_metrics.series_overflow.inc((family.name,))
+        if family.name not in self._overflow_logged:
+            self._overflow_logged.add(family.name)
+            log.warning(
+                "metric %s reached its limit of %d series; new label sets fold into the %s series",
+                family.name,
+                family.max_series,
+                "__overflow__",
+            )
+
+    def apply(self, events: Sequence[Any], now: float) -> list[EventRejection]:
+        """Apply every acceptable event; return the ones the catalog refused."""
+        rejections: list[EventRejection] = []
+        updaters = self._updaters
+        received = self.self_metrics.events_received.inc
+        observe_age = self.self_metrics.event_age.observe
+        for index, event in enumerate(events):
+            event_type = type(event)
+            if event_type is Metric:
+                problem = self.custom.check(event)
+                if problem is not None:
+                    reason, detail = problem
+                    rejections.append(EventRejection(index, reason, detail))
+                    continue
+                self.custom.apply(event, now)
+            else:
+                for update in updaters[event_type]:
+                    update(event, now)
+            received((event_type.__struct_config__.tag, event.source))
+            age = now - event.ts
+            observe_age((), age if age > 0 else 0.0)
+        return rejections
+
+    def kinds(self) -> list[str]:
+        return [kind_of(event_type) for event_type in self._updaters]

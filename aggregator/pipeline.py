@@ -1,0 +1,129 @@
+"""One message in, its events applied: decode, skip redeliveries, apply, and say what to dead-letter."""
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from aggregator.decode import MessageDecoder
+from aggregator.ingest import Ingest
+from schemas.events import EventBase
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class DeadLetter:
+    """What to send to the dead-letter exchange: the offending body and why."""
+
+    body: bytes
+    content_type: str
+    reason: str
+    detail: str
+    index: int | None = None
+    kind: str = ""
+    source: str = ""
+
+
+@dataclass
+class Outcome:
+    applied: int = 0
+    duplicate: bool = False
+    dead_letters: list[DeadLetter] = field(default_factory=list)
+
+
+class RecentIds:
+    """A bounded, insertion-ordered window of message ids already applied."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._ids: dict[str, None] = {}
+
+    def __contains__(self, message_id: str) -> bool:
+        return message_id in self._ids
+
+    def __len__(self) -> int:
+        return len(self._ids)
+
+    def add(self, message_id: str) -> None:
+        ids = self._ids
+        ids[message_id] = None
+        if len(ids) > self.capacity:
+            del ids[next(iter(ids))]
+
+    def snapshot(self) -> list[str]:
+        return list(self._ids)
+
+    def restore(self, message_ids: list[str]) -> None:
+        self._ids = dict.fromkeys(message_ids[-self.capacity :] if self.capacity else [])
+
+
+class Pipeline:
+    """Decodes and applies messages; knows nothing of AMQP beyond body, content type and id."""
+
+    def __init__(
+        self,
+        ingest: Ingest,
+        recent_ids: RecentIds,
+        decoder: MessageDecoder | None = None,
+        clock: Callable[[], float] = time.time,
+    ) -> None:
+        self.ingest = ingest
+        self.recent_ids = recent_ids
+        self.decoder = decoder or MessageDecoder()
+        self._clock = clock
+        metrics = ingest.self_metrics
+        self._messages = metrics.messages_received
+        self._duplicates = metrics.duplicate_messages
+        self._rejected = metrics.events_rejected
+        self._batch_events = metrics.batch_events
+        self._apply_seconds = metrics.apply_seconds
+
+    def process(self, body: bytes, content_type: str | None, message_id: str | None) -> Outcome:
+        started = time.perf_counter()
+        self._messages.inc(())
+        if message_id and message_id in self.recent_ids:
+            self._duplicates.inc(())
+            return Outcome(duplicate=True)
+        decoded = self.decoder.decode(body, content_type)
+        events = decoded.events
+        outcome = Outcome(applied=len(events))
+        if decoded.rejected:
+            codec_type = decoded.codec.content_type if decoded.codec else (content_type or "")
+            for rejected in decoded.rejected:
+                outcome.dead_letters.append(
+                    DeadLetter(rejected.body or body, codec_type, rejected.reason, rejected.detail, rejected.index)
+                )
+        if events:
+            refused = self.ingest.apply(events, self._clock())
+            if refused:
+                outcome.applied -= len(refused)
+                single = len(events) == 1 and not decoded.rejected
+                assert decoded.codec is not None
+                for refusal in refused:
+                    event: EventBase = events[refusal.index]
+                    outcome.dead_letters.append(
+                        DeadLetter(
+                            body if single else decoded.codec.encode([event]),
+                            decoded.codec.content_type,
+                            refusal.reason,
+                            refusal.detail,
+                            None if single else refusal.index,
+                            "metric",
+                            event.source,
+                        )
+                    )
+            self._batch_events.observe((), len(events))
+        for dead_letter in outcome.dead_letters:
+            self._rejected.inc((dead_letter.reason, dead_letter.kind, dead_letter.source))
+            log.warning(
+                "dead-lettering %s (message %s%s): %s",
+                dead_letter.reason,
+                message_id or "without id",
+                "" if dead_letter.index is None else f", event {dead_letter.index}",
+                dead_letter.detail,
+            )
+        if message_id:
+            self.recent_ids.add(message_id)
+        self._apply_seconds.observe((), time.perf_counter() - started)
+        return outcome

@@ -1,0 +1,80 @@
+"""The aggregator's own metrics: what it received, rejected, folded, checkpointed and how fresh it is."""
+
+from collections.abc import Callable
+
+from aggregator.catalog import LATENCY_BUCKETS
+from aggregator.store import CounterFamily, Family, GaugeFamily, HistogramFamily, Store
+
+PREFIX = "tickbus"
+BATCH_SIZE_BUCKETS = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0)
+AGE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0, 300.0)
+
+
+class SelfMetrics:
+    """Families under the `tickbus_` prefix, registered in the same store as the catalog's."""
+
+    def __init__(self, store: Store, on_overflow: Callable[[Family], None] | None = None) -> None:
+        def add_counter(name: str, help_text: str, *labels: str) -> CounterFamily:
+            family = CounterFamily(f"{PREFIX}_{name}", help_text, labels, on_overflow=on_overflow)
+            store.add(family)
+            return family
+
+        def add_gauge(name: str, help_text: str, *labels: str, unit: str = "") -> GaugeFamily:
+            family = GaugeFamily(f"{PREFIX}_{name}", help_text, labels, unit=unit)
+            store.add(family)
+            return family
+
+        def add_histogram(name: str, help_text: str, buckets: tuple[float, ...], unit: str = "") -> HistogramFamily:
+            family = HistogramFamily(f"{PREFIX}_{name}", help_text, (), unit=unit, buckets=buckets)
+            store.add(family)
+            return family
+
+        self.events_received = add_counter(
+            "events_received_total", "Events received and applied, by kind and source.", "kind", "source"
+        )
+        self.events_rejected = add_counter(
+            "events_rejected_total",
+            "Events or messages rejected and dead-lettered, by reason (kind and source when known).",
+            "reason",
+            "kind",
+            "source",
+        )
+        self.messages_received = add_counter("messages_received_total", "AMQP messages received.")
+        self.duplicate_messages = add_counter(
+            "duplicate_messages_total", "Messages skipped because their id was already applied (redeliveries)."
+        )
+        self.series_overflow = add_counter(
+            "series_overflow_total",
+            "New label sets folded into the overflow series because the metric hit its series limit.",
+            "metric",
+        )
+        self.checkpoint_failures = add_counter("checkpoint_failures_total", "Checkpoints that failed to write.")
+        self.expired_series = add_counter(
+            "expired_series_total", "Gauge series dropped because their source stopped updating them."
+        )
+        self.batch_events = add_histogram("batch_events", "Events per received message.", BATCH_SIZE_BUCKETS)
+        self.event_age = add_histogram(
+            "event_age_seconds",
+            "Time from an event's producer timestamp to its arrival at the aggregator.",
+            AGE_BUCKETS,
+            unit="seconds",
+        )
+        self.apply_seconds = add_histogram(
+            "apply_seconds", "Time to decode and apply one message.", LATENCY_BUCKETS, unit="seconds"
+        )
+        self.checkpoint_seconds = add_histogram(
+            "checkpoint_seconds", "Time to write one checkpoint.", LATENCY_BUCKETS, unit="seconds"
+        )
+        self.last_checkpoint = add_gauge(
+            "last_checkpoint_timestamp_seconds", "Time of the last successful checkpoint.", unit="seconds"
+        )
+        self.queue_messages = add_gauge("queue_messages", "Messages waiting in the aggregator's queue.")
+        self.consumer_connected = add_gauge(
+            "consumer_connected", "1 while the aggregator is connected to RabbitMQ and consuming."
+        )
+        self.start_time = add_gauge(
+            "start_time_seconds", "Start time of the aggregator, seconds since the epoch.", unit="seconds"
+        )
+
+    def set_gauge(self, family: GaugeFamily, value: float, now: float) -> None:
+        family.set((), value, now, now)

@@ -1,0 +1,207 @@
+"""The series store: metric families as plain dicts of label tuples to values, with a cardinality guard."""
+
+import bisect
+import logging
+from collections.abc import Callable, Iterable, Sequence
+from typing import Any
+
+from aggregator.catalog import MetricType
+
+log = logging.getLogger(__name__)
+
+LabelKey = tuple[str, ...]
+OVERFLOW_VALUE = "__overflow__"
+
+
+class Family:
+    """One metric family: identity, label names and the series limit shared by every type."""
+
+    type: MetricType
+
+    def __init__(
+        self,
+        name: str,
+        help_text: str,
+        label_names: Sequence[str],
+        *,
+        unit: str = "",
+        max_series: int = 10_000,
+        on_overflow: Callable[["Family"], None] | None = None,
+    ) -> None:
+        self.name = name
+        self.help = help_text
+        self.unit = unit
+        self.label_names = tuple(label_names)
+        self.max_series = max_series
+        self.overflow_key: LabelKey = (OVERFLOW_VALUE,) * len(self.label_names)
+        self.folded = 0
+        self._on_overflow = on_overflow
+        self.series: dict[LabelKey, Any] = {}
+
+    def _admit(self, key: LabelKey) -> LabelKey:
+        """The key to store a new series under: itself, or the overflow series once the limit is hit."""
+        if len(self.series) < self.max_series or key == self.overflow_key:
+            return key
+        self.folded += 1
+        if self._on_overflow is not None:
+            self._on_overflow(self)
+        return self.overflow_key
+
+    def snapshot(self) -> list[Any]:
+        return [[list(key), value] for key, value in self.series.items()]
+
+    def restore(self, rows: Iterable[Any]) -> None:
+        self.series = {tuple(key): value for key, value in rows}
+
+
+class CounterFamily(Family):
+    """Monotonic totals; a running total reported by a producer is turned into increases."""
+
+    type = MetricType.COUNTER
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        # series key -> (producer instance, last running total it reported)
+        self.running_totals: dict[LabelKey, tuple[str, float]] = {}
+
+    def inc(self, key: LabelKey, amount: float = 1.0) -> None:
+        series = self.series
+        current = series.get(key)
+        if current is None:
+            key = self._admit(key)
+            current = series.get(key, 0.0)
+        series[key] = current + amount
+
+    def add_running_total(self, key: LabelKey, instance: str, total: float) -> None:
+        """Add the increase of a producer's running total since its last report."""
+        previous = self.running_totals.get(key)
+        if previous is not None and previous[0] == instance and total >= previous[1]:
+            increase = total - previous[1]
+        else:
+            increase = total  # a new producer instance counts from zero
+        self.running_totals[key] = (instance, total)
+        if increase or key not in self.series:
+            self.inc(key, increase)
+
+    def snapshot(self) -> list[Any]:
+        return [super().snapshot(), [[list(k), list(v)] for k, v in self.running_totals.items()]]
+
+    def restore(self, rows: Iterable[Any]) -> None:
+        series_rows, running_rows = rows
+        super().restore(series_rows)
+        self.running_totals = {tuple(k): (v[0], v[1]) for k, v in running_rows}
+
+
+class GaugeFamily(Family):
+    """Last value by event time, so a late, older event never overwrites a newer one."""
+
+    type = MetricType.GAUGE
+
+    def __init__(self, *args: Any, exclusive_prefix: int = 0, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.exclusive_prefix = exclusive_prefix
+        # series key -> wall-clock time it was last set, for expiry and liveness
+        self.updated: dict[LabelKey, float] = {}
+
+    def set(self, key: LabelKey, value: float, event_ts: float, now: float) -> None:
+        series = self.series
+        current = series.get(key)
+        if current is None:
+            if self.exclusive_prefix:
+                if not self._replace_sibling(key, event_ts):
+                    return
+            key = self._admit(key)
+            current = series.get(key)
+        if current is not None and event_ts < current[1]:
+            return
+        series[key] = (value, event_ts)
+        self.updated[key] = now
+
+    def _replace_sibling(self, key: LabelKey, event_ts: float) -> bool:
+        """Drop the series sharing this key's exclusive prefix, unless it is newer than the event."""
+        prefix = key[: self.exclusive_prefix]
+        for other in [k for k in self.series if k[: self.exclusive_prefix] == prefix]:
+            if self.series[other][1] > event_ts:
+                return False
+            del self.series[other]
+            self.updated.pop(other, None)
+        return True
+
+    def expire(self, older_than: float) -> int:
+        """Drop series last set before `older_than`; returns how many."""
+        stale = [key for key, when in self.updated.items() if when < older_than]
+        for key in stale:
+            del self.series[key]
+            del self.updated[key]
+        return len(stale)
+
+    def snapshot(self) -> list[Any]:
+        return [[list(key), list(value), self.updated.get(key, 0.0)] for key, value in self.series.items()]
+
+    def restore(self, rows: Iterable[Any]) -> None:
+        self.series = {}
+        self.updated = {}
+        for key, value, updated in rows:
+            self.series[tuple(key)] = (value[0], value[1])
+            self.updated[tuple(key)] = updated
+
+
+class HistogramFamily(Family):
+    """Fixed buckets; each series is [count per bucket..., count above the last bound, sum]."""
+
+    type = MetricType.HISTOGRAM
+
+    def __init__(self, *args: Any, buckets: Sequence[float], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.bounds = tuple(float(bound) for bound in buckets)
+        self._width = len(self.bounds) + 2
+
+    def observe(self, key: LabelKey, value: float) -> None:
+        series = self.series
+        counts = series.get(key)
+        if counts is None:
+            key = self._admit(key)
+            counts = series.get(key)
+            if counts is None:
+                counts = series[key] = [0] * (self._width - 1) + [0.0]
+        # Prometheus buckets are upper-inclusive: value == bound lands in that bound's bucket.
+        counts[bisect.bisect_left(self.bounds, value)] += 1
+        counts[-1] += value
+
+
+AnyFamily = CounterFamily | GaugeFamily | HistogramFamily
+
+
+class Store:
+    """All families the aggregator serves, by full metric name."""
+
+    def __init__(self) -> None:
+        self.families: dict[str, AnyFamily] = {}
+
+    def add(self, family: AnyFamily) -> AnyFamily:
+        if family.name in self.families:
+            raise ValueError(f"metric {family.name!r} is defined twice")
+        self.families[family.name] = family
+        return family
+
+    def series_count(self) -> int:
+        return sum(len(family.series) for family in self.families.values())
+
+    def expire_gauges(self, older_than: float) -> int:
+        return sum(
+            family.expire(older_than)
+            for family in self.families.values()
+            if isinstance(family, GaugeFamily)
+        )
+
+    def snapshot(self) -> dict[str, Any]:
+        return {name: family.snapshot() for name, family in self.families.items()}
+
+    def restore(self, snapshot: dict[str, Any]) -> None:
+        """Load a snapshot; families no longer defined are dropped with a warning."""
+        for name, rows in snapshot.items():
+            family = self.families.get(name)
+            if family is None:
+                log.warning("checkpoint has metric %s, which is no longer defined; dropping it", name)
+                continue
+            family.restore(rows)

@@ -1,0 +1,244 @@
+"""The Python emitters: emit() queues, a background publisher batches, confirms, retries and reports drops."""
+
+import asyncio
+import logging
+import threading
+import time
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import aio_pika
+import aiormq
+from aio_pika.abc import AbstractExchange, AbstractRobustConnection
+
+from producers.outbox import Outbox
+from schemas.events import EventBase, Heartbeat
+from schemas.wire import CONTENT_TYPE_MSGPACK, DEFAULT_EXCHANGE, Codec, routing_key_for
+
+log = logging.getLogger(__name__)
+
+PUBLISH_ERRORS = (
+    OSError,
+    ConnectionError,
+    asyncio.TimeoutError,
+    aiormq.exceptions.AMQPError,
+    aio_pika.exceptions.AMQPException,
+    aio_pika.exceptions.ChannelInvalidStateError,
+)
+
+
+@dataclass(frozen=True)
+class EmitterSettings:
+    """How an emitter publishes; the defaults suit a strategy process on the broker's machine."""
+
+    source: str
+    url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    exchange: str = DEFAULT_EXCHANGE
+    version: str = ""
+    content_type: str = CONTENT_TYPE_MSGPACK
+    max_buffer: int = 100_000
+    batch_size: int = 1000
+    linger: float = 0.005
+    heartbeat_interval: float = 5.0
+    retry_max_seconds: float = 5.0
+
+
+class Publisher:
+    """The background side of an emitter, on one asyncio loop: drains the outbox into confirmed messages."""
+
+    def __init__(self, settings: EmitterSettings, outbox: Outbox) -> None:
+        self.settings = settings
+        self.outbox = outbox
+        self.codec = Codec(settings.content_type)
+        self.instance = uuid.uuid4().hex[:12]
+        self.started_at = time.time()
+        self.confirmed = 0
+        self._sequence = 0
+        self._last_heartbeat = 0.0
+        self._closing = False
+        self._connection: AbstractRobustConnection | None = None
+        self._exchange: AbstractExchange | None = None
+        self.last_error: str = ""
+
+    def heartbeat(self) -> Heartbeat:
+        return Heartbeat(
+            ts=time.time(),
+            source=self.settings.source,
+            version=self.settings.version,
+            instance=self.instance,
+            started_at=self.started_at,
+            dropped=self.outbox.dropped,
+        )
+
+    async def run(self) -> None:
+        """Publish until closed and drained."""
+        settings = self.settings
+        while True:
+            batch: list[Any] = []
+            now = time.monotonic()
+            if settings.heartbeat_interval and now - self._last_heartbeat >= settings.heartbeat_interval:
+                self._last_heartbeat = now
+                batch.append(self.heartbeat())
+            batch.extend(self.outbox.take(settings.batch_size - len(batch)))
+            if batch:
+                await self._publish(batch)
+                self.confirmed += len(batch) - sum(1 for event in batch if type(event) is Heartbeat)
+            elif self._closing:
+                return
+            else:
+                await asyncio.sleep(settings.linger)
+
+    def close_soon(self) -> None:
+        """Finish what is queued, send a last heartbeat (with the final drop count), then stop."""
+        self._closing = True
+        self._last_heartbeat = 0.0
+
+    async def _publish(self, batch: Sequence[EventBase]) -> None:
+        """Publish one message with a confirm; retry the same message (same id) until it is confirmed."""
+        self._sequence += 1
+        message = aio_pika.Message(
+            self.codec.encode(batch),
+            content_type=self.codec.content_type,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            message_id=f"{self.instance}-{self._sequence}",
+            timestamp=time.time(),
+            app_id=self.settings.source,
+        )
+        routing_key = routing_key_for(batch)
+        delay = 0.1
+        while True:
+            try:
+                exchange = await self._ensure_exchange()
+                await exchange.publish(message, routing_key=routing_key, timeout=10)
+                self.last_error = ""
+                return
+            except PUBLISH_ERRORS as error:
+                if not self.last_error:
+                    log.warning("tickbus: cannot publish to RabbitMQ (%s); retrying", error or type(error).__name__)
+                self.last_error = str(error) or type(error).__name__
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, self.settings.retry_max_seconds)
+
+    async def _ensure_exchange(self) -> AbstractExchange:
+        if self._connection is None:
+            self._connection = await aio_pika.connect_robust(self.settings.url, timeout=5, reconnect_interval=1.0)
+        if self._exchange is None or self._exchange.channel.is_closed:
+            channel = await self._connection.channel(publisher_confirms=True)
+            self._exchange = await channel.declare_exchange(
+                self.settings.exchange, aio_pika.ExchangeType.TOPIC, durable=True
+            )
+        return self._exchange
+
+    async def aclose(self) -> None:
+        if self._connection is not None:
+            await self._connection.close()
+            self._connection = None
+
+
+class AsyncEmitter:
+    """Emitter for asyncio code: `emit()` is synchronous and never blocks; `flush()`/`aclose()` drain.
+
+    Example::
+
+        emitter = AsyncEmitter(EmitterSettings(source="momentum-1"))
+        await emitter.start()
+        emitter.emit(Signal(ts=time.time(), source="momentum-1", strategy="momentum", symbol="BTCUSDT", side="buy"))
+        await emitter.aclose()
+    """
+
+    def __init__(self, settings: EmitterSettings) -> None:
+        self.settings = settings
+        self.outbox = Outbox(settings.max_buffer)
+        self.publisher = Publisher(settings, self.outbox)
+        self._task: asyncio.Task[None] | None = None
+
+    @property
+    def dropped(self) -> int:
+        return self.outbox.dropped
+
+    def emit(self, event: EventBase) -> bool:
+        """Queue an event; returns False (and counts a drop) if the buffer is full. Never raises for the broker."""
+        return self.outbox.put(event)
+
+    async def start(self) -> None:
+        if self._task is None:
+            self._task = asyncio.create_task(self.publisher.run())
+
+    async def flush(self, timeout: float = 30.0) -> bool:
+        """Wait until everything emitted so far is confirmed by the broker; False on timeout."""
+        target = self.outbox.accepted
+        deadline = time.monotonic() + timeout
+        while self.publisher.confirmed < target:
+            if time.monotonic() >= deadline:
+                return False
+            await asyncio.sleep(0.002)
+        return True
+
+    async def aclose(self, timeout: float = 30.0) -> bool:
+        """Drain, send a final heartbeat and disconnect; False if it could not drain within `timeout`."""
+        if self._task is None:
+            return len(self.outbox) == 0
+        self.publisher.close_soon()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), timeout)
+            drained = True
+        except asyncio.TimeoutError:
+            self._task.cancel()
+            drained = False
+        self._task = None
+        await self.publisher.aclose()
+        return drained
+
+    async def __aenter__(self) -> "AsyncEmitter":
+        await self.start()
+        return self
+
+    async def __aexit__(self, *_: object) -> None:
+        await self.aclose()
+
+
+class Emitter:
+    """Emitter for threaded code: a daemon thread runs the publisher; `emit()` never blocks.
+
+    Example::
+
+        emitter = Emitter(EmitterSettings(source="executor-1"))
+        emitter.emit(Order(ts=time.time(), source="executor-1", symbol="ETHUSDT", side="buy", status="filled"))
+        emitter.close()
+    """
+
+    def __init__(self, settings: EmitterSettings) -> None:
+        self._async = AsyncEmitter(settings)
+        self.settings = settings
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="tickbus-emitter", daemon=True)
+        self._thread.start()
+        asyncio.run_coroutine_threadsafe(self._async.start(), self._loop).result()
+        # Bound once: emit() is the caller's hot path.
+        self.emit = self._async.outbox.put
+
+    @property
+    def dropped(self) -> int:
+        return self._async.dropped
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Block until everything emitted so far is confirmed; False on timeout."""
+        return asyncio.run_coroutine_threadsafe(self._async.flush(timeout), self._loop).result()
+
+    def close(self, timeout: float = 30.0) -> bool:
+        """Drain, send a final heartbeat, disconnect and stop the thread; False if it could not drain."""
+        if self._loop.is_closed():
+            return True
+        drained = asyncio.run_coroutine_threadsafe(self._async.aclose(timeout), self._loop).result()
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join()
+        self._loop.close()
+        return drained
+
+    def __enter__(self) -> "Emitter":
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.close()
