@@ -42,9 +42,7 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
-@app.command(
-    epilog="Example:  aggregator run --config tickbus.toml --port 9464   (then: curl localhost:9464/metrics)"
-)
+@app.command(epilog="Example:  aggregator run --config tickbus.toml --port 9464   (then: curl localhost:9464/metrics)")
 def run(
     config: Annotated[
         Path | None, typer.Option("--config", "-c", envvar="TICKBUS_CONFIG", help="TOML config file.")
@@ -60,7 +58,9 @@ def run(
     state_dir: Annotated[
         str | None, typer.Option(envvar="TICKBUS_STATE_DIR", help="Directory for checkpoints.")
     ] = None,
-    log_level: Annotated[str | None, typer.Option(envvar="TICKBUS_LOG_LEVEL", help="debug, info, warning, error.")] = None,
+    log_level: Annotated[
+        str | None, typer.Option(envvar="TICKBUS_LOG_LEVEL", help="debug, info, warning, error.")
+    ] = None,
 ) -> None:
     """Consume metric events from RabbitMQ and serve them on /metrics (plus /healthz and /readyz).
 
@@ -140,7 +140,7 @@ def emit(
         raise _fail(f"unknown kind {kind!r}; one of: {', '.join(KINDS)}", 2)
     source_name = source or socket.gethostname().split(".")[0]
     try:
-        event = msgspec.convert(parse_assignments(kind, fields or [], source_name), Event, strict=False)  # type: ignore[call-overload]
+        event = msgspec.convert(parse_assignments(kind, fields or [], source_name), Event, strict=False)
     except (ValueError, msgspec.ValidationError) as error:
         raise _fail(f"invalid {kind} event: {str(error).replace('`$.', '`')}", 2) from None
     settings = EmitterSettings(

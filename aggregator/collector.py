@@ -6,14 +6,13 @@ from collections.abc import Callable, Iterator
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
     GaugeMetricFamily,
-    HistogramMetricFamily,
     Metric,
 )
 from prometheus_client.registry import Collector
 
 from aggregator.catalog import SOURCE_UP
 from aggregator.ingest import Ingest
-from aggregator.store import AnyFamily, CounterFamily, GaugeFamily, HistogramFamily
+from aggregator.store import AnyFamily, CounterFamily, GaugeFamily
 
 
 def _unit(family: AnyFamily) -> str:
@@ -38,15 +37,18 @@ def family_metric(family: AnyFamily) -> Metric:
         for key, (value, _) in family.series.items():
             gauge.add_metric(key, value)
         return gauge
-    histogram = HistogramMetricFamily(family.name, family.help, labels=labels, unit=_unit(family))
+    # Samples are added by hand: prometheus_client drops _count and _sum when a bucket bound is
+    # negative (signed slippage, returns), and traders need the average of those.
+    histogram = Metric(family.name, family.help, "histogram", unit=_unit(family))
     bounds = [_bucket_label(bound) for bound in family.bounds] + ["+Inf"]
     for key, counts in family.series.items():
+        series_labels = dict(zip(family.label_names, key, strict=True))
         cumulative = 0
-        buckets = []
         for bound, count in zip(bounds, counts, strict=False):
             cumulative += count
-            buckets.append((bound, cumulative))
-        histogram.add_metric(key, buckets, counts[-1])
+            histogram.add_sample(f"{family.name}_bucket", {**series_labels, "le": bound}, cumulative)
+        histogram.add_sample(f"{family.name}_count", series_labels, cumulative)
+        histogram.add_sample(f"{family.name}_sum", series_labels, counts[-1])
     return histogram
 
 
@@ -62,9 +64,7 @@ class StoreCollector(Collector):
         for family in list(store.families.values()):
             yield family_metric(family)
         yield self._source_up()
-        series = GaugeMetricFamily(
-            "tickbus_series", "Series currently held, per metric.", labels=["metric"]
-        )
+        series = GaugeMetricFamily("tickbus_series", "Series currently held, per metric.", labels=["metric"])
         for family in list(store.families.values()):
             series.add_metric([family.name], len(family.series))
         yield series

@@ -13,9 +13,7 @@ RESERVED_LABELS = frozenset({"source", "le", "quantile"})
 
 PositiveSeconds = Annotated[float, msgspec.Meta(gt=0)]
 MetricNameField = Annotated[str, msgspec.Meta(min_length=1, max_length=128, pattern=METRIC_NAME_PATTERN)]
-LabelNameField = Annotated[
-    str, msgspec.Meta(min_length=1, max_length=LABEL_MAX_LENGTH, pattern=METRIC_NAME_PATTERN)
-]
+LabelNameField = Annotated[str, msgspec.Meta(min_length=1, max_length=LABEL_MAX_LENGTH, pattern=METRIC_NAME_PATTERN)]
 
 
 class ConfigError(ValueError):
@@ -153,5 +151,5 @@ def load_settings(path: Path | None = None, overrides: dict[str, Any] | None = N
 
 
 def _readable(message: str) -> str:
-    """msgspec says `at `$.amqp.prefetch``; users think of TOML keys like `amqp.prefetch`."""
+    """Msgspec says `at `$.amqp.prefetch``; users think of TOML keys like `amqp.prefetch`."""
     return message.replace("`$.", "`").replace(" - at `$`", "")

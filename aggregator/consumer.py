@@ -42,7 +42,12 @@ async def connect_with_retry(
     delay = 0.5
     while True:
         try:
-            return await aio_pika.connect_robust(amqp.url, reconnect_interval=1.0, timeout=10)
+            return await aio_pika.connect_robust(
+                amqp.url,
+                reconnect_interval=1.0,
+                timeout=10,
+                client_properties={"connection_name": f"tickbus-aggregator {amqp.queue}"},
+            )
         except CONNECT_ERRORS as error:
             log.error(
                 "cannot reach RabbitMQ at %s (%s); retrying in %.1fs",
@@ -133,9 +138,7 @@ class Consumer:
                         await self.commit()
                     continue
                 await self._handle(item)
-                if self._unacked >= self._commit_every or (
-                    self._commit_state is None and self._inbox.empty()
-                ):
+                if self._unacked >= self._commit_every or (self._commit_state is None and self._inbox.empty()):
                     await self.commit()
         finally:
             ticker.cancel()
@@ -153,7 +156,8 @@ class Consumer:
         self._unacked += 1
 
     async def _publish_dead_letter(self, message: AbstractIncomingMessage, dead_letter: DeadLetter) -> None:
-        assert self.topology is not None and self._dead_letter_channel is not None
+        assert self.topology is not None
+        assert self._dead_letter_channel is not None
         headers: dict[str, Any] = {
             HEADER_REASON: dead_letter.reason,
             HEADER_DETAIL: dead_letter.detail[:1000],

@@ -30,9 +30,7 @@ def full_name(namespace: str, name: str) -> str:
     return f"{namespace}_{name}" if namespace else name
 
 
-def make_family(
-    spec: MetricSpec, name: str, max_series: int, on_overflow: Callable[[Family], None]
-) -> AnyFamily:
+def make_family(spec: MetricSpec, name: str, max_series: int, on_overflow: Callable[[Family], None]) -> AnyFamily:
     common: dict[str, Any] = {"unit": spec.unit, "max_series": max_series, "on_overflow": on_overflow}
     labels = tuple(spec.labels)
     if spec.type is MetricType.COUNTER:
@@ -53,7 +51,7 @@ def _labels_getter(labels: Mapping[str, Getter]) -> Callable[[Any], tuple[str, .
         if len(names) == 1:
             single = operator.attrgetter(names[0])
             return lambda event: (single(event),)
-        return operator.attrgetter(*names)  # type: ignore[return-value]  # a tuple for 2+ names
+        return operator.attrgetter(*names)  # a tuple for 2+ names
     getters = [_getter(source) for source in sources]
     return lambda event: tuple(getter(event) for getter in getters)
 

@@ -107,9 +107,8 @@ class GaugeFamily(Family):
         series = self.series
         current = series.get(key)
         if current is None:
-            if self.exclusive_prefix:
-                if not self._replace_sibling(key, event_ts):
-                    return
+            if self.exclusive_prefix and not self._replace_sibling(key, event_ts):
+                return
             key = self._admit(key)
             current = series.get(key)
         if current is not None and event_ts < current[1]:
@@ -188,11 +187,7 @@ class Store:
         return sum(len(family.series) for family in self.families.values())
 
     def expire_gauges(self, older_than: float) -> int:
-        return sum(
-            family.expire(older_than)
-            for family in self.families.values()
-            if isinstance(family, GaugeFamily)
-        )
+        return sum(family.expire(older_than) for family in self.families.values() if isinstance(family, GaugeFamily))
 
     def snapshot(self) -> dict[str, Any]:
         return {name: family.snapshot() for name, family in self.families.items()}

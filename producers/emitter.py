@@ -11,7 +11,7 @@ from typing import Any
 
 import aio_pika
 import aiormq
-from aio_pika.abc import AbstractExchange, AbstractRobustConnection
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
 
 from producers.outbox import Outbox
 from schemas.events import EventBase, Heartbeat
@@ -59,6 +59,7 @@ class Publisher:
         self._last_heartbeat = 0.0
         self._closing = False
         self._connection: AbstractRobustConnection | None = None
+        self._channel: AbstractChannel | None = None
         self._exchange: AbstractExchange | None = None
         self.last_error: str = ""
 
@@ -81,10 +82,11 @@ class Publisher:
             if settings.heartbeat_interval and now - self._last_heartbeat >= settings.heartbeat_interval:
                 self._last_heartbeat = now
                 batch.append(self.heartbeat())
-            batch.extend(self.outbox.take(settings.batch_size - len(batch)))
+            own_heartbeats = len(batch)
+            batch.extend(self.outbox.take(settings.batch_size - own_heartbeats))
             if batch:
                 await self._publish(batch)
-                self.confirmed += len(batch) - sum(1 for event in batch if type(event) is Heartbeat)
+                self.confirmed += len(batch) - own_heartbeats
             elif self._closing:
                 return
             else:
@@ -123,10 +125,15 @@ class Publisher:
 
     async def _ensure_exchange(self) -> AbstractExchange:
         if self._connection is None:
-            self._connection = await aio_pika.connect_robust(self.settings.url, timeout=5, reconnect_interval=1.0)
-        if self._exchange is None or self._exchange.channel.is_closed:
-            channel = await self._connection.channel(publisher_confirms=True)
-            self._exchange = await channel.declare_exchange(
+            self._connection = await aio_pika.connect_robust(
+                self.settings.url,
+                timeout=5,
+                reconnect_interval=1.0,
+                client_properties={"connection_name": f"tickbus-producer {self.settings.source}"},
+            )
+        if self._exchange is None or self._channel is None or self._channel.is_closed:
+            self._channel = await self._connection.channel(publisher_confirms=True)
+            self._exchange = await self._channel.declare_exchange(
                 self.settings.exchange, aio_pika.ExchangeType.TOPIC, durable=True
             )
         return self._exchange
@@ -184,7 +191,7 @@ class AsyncEmitter:
         try:
             await asyncio.wait_for(asyncio.shield(self._task), timeout)
             drained = True
-        except asyncio.TimeoutError:
+        except TimeoutError:
             self._task.cancel()
             drained = False
         self._task = None

@@ -36,7 +36,7 @@ class EventBase(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True, t
     source: SourceName
 
 
-class Signal(EventBase, tag="signal"):
+class Signal(EventBase, tag="signal", frozen=True):
     """A strategy generated, accepted or rejected a trading signal."""
 
     strategy: RequiredLabel
@@ -48,7 +48,7 @@ class Signal(EventBase, tag="signal"):
     latency: Seconds | None = None
 
 
-class Order(EventBase, tag="order"):
+class Order(EventBase, tag="order", frozen=True):
     """An order changed state: placed, (partially) filled, cancelled, rejected or expired."""
 
     symbol: RequiredLabel
@@ -65,7 +65,7 @@ class Order(EventBase, tag="order"):
     order_id: Identifier = ""
 
 
-class Prediction(EventBase, tag="prediction"):
+class Prediction(EventBase, tag="prediction", frozen=True):
     """A model made a prediction; `correct` reports its outcome once known."""
 
     model: RequiredLabel
@@ -78,7 +78,7 @@ class Prediction(EventBase, tag="prediction"):
     correct: bool | None = None
 
 
-class Error(EventBase, tag="error"):
+class Error(EventBase, tag="error", frozen=True):
     """A component hit an error; the message is kept for logs, never made a label."""
 
     component: RequiredLabel
@@ -88,7 +88,7 @@ class Error(EventBase, tag="error"):
     message: FreeText = ""
 
 
-class Position(EventBase, tag="position"):
+class Position(EventBase, tag="position", frozen=True):
     """The current state of one position; quantity 0 means closed."""
 
     symbol: RequiredLabel
@@ -101,7 +101,7 @@ class Position(EventBase, tag="position"):
     realized_pnl: Amount | None = None
 
 
-class Portfolio(EventBase, tag="portfolio"):
+class Portfolio(EventBase, tag="portfolio", frozen=True):
     """The current state of an account or portfolio: value, cash, P&L, drawdown, exposure."""
 
     account: LabelValue = ""
@@ -116,7 +116,7 @@ class Portfolio(EventBase, tag="portfolio"):
     open_positions: Count | None = None
 
 
-class Trade(EventBase, tag="trade"):
+class Trade(EventBase, tag="trade", frozen=True):
     """A round-trip trade closed with a realised P&L: the basis of win rate and profit factor."""
 
     symbol: RequiredLabel
@@ -128,7 +128,7 @@ class Trade(EventBase, tag="trade"):
     holding_time: Seconds | None = None
 
 
-class Heartbeat(EventBase, tag="heartbeat"):
+class Heartbeat(EventBase, tag="heartbeat", frozen=True):
     """A source is alive; `dropped` is the producer's cumulative count of events it had to drop."""
 
     version: LabelValue = ""
@@ -138,7 +138,7 @@ class Heartbeat(EventBase, tag="heartbeat"):
     dropped: Count = 0
 
 
-class Metric(EventBase, tag="metric"):
+class Metric(EventBase, tag="metric", frozen=True):
     """An observation for a custom metric declared in the aggregator's config."""
 
     name: MetricName

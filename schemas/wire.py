@@ -47,14 +47,14 @@ class Codec:
         self.content_type = CONTENT_TYPE_ALIASES[content_type]
         if self.content_type == CONTENT_TYPE_JSON:
             self._encoder: msgspec.json.Encoder | msgspec.msgpack.Encoder = msgspec.json.Encoder()
-            self.message_decoder: msgspec.json.Decoder[Event | Batch] | msgspec.msgpack.Decoder[
-                Event | Batch
-            ] = msgspec.json.Decoder(Event | Batch)
-            self.raw_list_decoder: msgspec.json.Decoder[list[msgspec.Raw]] | msgspec.msgpack.Decoder[
-                list[msgspec.Raw]
-            ] = msgspec.json.Decoder(list[msgspec.Raw])
-            self.event_decoder: msgspec.json.Decoder[Event] | msgspec.msgpack.Decoder[Event] = (
-                msgspec.json.Decoder(Event)
+            self.message_decoder: msgspec.json.Decoder[Event | Batch] | msgspec.msgpack.Decoder[Event | Batch] = (
+                msgspec.json.Decoder(Event | Batch)
+            )
+            self.raw_list_decoder: (
+                msgspec.json.Decoder[list[msgspec.Raw]] | msgspec.msgpack.Decoder[list[msgspec.Raw]]
+            ) = msgspec.json.Decoder(list[msgspec.Raw])
+            self.event_decoder: msgspec.json.Decoder[Event] | msgspec.msgpack.Decoder[Event] = msgspec.json.Decoder(
+                Event
             )
         else:
             self._encoder = msgspec.msgpack.Encoder()

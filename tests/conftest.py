@@ -1,0 +1,38 @@
+"""Fixtures shared by unit and integration tests; integration tests are marked by their folder."""
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from tests.support.process import AggregatorProcess, Names
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if "integration" in item.path.parts:
+            item.add_marker(pytest.mark.integration)
+
+
+@pytest.fixture
+def names() -> Names:
+    """Exchange and queue names no other test uses."""
+    return Names.unique()
+
+
+@pytest.fixture
+def start_aggregator(tmp_path: Path) -> Iterator[Callable[..., AggregatorProcess]]:
+    """Start `aggregator run` subprocesses; every one still running is stopped at the end."""
+    started: list[AggregatorProcess] = []
+
+    def start(
+        names: Names, config: Path | None = None, extra_args: list[str] | None = None, wait_ready: bool = True
+    ) -> AggregatorProcess:
+        process = AggregatorProcess(names, tmp_path, config, extra_args or [])
+        started.append(process)
+        return process.start(wait_ready)
+
+    yield start
+    for process in started:
+        if process.process is not None:
+            process.stop()

@@ -1,0 +1,60 @@
+"""The consumer survives the broker closing its connection: it reconnects and keeps counting exactly."""
+
+import time
+from collections.abc import Callable
+
+from producers.emitter import Emitter, EmitterSettings
+from schemas.events import Error
+from tests.support.broker import close_connections, connection_pids
+from tests.support.process import AMQP_URL, AggregatorProcess, Names
+from tests.support.scrape import total, wait_for
+
+StartAggregator = Callable[..., AggregatorProcess]
+
+
+def _errors(count: int) -> list[Error]:
+    return [Error(ts=time.time(), source="flaky", component="feed", error_type="gap") for _ in range(count)]
+
+
+def test_consumer_comes_back_after_the_broker_closes_its_connection(
+    names: Names, start_aggregator: StartAggregator
+) -> None:
+    """Closed from the broker side with rabbitmqctl, the aggregator reconnects and counts what follows."""
+    aggregator = start_aggregator(names)
+    settings = EmitterSettings(source="flaky", url=AMQP_URL, exchange=names.exchange, heartbeat_interval=0)
+    with Emitter(settings) as emitter:
+        for event in _errors(100):
+            emitter.emit(event)
+        assert emitter.flush(10)
+        wait_for(lambda: total(aggregator.scrape(), "trading_errors_total") == 100, what="first 100 errors")
+
+        assert close_connections(f"tickbus-aggregator {names.queue}") == 1
+        wait_for(lambda: not aggregator.ready(), timeout=10, what="readiness to drop")
+        wait_for(aggregator.ready, timeout=30, what="the aggregator to reconnect")
+        assert len(connection_pids(f"tickbus-aggregator {names.queue}")) == 1
+
+        for event in _errors(150):
+            emitter.emit(event)
+        assert emitter.flush(10)
+    wait_for(lambda: total(aggregator.scrape(), "trading_errors_total") == 250, what="all 250 errors")
+    time.sleep(0.5)
+    assert total(aggregator.scrape(), "trading_errors_total") == 250
+    assert "lost the connection to RabbitMQ" in aggregator.log()
+
+
+def test_run_says_plainly_when_rabbitmq_is_unreachable_and_keeps_retrying(
+    names: Names, start_aggregator: StartAggregator
+) -> None:
+    """With nothing listening at the AMQP URL, `run` logs one clear line per retry, no traceback, and stays up."""
+    aggregator = start_aggregator(
+        names, extra_args=["--amqp-url", "amqp://guest:secret@127.0.0.1:1/"], wait_ready=False
+    )
+    wait_for(lambda: aggregator.log().count("cannot reach RabbitMQ") >= 2, timeout=15, what="two retry lines")
+    log = aggregator.log()
+    assert "amqp://guest:***@127.0.0.1:1/" in log
+    assert "secret" not in log
+    assert "Traceback" not in log
+    assert not aggregator.ready()
+    assert aggregator.process is not None
+    assert aggregator.process.poll() is None
+    assert aggregator.stop() == 0

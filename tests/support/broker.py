@@ -1,0 +1,73 @@
+"""Talking to the real RabbitMQ from tests: raw publishes, reading dead letters, closing connections."""
+
+import asyncio
+import subprocess
+from dataclasses import dataclass
+
+import aio_pika
+
+from tests.support.process import AMQP_URL
+
+
+@dataclass
+class RawMessage:
+    body: bytes
+    routing_key: str
+    content_type: str | None = "application/json"
+    message_id: str | None = None
+
+
+async def _publish(exchange_name: str, messages: list[RawMessage]) -> None:
+    connection = await aio_pika.connect(AMQP_URL)
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True)
+        exchange = await channel.declare_exchange(exchange_name, aio_pika.ExchangeType.TOPIC, durable=True)
+        for message in messages:
+            await exchange.publish(
+                aio_pika.Message(message.body, content_type=message.content_type, message_id=message.message_id),
+                routing_key=message.routing_key,
+            )
+
+
+def publish_raw(exchange_name: str, messages: list[RawMessage]) -> None:
+    """Publish bodies exactly as given, in order, with confirms."""
+    asyncio.run(_publish(exchange_name, messages))
+
+
+async def _drain(queue_name: str) -> list[aio_pika.abc.AbstractIncomingMessage]:
+    connection = await aio_pika.connect(AMQP_URL)
+    got = []
+    async with connection:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(queue_name, durable=True, passive=True)
+        while (message := await queue.get(fail=False, no_ack=True)) is not None:
+            got.append(message)
+    return got
+
+
+def drain(queue_name: str) -> list[aio_pika.abc.AbstractIncomingMessage]:
+    """Take every message now in the queue."""
+    return asyncio.run(_drain(queue_name))
+
+
+def rabbitmqctl(*args: str) -> str:
+    result = subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, text=True, timeout=60, check=True)
+    return result.stdout
+
+
+def connection_pids(name_prefix: str) -> list[str]:
+    """Erlang pids of the broker's connections whose client-given name starts with `name_prefix`."""
+    pids = []
+    for line in rabbitmqctl("list_connections", "pid", "client_properties").splitlines()[1:]:
+        pid, _, properties = line.partition("\t")
+        if f'{{"connection_name","{name_prefix}' in properties:
+            pids.append(pid)
+    return pids
+
+
+def close_connections(name_prefix: str) -> int:
+    """Close, from the broker side, every connection whose name starts with `name_prefix`."""
+    pids = connection_pids(name_prefix)
+    for pid in pids:
+        rabbitmqctl("close_connection", pid, "closed by a tickbus test")
+    return len(pids)

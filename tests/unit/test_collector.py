@@ -1,0 +1,55 @@
+"""Exposition: the Collector's output parses, has exact values, and both formats are served by the registry."""
+
+from prometheus_client.exposition import generate_latest
+from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
+from prometheus_client.registry import CollectorRegistry
+
+from aggregator.collector import StoreCollector
+from aggregator.config import CatalogSettings
+from aggregator.ingest import Ingest
+from aggregator.store import Store
+from schemas.events import Heartbeat, Order
+from tests.support.scrape import parse, value
+
+
+def _registry(clock_value: float) -> tuple[CollectorRegistry, Ingest]:
+    ingest = Ingest(CatalogSettings(heartbeat_staleness_seconds=30), [], Store())
+    registry = CollectorRegistry()
+    registry.register(StoreCollector(ingest, clock=lambda: clock_value))
+    return registry, ingest
+
+
+def test_signed_histograms_keep_count_and_sum() -> None:
+    """Slippage has negative bucket bounds; _count and _sum are still exposed, buckets cumulative."""
+    registry, ingest = _registry(100.0)
+    fills = [
+        Order(ts=1.0, source="x", symbol="S", side="buy", status="filled", slippage_bps=bps) for bps in (-3.0, 4.0)
+    ]
+    ingest.apply(fills, now=1.0)
+    samples = parse(generate_latest(registry).decode())
+    labels = {"source": "x", "venue": "", "symbol": "S", "side": "buy"}
+    assert value(samples, "trading_order_slippage_bps_count", **labels) == 2
+    assert value(samples, "trading_order_slippage_bps_sum", **labels) == 1.0
+    assert value(samples, "trading_order_slippage_bps_bucket", **labels, le="-2.0") == 1
+    assert value(samples, "trading_order_slippage_bps_bucket", **labels, le="5.0") == 2
+    assert value(samples, "trading_order_slippage_bps_bucket", **labels, le="+Inf") == 2
+
+
+def test_source_up_follows_heartbeat_staleness() -> None:
+    """A source is up while its last heartbeat arrived within the staleness window."""
+    registry, ingest = _registry(clock_value=100.0)
+    ingest.apply([Heartbeat(ts=50.0, source="fresh")], now=90.0)
+    ingest.apply([Heartbeat(ts=50.0, source="silent")], now=60.0)
+    samples = parse(generate_latest(registry).decode())
+    assert value(samples, "trading_source_up", source="fresh") == 1
+    assert value(samples, "trading_source_up", source="silent") == 0
+
+
+def test_openmetrics_output_is_well_formed() -> None:
+    """The OpenMetrics rendering ends in # EOF and carries units for unit-suffixed metrics."""
+    registry, ingest = _registry(1.0)
+    ingest.apply([Order(ts=1.0, source="x", symbol="S", side="buy", status="filled", latency=0.01)], now=1.0)
+    text = generate_openmetrics(registry).decode()  # type: ignore[no-untyped-call]
+    assert text.endswith("# EOF\n")
+    assert "# UNIT trading_order_latency_seconds seconds" in text
+    assert value(parse(generate_latest(registry).decode()), "tickbus_series", metric="trading_orders_total") == 1

@@ -1,0 +1,119 @@
+"""The catalog applied to events: which series each kind updates, custom metrics and their refusals."""
+
+import pytest
+
+from aggregator.config import CatalogSettings, CustomMetric
+from aggregator.ingest import Ingest
+from aggregator.store import CounterFamily, GaugeFamily, HistogramFamily, Store
+from schemas.events import Heartbeat, Metric, Order, Signal, Trade
+
+
+@pytest.fixture
+def ingest() -> Ingest:
+    custom = [
+        CustomMetric(name="kill_switch_active", type="gauge", help="h", labels=["reason"]),
+        CustomMetric(name="ai_cost_usd_total", type="counter", help="h", labels=["provider"]),
+        CustomMetric(name="feature_seconds", type="histogram", help="h", buckets=[0.1, 1.0]),
+    ]
+    return Ingest(CatalogSettings(namespace="desk"), custom, Store())
+
+
+def _series(ingest: Ingest, name: str) -> dict[tuple[str, ...], object]:
+    return ingest.store.families[name].series
+
+
+def test_every_built_in_metric_follows_prometheus_naming(ingest: Ingest) -> None:
+    """Counters end in _total, units close the name, everything carries the namespace and a source label."""
+    for spec, family in ingest.specs:
+        assert family.name.startswith("desk_")
+        assert family.name.endswith("_total") == isinstance(family, CounterFamily), family.name
+        if spec.unit:
+            assert family.name.endswith("_" + spec.unit), family.name
+        assert family.label_names[0] == "source", family.name
+        assert spec.help.endswith("."), family.name
+
+
+def test_order_fill_updates_counts_latency_slippage_and_volume(ingest: Ingest) -> None:
+    """A fill counts, observes latency and slippage, and adds quantity and notional."""
+    fill = Order(ts=1.0, source="ex", symbol="BTC", side="buy", status="filled", quantity=2, price=10,
+                 latency=0.003, slippage_bps=-1.0)  # fmt: skip
+    placed = Order(ts=1.0, source="ex", symbol="BTC", side="buy", status="placed", slippage_bps=3.0)
+    assert ingest.apply([fill, placed], now=2.0) == []
+    assert _series(ingest, "desk_orders_total") == {
+        ("ex", "", "BTC", "buy", "market", "filled", "", ""): 1.0,
+        ("ex", "", "BTC", "buy", "market", "placed", "", ""): 1.0,
+    }
+    slippage = ingest.store.families["desk_order_slippage_bps"]
+    assert isinstance(slippage, HistogramFamily)
+    assert slippage.series[("ex", "", "BTC", "buy")][-1] == -1.0  # only the fill was observed
+    assert _series(ingest, "desk_order_filled_notional_total") == {("ex", "", "BTC", "buy"): 20.0}
+    assert _series(ingest, "desk_order_latency_seconds")[("ex", "", "market", "filled")] is not None
+
+
+def test_optional_fields_left_out_update_nothing(ingest: Ingest) -> None:
+    """A signal without confidence or latency counts but observes no histogram."""
+    ingest.apply([Signal(ts=1.0, source="s", strategy="m", symbol="X", side="buy")], now=2.0)
+    assert len(_series(ingest, "desk_signals_total")) == 1
+    assert _series(ingest, "desk_signal_confidence_ratio") == {}
+    assert _series(ingest, "desk_signal_generation_seconds") == {}
+
+
+def test_trades_feed_win_rate_and_profit_factor(ingest: Ingest) -> None:
+    """Wins, losses, gross profit and gross loss come from closed trades."""
+    trades = [Trade(ts=1.0, source="s", symbol="X", side="buy", pnl=pnl) for pnl in (10.0, -4.0, 6.0, 0.0)]
+    ingest.apply(trades, now=2.0)
+    results = {key[-1]: count for key, count in _series(ingest, "desk_trades_total").items()}
+    assert results == {"win": 2.0, "loss": 1.0, "breakeven": 1.0}
+    assert _series(ingest, "desk_trade_profit_total") == {("s", "", "X"): 16.0}
+    assert _series(ingest, "desk_trade_loss_total") == {("s", "", "X"): 4.0}
+
+
+def test_heartbeats_feed_liveness_version_and_drops(ingest: Ingest) -> None:
+    """Last seen, version info and the producer's cumulative drops as a counter."""
+    ingest.apply([Heartbeat(ts=10.0, source="p", version="1.0", instance="a", dropped=3)], now=11.0)
+    ingest.apply([Heartbeat(ts=20.0, source="p", version="1.1", instance="a", dropped=5)], now=21.0)
+    assert _series(ingest, "desk_producer_dropped_events_total") == {("p",): 5.0}
+    assert set(_series(ingest, "desk_source_info")) == {("p", "1.1")}
+    last_seen = ingest.store.families["desk_source_last_seen_timestamp_seconds"]
+    assert isinstance(last_seen, GaugeFamily)
+    assert last_seen.series[("p",)] == (20.0, 20.0)
+
+
+def test_custom_metrics_apply_with_their_declared_labels(ingest: Ingest) -> None:
+    """Declared gauges, counters and histograms take `metric` events, with the source label added."""
+    events = [
+        Metric(ts=1.0, source="risk", name="kill_switch_active", value=1, labels={"reason": "dd"}),
+        Metric(ts=1.0, source="agent", name="ai_cost_usd_total", value=0.25, labels={"provider": "x"}),
+        Metric(ts=1.0, source="agent", name="ai_cost_usd_total", value=0.5, labels={"provider": "x"}),
+        Metric(ts=1.0, source="agent", name="feature_seconds", value=0.5),
+    ]
+    assert ingest.apply(events, now=2.0) == []
+    assert _series(ingest, "desk_kill_switch_active") == {("risk", "dd"): (1.0, 1.0)}
+    assert _series(ingest, "desk_ai_cost_usd_total") == {("agent", "x"): 0.75}
+    assert _series(ingest, "desk_feature_seconds") == {("agent",): [0, 1, 0, 0.5]}
+
+
+@pytest.mark.parametrize(
+    ("event", "reason"),
+    [
+        (Metric(ts=1.0, source="s", name="undeclared", value=1), "undeclared_metric"),
+        (Metric(ts=1.0, source="s", name="kill_switch_active", value=1), "label_mismatch"),
+        (
+            Metric(ts=1.0, source="s", name="kill_switch_active", value=1, labels={"reason": "a", "x": "b"}),
+            "label_mismatch",
+        ),
+        (
+            Metric(ts=1.0, source="s", name="ai_cost_usd_total", value=-1, labels={"provider": "x"}),
+            "negative_increment",
+        ),
+    ],
+)
+def test_custom_metric_events_that_do_not_fit_are_refused(ingest: Ingest, event: Metric, reason: str) -> None:
+    """Undeclared names, wrong label sets and negative counter increments are refused and change nothing."""
+    before = ingest.store.snapshot()
+    refused = ingest.apply([event], now=2.0)
+    assert [r.reason for r in refused] == [reason]
+    after = ingest.store.snapshot()
+    assert {k: v for k, v in after.items() if not k.startswith("tickbus_")} == {
+        k: v for k, v in before.items() if not k.startswith("tickbus_")
+    }
