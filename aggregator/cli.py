@@ -12,6 +12,7 @@ import anyio
 import msgspec
 import typer
 
+from aggregator.checkpoint import CheckpointError
 from aggregator.config import DEFAULT_AMQP_URL, ConfigError, load_settings
 from aggregator.consumer import redacted
 from aggregator.topology import TopologyError
@@ -91,6 +92,8 @@ def run(
         aggregator = Aggregator(settings)
     except ValueError as error:
         raise _fail(f"invalid configuration: {error}", 2) from None
+    except CheckpointError as error:
+        raise _fail(str(error)) from None
     try:
         anyio.run(aggregator.run)
     except TopologyError as error:

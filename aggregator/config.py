@@ -72,7 +72,8 @@ class StateSettings(_Section):
     # Empty: no checkpoints; messages are acked as soon as they are applied.
     dir: str = ""
     checkpoint_interval_seconds: PositiveSeconds = 0.2
-    dedup_window: Annotated[int, msgspec.Meta(ge=0)] = 200_000
+    # Message ids remembered so that redeliveries and producer retries count once.
+    dedup_window: Annotated[int, msgspec.Meta(ge=0)] = 50_000
 
 
 class CustomMetric(_Section):

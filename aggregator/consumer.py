@@ -84,6 +84,7 @@ class Consumer:
         self._last_unacked: AbstractIncomingMessage | None = None
         self._unacked = 0
         self._last_commit = time.monotonic()
+        self._commit_failing = False
         self.connection: AbstractRobustConnection | None = None
         self.topology: Topology | None = None
         self.consuming = False
@@ -138,7 +139,9 @@ class Consumer:
                         await self.commit()
                     continue
                 await self._handle(item)
-                if self._unacked >= self._commit_every or (self._commit_state is None and self._inbox.empty()):
+                if not self._commit_failing and (
+                    self._unacked >= self._commit_every or (self._commit_state is None and self._inbox.empty())
+                ):
                     await self.commit()
         finally:
             ticker.cancel()
@@ -185,7 +188,19 @@ class Consumer:
         if message is None:
             return
         if self._commit_state is not None:
-            await self._commit_state()
+            try:
+                await self._commit_state()
+            except OSError as error:
+                # Nothing is acked: the broker keeps the messages, and once the prefetch window is
+                # full it stops delivering until a checkpoint succeeds again.
+                if not self._commit_failing:
+                    log.error("checkpoint failed (%s); not acking until one succeeds", error)
+                self._commit_failing = True
+                self._last_commit = time.monotonic()
+                return
+            if self._commit_failing:
+                log.info("checkpoints succeed again")
+            self._commit_failing = False
         self._last_unacked = None
         self._unacked = 0
         self._last_commit = time.monotonic()

@@ -3,10 +3,12 @@
 import logging
 import signal
 import time
+from pathlib import Path
 
 import anyio
 from prometheus_client.registry import CollectorRegistry
 
+from aggregator.checkpoint import Checkpointer
 from aggregator.collector import StoreCollector
 from aggregator.config import Settings
 from aggregator.consumer import Consumer
@@ -32,7 +34,18 @@ class Aggregator:
         self.pipeline = Pipeline(self.ingest, self.recent_ids)
         self.registry = CollectorRegistry(auto_describe=True)
         self.registry.register(StoreCollector(self.ingest))
-        self.consumer = Consumer(settings.amqp, self.pipeline)
+        self.checkpointer: Checkpointer | None = None
+        if settings.state.dir:
+            self.checkpointer = Checkpointer(
+                Path(settings.state.dir), self.store, self.recent_ids, self.ingest.self_metrics
+            )
+            self.checkpointer.restore()
+        self.consumer = Consumer(
+            settings.amqp,
+            self.pipeline,
+            commit=self.checkpointer.write if self.checkpointer else None,
+            commit_interval=settings.state.checkpoint_interval_seconds,
+        )
         self.ingest.self_metrics.set_gauge(self.ingest.self_metrics.start_time, time.time(), time.time())
 
     async def run(self) -> None:

@@ -63,6 +63,8 @@ class CounterFamily(Family):
         super().__init__(*args, **kwargs)
         # series key -> (producer instance, last running total it reported)
         self.running_totals: dict[LabelKey, tuple[str, float]] = {}
+        if not self.label_names:
+            self.series[()] = 0.0  # a total with no labels exists, at zero, from the start
 
     def inc(self, key: LabelKey, amount: float = 1.0) -> None:
         series = self.series
@@ -154,6 +156,8 @@ class HistogramFamily(Family):
         super().__init__(*args, **kwargs)
         self.bounds = tuple(float(bound) for bound in buckets)
         self._width = len(self.bounds) + 2
+        if not self.label_names:
+            self.series[()] = self._empty()
 
     def observe(self, key: LabelKey, value: float) -> None:
         series = self.series
@@ -162,10 +166,25 @@ class HistogramFamily(Family):
             key = self._admit(key)
             counts = series.get(key)
             if counts is None:
-                counts = series[key] = [0] * (self._width - 1) + [0.0]
+                counts = series[key] = self._empty()
         # Prometheus buckets are upper-inclusive: value == bound lands in that bound's bucket.
         counts[bisect.bisect_left(self.bounds, value)] += 1
         counts[-1] += value
+
+    def _empty(self) -> list[Any]:
+        return [0] * (self._width - 1) + [0.0]
+
+    def restore(self, rows: Iterable[Any]) -> None:
+        super().restore(rows)
+        mismatched = [key for key, counts in self.series.items() if len(counts) != self._width]
+        for key in mismatched:
+            del self.series[key]
+        if mismatched:
+            log.warning(
+                "checkpoint has %d series of %s with other buckets than configured now; dropping them",
+                len(mismatched),
+                self.name,
+            )
 
 
 AnyFamily = CounterFamily | GaugeFamily | HistogramFamily

@@ -10,7 +10,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import aio_pika
-import aiormq
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
 
 from producers.outbox import Outbox
@@ -18,15 +17,6 @@ from schemas.events import EventBase, Heartbeat
 from schemas.wire import CONTENT_TYPE_MSGPACK, DEFAULT_EXCHANGE, Codec, routing_key_for
 
 log = logging.getLogger(__name__)
-
-PUBLISH_ERRORS = (
-    OSError,
-    ConnectionError,
-    asyncio.TimeoutError,
-    aiormq.exceptions.AMQPError,
-    aio_pika.exceptions.AMQPException,
-    aio_pika.exceptions.ChannelInvalidStateError,
-)
 
 
 @dataclass(frozen=True)
@@ -116,7 +106,7 @@ class Publisher:
                 await exchange.publish(message, routing_key=routing_key, timeout=10)
                 self.last_error = ""
                 return
-            except PUBLISH_ERRORS as error:
+            except Exception as error:  # the publisher must outlive any broker trouble; it retries all
                 if not self.last_error:
                     log.warning("tickbus: cannot publish to RabbitMQ (%s); retrying", error or type(error).__name__)
                 self.last_error = str(error) or type(error).__name__
@@ -131,7 +121,12 @@ class Publisher:
                 reconnect_interval=1.0,
                 client_properties={"connection_name": f"tickbus-producer {self.settings.source}"},
             )
-        if self._exchange is None or self._channel is None or self._channel.is_closed:
+        # A robust channel restores itself after a reconnect; only a channel the broker closed for good is replaced.
+        if (
+            self._exchange is None
+            or self._channel is None
+            or (self._channel.is_closed and not self._connection.is_closed)
+        ):
             self._channel = await self._connection.channel(publisher_confirms=True)
             self._exchange = await self._channel.declare_exchange(
                 self.settings.exchange, aio_pika.ExchangeType.TOPIC, durable=True
