@@ -5,20 +5,25 @@ import logging
 import socket
 import sys
 import time
+from collections.abc import Awaitable, Callable
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
+import aiormq
 import anyio
 import msgspec
 import typer
 
 from aggregator.checkpoint import CheckpointError
-from aggregator.config import DEFAULT_AMQP_URL, ConfigError, load_settings
-from aggregator.consumer import redacted
+from aggregator.config import DEFAULT_AMQP_URL, AmqpSettings, ConfigError, load_settings
+from aggregator.consumer import CONNECT_ERRORS, redacted
+from aggregator.deadletters import DeadLetters
 from aggregator.topology import TopologyError
 from schemas.events import KINDS, Event
 from schemas.jsonschema import event_json_schema
 from schemas.wire import CONTENT_TYPE_JSON, DEFAULT_EXCHANGE
+
+T = TypeVar("T")
 
 app = typer.Typer(
     name="aggregator",
@@ -175,6 +180,116 @@ def schema(
         typer.echo(text, nl=False)
     else:
         output.write_text(text, encoding="utf-8")
+
+
+dlq_app = typer.Typer(
+    help="Inspect and act on dead-lettered messages: list, show, replay, purge.",
+    no_args_is_help=True,
+    epilog="Example:  aggregator dlq list --queue tickbus.aggregator",
+)
+app.add_typer(dlq_app, name="dlq")
+
+ConfigPath = Annotated[
+    Path | None, typer.Option("--config", "-c", envvar="TICKBUS_CONFIG", help="The aggregator's TOML config file.")
+]
+Queue = Annotated[str | None, typer.Option(envvar="TICKBUS_QUEUE", help="The aggregator's queue (its .dead queue).")]
+
+
+def _amqp_settings(config: Path | None, amqp_url: str | None, exchange: str | None, queue: str | None) -> AmqpSettings:
+    try:
+        settings = load_settings(config, {"amqp.url": amqp_url, "amqp.exchange": exchange, "amqp.queue": queue})
+    except ConfigError as error:
+        raise _fail(str(error), 2) from None
+    return settings.amqp
+
+
+def _with_dead_letters(amqp: AmqpSettings, action: Callable[[DeadLetters], Awaitable[T]]) -> T:
+    async def run() -> T:
+        async with DeadLetters.open(amqp) as dead_letters:
+            return await action(dead_letters)
+
+    try:
+        return anyio.run(run)
+    except aiormq.exceptions.ChannelNotFoundEntity as error:
+        raise _fail(
+            f"{error.args[0] if error.args else error} on the broker: check --queue / --exchange "
+            f"(dead-letter queue {amqp.dead_letter_queue_name!r}, exchange {amqp.exchange!r}); "
+            "the aggregator declares them when it first runs"
+        ) from None
+    except CONNECT_ERRORS as error:
+        raise _fail(f"cannot reach RabbitMQ at {redacted(amqp.url)}: {error}") from None
+
+
+@dlq_app.command("list", epilog="Example:  aggregator dlq list --limit 20")
+def dlq_list(
+    config: ConfigPath = None,
+    amqp_url: AmqpUrl = None,
+    queue: Queue = None,
+    limit: Annotated[int, typer.Option(help="At most this many, oldest first.")] = 100,
+) -> None:
+    """List dead letters with their reason, leaving them in the queue."""
+    amqp = _amqp_settings(config, amqp_url, None, queue)
+    views = _with_dead_letters(amqp, lambda dead_letters: dead_letters.peek(limit))
+    if not views:
+        typer.echo(f"{amqp.dead_letter_queue_name}: empty")
+        return
+    typer.echo(f"{'#':>4}  {'reason':<24} {'routing key':<12} {'message id':<24} detail")
+    for view in views:
+        index = "" if view.batch_index is None else f"[{view.batch_index}]"
+        typer.echo(
+            f"{view.position:>4}  {view.reason:<24} {view.routing_key:<12} {view.message_id + index:<24} "
+            f"{view.detail[:80]}"
+        )
+
+
+@dlq_app.command("show", epilog="Example:  aggregator dlq show 3")
+def dlq_show(
+    position: Annotated[int, typer.Argument(help="Position in `aggregator dlq list` (1 is the oldest).")],
+    config: ConfigPath = None,
+    amqp_url: AmqpUrl = None,
+    queue: Queue = None,
+) -> None:
+    """Show one dead letter in full: reason, detail, routing key, message id and body."""
+    amqp = _amqp_settings(config, amqp_url, None, queue)
+    views = _with_dead_letters(amqp, lambda dead_letters: dead_letters.peek(position))
+    if len(views) < position or position < 1:
+        raise _fail(f"there is no dead letter #{position} ({len(views)} in the queue)")
+    view = views[position - 1]
+    typer.echo(
+        f"reason:       {view.reason}\ndetail:       {view.detail}\nrouting key:  {view.routing_key}\n"
+        f"message id:   {view.message_id}\nbatch index:  {view.batch_index}\n"
+        f"content type: {view.content_type}\nbody:         {view.body_text()}"
+    )
+
+
+@dlq_app.command("replay", epilog="Example:  aggregator dlq replay --reason undeclared_metric")
+def dlq_replay(
+    config: ConfigPath = None,
+    amqp_url: AmqpUrl = None,
+    exchange: Exchange = None,
+    queue: Queue = None,
+    reason: Annotated[str | None, typer.Option(help="Only dead letters with this reason.")] = None,
+    limit: Annotated[int, typer.Option(help="At most this many.")] = 10_000,
+) -> None:
+    """Publish dead letters back to the exchange (after fixing the config, say); replaying twice counts once."""
+    amqp = _amqp_settings(config, amqp_url, exchange, queue)
+    replayed = _with_dead_letters(amqp, lambda dead_letters: dead_letters.replay(limit, reason))
+    typer.echo(f"replayed {replayed} dead letter(s) to exchange {amqp.exchange!r}")
+
+
+@dlq_app.command("purge", epilog="Example:  aggregator dlq purge --yes")
+def dlq_purge(
+    config: ConfigPath = None,
+    amqp_url: AmqpUrl = None,
+    queue: Queue = None,
+    yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
+) -> None:
+    """Delete every dead letter."""
+    amqp = _amqp_settings(config, amqp_url, None, queue)
+    if not yes and not typer.confirm(f"Delete every message in {amqp.dead_letter_queue_name!r}?"):
+        raise typer.Exit(1)
+    purged = _with_dead_letters(amqp, lambda dead_letters: dead_letters.purge())
+    typer.echo(f"purged {purged} dead letter(s)")
 
 
 def main() -> None:

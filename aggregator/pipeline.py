@@ -123,7 +123,8 @@ class Pipeline:
                 "" if dead_letter.index is None else f", event {dead_letter.index}",
                 dead_letter.detail,
             )
-        if message_id:
+        # A message none of whose events applied is not remembered: replaying it after a fix must count.
+        if message_id and outcome.applied:
             self.recent_ids.add(message_id)
         self._apply_seconds.observe((), time.perf_counter() - started)
         return outcome

@@ -1,0 +1,142 @@
+"""Operating on the dead-letter queue: list, show, replay and purge what the aggregator refused."""
+
+import uuid
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import aio_pika
+import msgspec
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
+
+from aggregator.config import AmqpSettings
+from schemas.wire import (
+    CONTENT_TYPE_MSGPACK,
+    HEADER_BATCH_INDEX,
+    HEADER_DETAIL,
+    HEADER_ORIGINAL_MESSAGE_ID,
+    HEADER_ORIGINAL_ROUTING_KEY,
+    HEADER_REASON,
+)
+
+
+@dataclass(frozen=True)
+class DeadLetterView:
+    """One dead-lettered message as an operator sees it."""
+
+    position: int
+    reason: str
+    detail: str
+    routing_key: str
+    message_id: str
+    batch_index: int | None
+    content_type: str
+    body: bytes
+
+    def body_text(self) -> str:
+        """The body as readable text: MessagePack shown as JSON, anything else as UTF-8 (replacing bad bytes)."""
+        if self.content_type in ("application/msgpack", "application/x-msgpack", CONTENT_TYPE_MSGPACK):
+            try:
+                return msgspec.json.encode(msgspec.msgpack.decode(self.body)).decode()
+            except (msgspec.DecodeError, TypeError):
+                pass
+        return self.body.decode("utf-8", errors="replace")
+
+
+def _view(position: int, message: AbstractIncomingMessage) -> DeadLetterView:
+    headers: dict[str, Any] = dict(message.headers or {})
+    index = headers.get(HEADER_BATCH_INDEX)
+    return DeadLetterView(
+        position=position,
+        reason=str(headers.get(HEADER_REASON, _broker_reason(headers))),
+        detail=str(headers.get(HEADER_DETAIL, "")),
+        routing_key=str(headers.get(HEADER_ORIGINAL_ROUTING_KEY, message.routing_key or "")),
+        message_id=str(headers.get(HEADER_ORIGINAL_MESSAGE_ID, message.message_id or "")),
+        batch_index=int(index) if index is not None else None,
+        content_type=message.content_type or "",
+        body=message.body,
+    )
+
+
+def _broker_reason(headers: dict[str, Any]) -> str:
+    """Messages the broker dead-lettered itself (delivery limit, expiry) carry x-death instead of our header."""
+    deaths = headers.get("x-death")
+    if isinstance(deaths, list) and deaths and isinstance(deaths[0], dict):
+        return f"broker:{deaths[0].get('reason', 'unknown')}"
+    return "unknown"
+
+
+class DeadLetters:
+    """The dead-letter queue of one aggregator's topology."""
+
+    def __init__(self, channel: AbstractChannel, queue: AbstractQueue, amqp: AmqpSettings) -> None:
+        self._channel = channel
+        self._queue = queue
+        self._amqp = amqp
+
+    @classmethod
+    @asynccontextmanager
+    async def open(cls, amqp: AmqpSettings) -> AsyncIterator["DeadLetters"]:
+        connection = await aio_pika.connect(amqp.url, timeout=10)
+        async with connection:
+            channel = await connection.channel(publisher_confirms=True)
+            queue = await channel.declare_queue(amqp.dead_letter_queue_name, durable=True, passive=True)
+            yield cls(channel, queue, amqp)
+
+    async def _take(self, limit: int) -> list[AbstractIncomingMessage]:
+        taken: list[AbstractIncomingMessage] = []
+        while len(taken) < limit:
+            message = await self._queue.get(no_ack=False, fail=False)
+            if message is None:
+                break
+            taken.append(message)
+        return taken
+
+    async def _put_back(self, messages: list[AbstractIncomingMessage]) -> None:
+        for message in messages:
+            await message.nack(requeue=True)
+
+    async def peek(self, limit: int) -> list[DeadLetterView]:
+        """Up to `limit` dead letters, oldest first, left in the queue."""
+        taken = await self._take(limit)
+        views = [_view(position, message) for position, message in enumerate(taken, start=1)]
+        await self._put_back(taken)
+        return views
+
+    async def replay(self, limit: int, reason: str | None = None) -> int:
+        """Publish dead letters back to the exchange under their original routing key; returns how many.
+
+        Each replay gets a message id derived from the original, so replaying the same letter twice
+        after it was applied counts it once.
+        """
+        taken = await self._take(limit)
+        exchange = await self._channel.get_exchange(self._amqp.exchange)
+        replayed = 0
+        keep = []
+        for message in taken:
+            view = _view(0, message)
+            if reason is not None and view.reason != reason:
+                keep.append(message)
+                continue
+            original = view.message_id or uuid.uuid4().hex
+            index = "" if view.batch_index is None else f":{view.batch_index}"
+            await exchange.publish(
+                aio_pika.Message(
+                    view.body,
+                    content_type=view.content_type or None,
+                    message_id=f"{original}{index}:replay",
+                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                    app_id=message.app_id,
+                ),
+                routing_key=view.routing_key or "replay",
+            )
+            await message.ack()
+            replayed += 1
+        await self._put_back(keep)
+        return replayed
+
+    async def purge(self) -> int:
+        """Delete every dead letter; returns how many there were."""
+        result = await self._queue.purge()
+        return int(result.message_count or 0)
