@@ -182,6 +182,27 @@ def schema(
         output.write_text(text, encoding="utf-8")
 
 
+@app.command(epilog="Example:  aggregator catalog --output docs/metrics.md")
+def catalog(
+    config: Annotated[
+        Path | None, typer.Option("--config", "-c", envvar="TICKBUS_CONFIG", help="Include this config's metrics.")
+    ] = None,
+    output: Annotated[Path | None, typer.Option("--output", "-o", help="Write to this file instead of stdout.")] = None,
+) -> None:
+    """Print the metric catalog (every metric, its type, labels and help) as Markdown."""
+    from aggregator.catalogdoc import render_catalog
+
+    try:
+        settings = load_settings(config)
+    except ConfigError as error:
+        raise _fail(str(error), 2) from None
+    text = render_catalog(settings)
+    if output is None:
+        typer.echo(text, nl=False)
+    else:
+        output.write_text(text, encoding="utf-8")
+
+
 dlq_app = typer.Typer(
     help="Inspect and act on dead-lettered messages: list, show, replay, purge.",
     no_args_is_help=True,
