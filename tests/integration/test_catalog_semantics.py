@@ -1,22 +1,22 @@
 """Catalog behaviour over the real broker: cardinality guard, gauge ordering, expiry and source liveness."""
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 from producers.emitter import Emitter, EmitterSettings
-from schemas.events import Error, Heartbeat, Position
+from schemas.events import Error, EventBase, Heartbeat, Position
 from tests.support.process import AMQP_URL, AggregatorProcess, Names
 from tests.support.scrape import total, value, wait_for
 
 StartAggregator = Callable[..., AggregatorProcess]
 
 
-def _send(names: Names, events: list[object], source: str = "t") -> None:
+def _send(names: Names, events: Sequence[EventBase], source: str = "t") -> None:
     settings = EmitterSettings(source=source, url=AMQP_URL, exchange=names.exchange, heartbeat_interval=0)
     with Emitter(settings) as emitter:
         for event in events:
-            assert emitter.emit(event)  # type: ignore[arg-type]
+            assert emitter.emit(event)
         assert emitter.flush(10)
 
 
