@@ -34,11 +34,12 @@ LATENCY_BUCKETS = (
     0.0001, 0.00025, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05,
     0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
 )  # fmt: skip
-# Signed slippage in basis points: negative is price improvement.
-SLIPPAGE_BPS_BUCKETS = (-50.0, -20.0, -10.0, -5.0, -2.0, -1.0, 0.0, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0)
+# Slippage in basis points, by size; its sign is the `direction` label, because OpenMetrics
+# histograms with negative buckets may not carry a sum and traders need the average.
+SLIPPAGE_BPS_BUCKETS = (0.0, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0)
 PROBABILITY_BUCKETS = tuple(round(step * 0.05, 2) for step in range(1, 21))
-# Expected return of a trade as a fraction: -5% .. +10%.
-RETURN_BUCKETS = (-0.05, -0.02, -0.01, -0.005, 0.0, 0.005, 0.01, 0.02, 0.05, 0.1)
+# Expected return of a trade as a fraction, up to +10%; an expected loss falls in the 0 bucket.
+RETURN_BUCKETS = (0.0, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1)
 # Holding time of a trade: a second to a week.
 HOLDING_TIME_BUCKETS = (1.0, 10.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 86400.0, 604800.0)
 
@@ -79,6 +80,10 @@ def _notional(order: Order) -> float | None:
     if order.quantity is None or order.price is None:
         return None
     return order.quantity * order.price
+
+
+def _slippage_direction(order: Order) -> str:
+    return "favorable" if order.slippage_bps is not None and order.slippage_bps < 0 else "adverse"
 
 
 def _trade_result(trade: Trade) -> str:
@@ -144,9 +149,10 @@ BUILTIN_CATALOG: Mapping[type[EventBase], tuple[MetricSpec, ...]] = {
         MetricSpec(
             "order_slippage_bps",
             MetricType.HISTOGRAM,
-            "Slippage of fills against the expected price, in basis points (positive is worse).",
-            _fields("source", "venue", "symbol", "side"),
-            value="slippage_bps",
+            "Size of fill slippage against the expected price, in basis points; direction is adverse "
+            "(worse, or zero) or favorable (price improvement).",
+            {**_fields("source", "venue", "symbol", "side"), "direction": _slippage_direction},
+            value=lambda order: abs(order.slippage_bps) if order.slippage_bps is not None else None,
             unit="bps",
             buckets=SLIPPAGE_BPS_BUCKETS,
             when=_filled,

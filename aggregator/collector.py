@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterator
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
     GaugeMetricFamily,
+    HistogramMetricFamily,
     Metric,
 )
 from prometheus_client.registry import Collector
@@ -37,18 +38,15 @@ def family_metric(family: AnyFamily) -> Metric:
         for key, (value, _) in family.series.items():
             gauge.add_metric(key, value)
         return gauge
-    # Samples are added by hand: prometheus_client drops _count and _sum when a bucket bound is
-    # negative (signed slippage, returns), and traders need the average of those.
-    histogram = Metric(family.name, family.help, "histogram", unit=_unit(family))
+    histogram = HistogramMetricFamily(family.name, family.help, labels=labels, unit=_unit(family))
     bounds = [_bucket_label(bound) for bound in family.bounds] + ["+Inf"]
     for key, counts in family.series.items():
-        series_labels = dict(zip(family.label_names, key, strict=True))
         cumulative = 0
+        buckets = []
         for bound, count in zip(bounds, counts, strict=False):
             cumulative += count
-            histogram.add_sample(f"{family.name}_bucket", {**series_labels, "le": bound}, cumulative)
-        histogram.add_sample(f"{family.name}_count", series_labels, cumulative)
-        histogram.add_sample(f"{family.name}_sum", series_labels, counts[-1])
+            buckets.append((bound, cumulative))
+        histogram.add_metric(list(key), buckets, counts[-1])
     return histogram
 
 
@@ -72,8 +70,6 @@ class StoreCollector(Collector):
     def _source_up(self) -> Metric:
         up = GaugeMetricFamily(self._ingest.source_up_name, SOURCE_UP.help, labels=["source"])
         stale_before = self._clock() - self._ingest.settings.heartbeat_staleness_seconds
-        last_seen = self._ingest.source_last_seen
-        assert isinstance(last_seen, GaugeFamily)
-        for key, updated in list(last_seen.updated.items()):
+        for key, updated in list(self._ingest.source_last_seen.updated.items()):
             up.add_metric(key, 1.0 if updated >= stale_before else 0.0)
         return up

@@ -96,6 +96,11 @@ class CustomMetric(_Section):
                 raise ValueError(f"histogram {self.name!r} needs `buckets`")
             if sorted(set(self.buckets)) != self.buckets:
                 raise ValueError(f"histogram {self.name!r}: buckets must be strictly increasing")
+            if self.buckets[0] < 0:
+                raise ValueError(
+                    f"histogram {self.name!r}: buckets must be >= 0 (OpenMetrics allows no sum with negative "
+                    "buckets); observe the size and put the sign in a label"
+                )
         elif self.buckets:
             raise ValueError(f"{self.type} {self.name!r}: only histograms have `buckets`")
         reserved = RESERVED_LABELS.intersection(self.labels)

@@ -4,18 +4,29 @@ import gzip
 from collections.abc import Callable
 
 from aiohttp import web
-from prometheus_client.exposition import choose_encoder
+from prometheus_client.exposition import generate_latest
+from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 from prometheus_client.registry import CollectorRegistry
 
+from aggregator.exposition import CONTENT_TYPE_OPENMETRICS, CONTENT_TYPE_TEXT, Exposition, wants_openmetrics
 
-def make_app(registry: CollectorRegistry, is_ready: Callable[[], bool]) -> web.Application:
-    """An aiohttp application serving the registry and the health probes."""
+# Below this a body is sent as is: compressing it costs more than it saves on loopback.
+GZIP_MIN_BYTES = 64 * 1024
+
+
+def make_app(exposition: Exposition, registry: CollectorRegistry, is_ready: Callable[[], bool]) -> web.Application:
+    """The store's metrics, then the registry's (the aggregator's process metrics), and the health probes."""
 
     async def metrics(request: web.Request) -> web.Response:
-        encoder, content_type = choose_encoder(request.headers.get("Accept", ""))
-        body = encoder(registry)
-        headers = {"Content-Type": content_type}
-        if "gzip" in request.headers.get("Accept-Encoding", ""):
+        openmetrics = wants_openmetrics(request.headers.get("Accept", ""))
+        body = exposition.render(openmetrics)
+        if openmetrics:
+            extra: bytes = generate_openmetrics(registry)  # type: ignore[no-untyped-call]
+            body = body.removesuffix(b"# EOF\n") + extra
+        else:
+            body += generate_latest(registry)
+        headers = {"Content-Type": CONTENT_TYPE_OPENMETRICS if openmetrics else CONTENT_TYPE_TEXT}
+        if len(body) >= GZIP_MIN_BYTES and "gzip" in request.headers.get("Accept-Encoding", ""):
             body = gzip.compress(body, compresslevel=1)
             headers["Content-Encoding"] = "gzip"
         return web.Response(body=body, headers=headers)

@@ -142,6 +142,7 @@ class CustomMetrics:
 
     def apply(self, event: Metric, now: float) -> None:
         family, label_names, _ = self._by_name[event.name]
+        family.version += 1
         key = (event.source, *(event.labels[name] for name in label_names))
         if isinstance(family, CounterFamily):
             family.inc(key, event.value)
@@ -173,14 +174,15 @@ class Ingest:
 
         self.specs: list[tuple[MetricSpec, AnyFamily]] = []
         self._updaters: dict[type[Any], tuple[Updater, ...]] = {}
+        self._families: dict[type[Any], tuple[AnyFamily, ...]] = {}
         for event_type, specs in catalog.items():
-            updaters = []
-            for spec in specs:
-                family = make(spec, full_name(settings.namespace, spec.name))
-                self.specs.append((spec, family))
-                updaters.append(make_updater(spec, family))
-            self._updaters[event_type] = tuple(updaters)
-        self.source_last_seen = store.families[full_name(settings.namespace, "source_last_seen_timestamp_seconds")]
+            families = [make(spec, full_name(settings.namespace, spec.name)) for spec in specs]
+            self.specs += zip(specs, families, strict=True)
+            self._updaters[event_type] = tuple(map(make_updater, specs, families))
+            self._families[event_type] = tuple(families)
+        last_seen = store.families[full_name(settings.namespace, "source_last_seen_timestamp_seconds")]
+        assert isinstance(last_seen, GaugeFamily)
+        self.source_last_seen = last_seen
         self.source_up_name = full_name(settings.namespace, SOURCE_UP.name)
         self.custom = CustomMetrics(custom_metrics, settings.namespace, make)
 
@@ -202,7 +204,8 @@ class Ingest:
         rejections: list[EventRejection] = []
         updaters = self._updaters
         received = self.self_metrics.events_received.inc
-        observe_age = self.self_metrics.event_age.observe
+        kinds_seen: set[type[Any]] = set()
+        last_type: type[Any] | None = None
         for index, event in enumerate(events):
             event_type = type(event)
             if event_type is Metric:
@@ -213,11 +216,19 @@ class Ingest:
                     continue
                 self.custom.apply(event, now)
             else:
+                if event_type is not last_type:
+                    kinds_seen.add(event_type)
+                    last_type = event_type
                 for update in updaters[event_type]:
                     update(event, now)
             received((event_type.__struct_config__.tag, event.source))
-            age = now - event.ts
-            observe_age((), age if age > 0 else 0.0)
+        for event_type in kinds_seen:
+            for family in self._families[event_type]:
+                family.version += 1
+        if events:
+            # Freshness per message: the age of its first event (a batch's oldest, as producers append).
+            age = now - events[0].ts
+            self.self_metrics.event_age.observe((), age if age > 0 else 0.0)
         return rejections
 
     def kinds(self) -> list[str]:

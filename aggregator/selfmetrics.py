@@ -16,16 +16,19 @@ class SelfMetrics:
     def __init__(self, store: Store, on_overflow: Callable[[Family], None] | None = None) -> None:
         def add_counter(name: str, help_text: str, *labels: str) -> CounterFamily:
             family = CounterFamily(f"{PREFIX}_{name}", help_text, labels, on_overflow=on_overflow)
+            family.volatile = True
             store.add(family)
             return family
 
         def add_gauge(name: str, help_text: str, *labels: str, unit: str = "") -> GaugeFamily:
             family = GaugeFamily(f"{PREFIX}_{name}", help_text, labels, unit=unit)
+            family.volatile = True
             store.add(family)
             return family
 
         def add_histogram(name: str, help_text: str, buckets: tuple[float, ...], unit: str = "") -> HistogramFamily:
             family = HistogramFamily(f"{PREFIX}_{name}", help_text, (), unit=unit, buckets=buckets)
+            family.volatile = True
             store.add(family)
             return family
 

@@ -6,12 +6,13 @@ import time
 from pathlib import Path
 
 import anyio
+from prometheus_client import GCCollector, PlatformCollector, ProcessCollector
 from prometheus_client.registry import CollectorRegistry
 
 from aggregator.checkpoint import Checkpointer
-from aggregator.collector import StoreCollector
 from aggregator.config import Settings
 from aggregator.consumer import Consumer
+from aggregator.exposition import Exposition
 from aggregator.http import make_app, start_http
 from aggregator.ingest import Ingest
 from aggregator.pipeline import Pipeline, RecentIds
@@ -32,8 +33,12 @@ class Aggregator:
         self.ingest = Ingest(settings.catalog, settings.metrics, self.store)
         self.recent_ids = RecentIds(settings.state.dedup_window)
         self.pipeline = Pipeline(self.ingest, self.recent_ids)
+        self.exposition = Exposition(self.ingest)
+        # The aggregator's own process metrics (CPU, memory, file descriptors, GC) come from prometheus_client.
         self.registry = CollectorRegistry(auto_describe=True)
-        self.registry.register(StoreCollector(self.ingest))
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
         self.checkpointer: Checkpointer | None = None
         if settings.state.dir:
             self.checkpointer = Checkpointer(
@@ -54,7 +59,9 @@ class Aggregator:
         self._consuming = anyio.Event()
         self._drained = anyio.Event()
         http = self.settings.http
-        runner = await start_http(make_app(self.registry, lambda: self.consumer.ready), http.host, http.port)
+        runner = await start_http(
+            make_app(self.exposition, self.registry, lambda: self.consumer.ready), http.host, http.port
+        )
         log.info("serving /metrics on http://%s:%d", http.host, http.port)
         try:
             async with anyio.create_task_group() as group:

@@ -37,6 +37,10 @@ class Family:
         self.folded = 0
         self._on_overflow = on_overflow
         self.series: dict[LabelKey, Any] = {}
+        # Bumped by whoever changes the series (once per message, not per update), so the exposition
+        # can reuse a family's rendered text while it is unchanged. Volatile families are always rendered.
+        self.version = 0
+        self.volatile = False
 
     def _admit(self, key: LabelKey) -> LabelKey:
         """The key to store a new series under: itself, or the overflow series once the limit is hit."""
@@ -52,6 +56,7 @@ class Family:
 
     def restore(self, rows: Iterable[Any]) -> None:
         self.series = {tuple(key): value for key, value in rows}
+        self.version += 1
 
 
 class CounterFamily(Family):
@@ -134,6 +139,8 @@ class GaugeFamily(Family):
         for key in stale:
             del self.series[key]
             del self.updated[key]
+        if stale:
+            self.version += 1
         return len(stale)
 
     def snapshot(self) -> list[Any]:
@@ -145,6 +152,7 @@ class GaugeFamily(Family):
         for key, value, updated in rows:
             self.series[tuple(key)] = (value[0], value[1])
             self.updated[tuple(key)] = updated
+        self.version += 1
 
 
 class HistogramFamily(Family):

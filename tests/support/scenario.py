@@ -104,7 +104,14 @@ def desk_expected(source: str) -> Samples:
             status="filled",
             le="0.025",
         ): 1,
-        _key("trading_order_slippage_bps_sum", source=s, venue="binance", symbol="BTCUSDT", side="buy"): 1.5,
+        _key(
+            "trading_order_slippage_bps_sum",
+            source=s,
+            venue="binance",
+            symbol="BTCUSDT",
+            side="buy",
+            direction="adverse",
+        ): 1.5,
         _key("trading_order_filled_quantity_total", source=s, strategy="", symbol="BTCUSDT", side="buy"): 2,
         _key("trading_order_filled_notional_total", source=s, strategy="", symbol="BTCUSDT", side="buy"): 201,
         _key(

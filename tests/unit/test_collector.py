@@ -19,20 +19,24 @@ def _registry(clock_value: float) -> tuple[CollectorRegistry, Ingest]:
     return registry, ingest
 
 
-def test_signed_histograms_keep_count_and_sum() -> None:
-    """Slippage has negative bucket bounds; _count and _sum are still exposed, buckets cumulative."""
+def test_slippage_is_split_by_direction_with_count_and_sum() -> None:
+    """Slippage sizes go in non-negative buckets, the sign in `direction`; _count and _sum are exposed per direction."""
     registry, ingest = _registry(100.0)
     fills = [
-        Order(ts=1.0, source="x", symbol="S", side="buy", status="filled", slippage_bps=bps) for bps in (-3.0, 4.0)
+        Order(ts=1.0, source="x", symbol="S", side="buy", status="filled", slippage_bps=bps) for bps in (-3.0, 4.0, 0.0)
     ]
     ingest.apply(fills, now=1.0)
     samples = parse(generate_latest(registry).decode())
     labels = {"source": "x", "venue": "", "symbol": "S", "side": "buy"}
-    assert value(samples, "trading_order_slippage_bps_count", **labels) == 2
-    assert value(samples, "trading_order_slippage_bps_sum", **labels) == 1.0
-    assert value(samples, "trading_order_slippage_bps_bucket", **labels, le="-2.0") == 1
-    assert value(samples, "trading_order_slippage_bps_bucket", **labels, le="5.0") == 2
-    assert value(samples, "trading_order_slippage_bps_bucket", **labels, le="+Inf") == 2
+    adverse = {**labels, "direction": "adverse"}
+    favorable = {**labels, "direction": "favorable"}
+    assert value(samples, "trading_order_slippage_bps_count", **adverse) == 2
+    assert value(samples, "trading_order_slippage_bps_sum", **adverse) == 4.0
+    assert value(samples, "trading_order_slippage_bps_sum", **favorable) == 3.0
+    assert value(samples, "trading_order_slippage_bps_bucket", **adverse, le="0.0") == 1
+    assert value(samples, "trading_order_slippage_bps_bucket", **adverse, le="5.0") == 2
+    assert value(samples, "trading_order_slippage_bps_bucket", **favorable, le="2.0") == 0
+    assert value(samples, "trading_order_slippage_bps_bucket", **favorable, le="+Inf") == 1
 
 
 def test_source_up_follows_heartbeat_staleness() -> None:

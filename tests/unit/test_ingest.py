@@ -45,7 +45,7 @@ def test_order_fill_updates_counts_latency_slippage_and_volume(ingest: Ingest) -
     }
     slippage = ingest.store.families["desk_order_slippage_bps"]
     assert isinstance(slippage, HistogramFamily)
-    assert slippage.series[("ex", "", "BTC", "buy")][-1] == -1.0  # only the fill was observed
+    assert slippage.series == {("ex", "", "BTC", "buy", "favorable"): [0, 0, 1, 0, 0, 0, 0, 0, 0, 0, 1.0]}
     assert _series(ingest, "desk_order_filled_notional_total") == {("ex", "", "BTC", "buy"): 20.0}
     assert _series(ingest, "desk_order_latency_seconds")[("ex", "", "market", "filled")] is not None
 

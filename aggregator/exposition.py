@@ -1,0 +1,147 @@
+"""Rendering the store as Prometheus text or OpenMetrics, reusing what did not change since the last scrape."""
+
+import math
+import time
+from collections.abc import Callable, Iterable
+from typing import Any
+
+from aggregator.catalog import SOURCE_UP
+from aggregator.ingest import Ingest
+from aggregator.store import AnyFamily, CounterFamily, GaugeFamily, HistogramFamily, LabelKey
+
+CONTENT_TYPE_TEXT = "text/plain; version=0.0.4; charset=utf-8"
+CONTENT_TYPE_OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+
+
+def _escape_label(value: str) -> str:
+    return value.replace("\\", r"\\").replace("\n", r"\n").replace('"', r"\"")
+
+
+def _escape_help(text: str) -> str:
+    return text.replace("\\", r"\\").replace("\n", r"\n")
+
+
+def _labels(names: Iterable[str], values: Iterable[str]) -> str:
+    pairs = ",".join(f'{name}="{_escape_label(value)}"' for name, value in zip(names, values, strict=True))
+    return "{" + pairs + "}" if pairs else ""
+
+
+def _number(value: float) -> str:
+    if math.isfinite(value):
+        return repr(float(value))
+    if math.isnan(value):
+        return "NaN"
+    return "+Inf" if value > 0 else "-Inf"
+
+
+def _bound(bound: float) -> str:
+    return repr(float(bound))
+
+
+def wants_openmetrics(accept: str) -> bool:
+    """Content negotiation as prometheus_client does it: OpenMetrics when the client lists it."""
+    return any(part.split(";")[0].strip() == "application/openmetrics-text" for part in accept.split(","))
+
+
+class FamilyText:
+    """One family's rendered text per format, and the sample-name prefix of every series, kept between scrapes."""
+
+    def __init__(self, family: AnyFamily) -> None:
+        self.family = family
+        self.prefixes: dict[LabelKey, Any] = {}
+        self.blocks: dict[bool, tuple[int, str]] = {}
+
+    def header(self, openmetrics: bool) -> str:
+        family = self.family
+        name = family.name
+        if openmetrics and isinstance(family, CounterFamily):
+            name = name.removesuffix("_total")
+        lines = [f"# HELP {name} {_escape_help(family.help)}", f"# TYPE {name} {family.type}"]
+        if openmetrics and family.unit and family.name.endswith("_" + family.unit):
+            lines.append(f"# UNIT {name} {family.unit}")
+        return "\n".join(lines) + "\n"
+
+    def text(self, openmetrics: bool) -> str:
+        family = self.family
+        cached = self.blocks.get(openmetrics)
+        if cached is not None and cached[0] == family.version and not family.volatile:
+            return cached[1]
+        version = family.version
+        text = self.header(openmetrics) + self._samples()
+        self.blocks[openmetrics] = (version, text)
+        return text
+
+    def _samples(self) -> str:
+        family = self.family
+        prefixes = self.prefixes
+        if len(prefixes) > len(family.series) * 2:  # many series expired since: drop their prefixes
+            self.prefixes = prefixes = {key: prefixes[key] for key in family.series if key in prefixes}
+        names = family.label_names
+        out: list[str] = []
+        append = out.append
+        if isinstance(family, HistogramFamily):
+            bounds = [*map(_bound, family.bounds), "+Inf"]
+            for key, counts in family.series.items():
+                prefix = prefixes.get(key)
+                if prefix is None:
+                    prefix = prefixes[key] = self._histogram_prefixes(key, bounds)
+                cumulative = 0
+                for line_prefix, count in zip(prefix[0], counts, strict=False):
+                    cumulative += count
+                    append(f"{line_prefix}{cumulative}\n")
+                append(f"{prefix[1]}{cumulative}\n{prefix[2]}{_number(counts[-1])}\n")
+            return "".join(out)
+        sample_name = family.name
+        gauge = isinstance(family, GaugeFamily)
+        for key, value in family.series.items():
+            prefix = prefixes.get(key)
+            if prefix is None:
+                prefix = prefixes[key] = f"{sample_name}{_labels(names, key)} "
+            append(f"{prefix}{_number(value[0] if gauge else value)}\n")
+        return "".join(out)
+
+    def _histogram_prefixes(self, key: LabelKey, bounds: list[str]) -> tuple[list[str], str, str]:
+        family = self.family
+        names = family.label_names
+        buckets = [f"{family.name}_bucket{_labels((*names, 'le'), (*key, bound))} " for bound in bounds]
+        plain = _labels(names, key)
+        return buckets, f"{family.name}_count{plain} ", f"{family.name}_sum{plain} "
+
+
+class Exposition:
+    """The /metrics body for the whole store, plus the series derived at scrape time."""
+
+    def __init__(self, ingest: Ingest, clock: Callable[[], float] = time.time) -> None:
+        self._ingest = ingest
+        self._clock = clock
+        self._texts: dict[str, FamilyText] = {}
+
+    def render(self, openmetrics: bool = False) -> bytes:
+        families = self._ingest.store.families
+        texts = self._texts
+        parts = []
+        for name, family in families.items():
+            text = texts.get(name)
+            if text is None or text.family is not family:
+                text = texts[name] = FamilyText(family)
+            parts.append(text.text(openmetrics))
+        parts.append(self._source_up())
+        parts.append(self._series_counts(families))
+        if openmetrics:
+            parts.append("# EOF\n")
+        return "".join(parts).encode()
+
+    def _source_up(self) -> str:
+        ingest = self._ingest
+        name = ingest.source_up_name
+        stale_before = self._clock() - ingest.settings.heartbeat_staleness_seconds
+        lines = [f"# HELP {name} {SOURCE_UP.help}\n# TYPE {name} gauge\n"]
+        for key, updated in ingest.source_last_seen.updated.items():  # the heartbeat gauge's arrival times
+            lines.append(f'{name}{{source="{_escape_label(key[0])}"}} {1.0 if updated >= stale_before else 0.0}\n')
+        return "".join(lines)
+
+    @staticmethod
+    def _series_counts(families: dict[str, AnyFamily]) -> str:
+        lines = ["# HELP tickbus_series Series currently held, per metric.\n# TYPE tickbus_series gauge\n"]
+        lines += [f'tickbus_series{{metric="{name}"}} {float(len(f.series))}\n' for name, f in families.items()]
+        return "".join(lines)

@@ -1,0 +1,109 @@
+"""The fast /metrics renderer: prometheus_client's samples in both formats, and caching that is never stale."""
+
+import random
+import time
+
+import pytest
+from prometheus_client.exposition import generate_latest
+from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
+from prometheus_client.registry import CollectorRegistry
+
+from aggregator.collector import StoreCollector
+from aggregator.config import CatalogSettings, CustomMetric
+from aggregator.exposition import Exposition, wants_openmetrics
+from aggregator.ingest import Ingest
+from aggregator.store import Store
+from schemas.events import Error, Heartbeat, Metric, Order, Position, Prediction, Signal
+from tests.support.scenario import desk_events
+from tests.support.scrape import Samples, parse, value
+
+
+def _ingest() -> Ingest:
+    custom = [CustomMetric(name="lag_seconds", type="histogram", help='Lag with "quotes" and \\ backslash.',
+                           buckets=[0.1, 1.0], labels=["feed"])]  # fmt: skip
+    return Ingest(CatalogSettings(), custom, Store())
+
+
+def _random_events(rng: random.Random, count: int) -> list[object]:
+    now = time.time()
+    symbols = ["BTC/USDT", "ETH-PERP", 'Q"X', "A\\B"]
+    events: list[object] = []
+    for _ in range(count):
+        symbol = rng.choice(symbols[:2])
+        events += [
+            Signal(ts=now, source="s", strategy=rng.choice(["a", "b"]), symbol=symbol, side="buy",
+                   confidence=rng.random(), latency=rng.random() / 100),
+            Order(ts=now, source="o", symbol=symbol, side="sell", status=rng.choice(["filled", "placed"]),
+                  quantity=rng.random(), price=100.0, slippage_bps=rng.uniform(-60, 120), latency=rng.random()),
+            Prediction(ts=now, source="m", model="x", probability=rng.random(), expected_profit=rng.uniform(-0.1, 0.2)),
+            Position(ts=now + rng.random(), source="p", symbol=symbol, quantity=rng.uniform(-5, 5)),
+            Error(ts=now, source="e", component="c", error_type="t"),
+            Heartbeat(ts=now, source="h", version="1"),
+            Metric(ts=now, source="f", name="lag_seconds", value=rng.random() * 2, labels={"feed": symbol}),
+        ]  # fmt: skip
+    return events
+
+
+def _reference(ingest: Ingest, clock: float) -> Samples:
+    registry = CollectorRegistry()
+    registry.register(StoreCollector(ingest, clock=lambda: clock))
+    return parse(generate_latest(registry).decode())
+
+
+def _openmetrics_samples(text: str) -> Samples:
+    samples: Samples = {}
+    for family in parse_openmetrics(text):  # type: ignore[no-untyped-call]
+        for sample in family.samples:
+            samples[(sample.name, frozenset(sample.labels.items()))] = sample.value
+    return samples
+
+
+@pytest.mark.parametrize("seed", [1, 2, 3])
+def test_fast_renderer_matches_prometheus_client_in_both_formats(seed: int) -> None:
+    """Every sample the reference Collector exposes, and only those, with the same values, text and OpenMetrics."""
+    ingest = _ingest()
+    ingest.apply(_random_events(random.Random(seed), 50), now=time.time())
+    clock = time.time()
+    exposition = Exposition(ingest, clock=lambda: clock)
+    reference = _reference(ingest, clock)
+    assert parse(exposition.render().decode()) == reference
+    openmetrics = exposition.render(openmetrics=True).decode()
+    assert openmetrics.endswith("# EOF\n")
+    om_samples = _openmetrics_samples(openmetrics)
+    assert om_samples == reference
+
+
+def test_cached_families_are_rerendered_after_a_change() -> None:
+    """A scrape after an update shows the new value; an unchanged family's text is reused as is."""
+    ingest = Ingest(CatalogSettings(), [], Store())
+    exposition = Exposition(ingest)
+    error = Error(ts=1.0, source="e", component="c", error_type="t")
+    labels = {"source": "e", "component": "c", "error_type": "t", "severity": "error", "symbol": ""}
+    ingest.apply([error], now=1.0)
+    assert value(parse(exposition.render().decode()), "trading_errors_total", **labels) == 1
+    first = exposition._texts["trading_signals_total"].text(False)
+    ingest.apply([error, error], now=2.0)
+    assert value(parse(exposition.render().decode()), "trading_errors_total", **labels) == 3
+    assert exposition._texts["trading_signals_total"].text(False) is first
+
+
+def test_desk_scenario_renders_the_same_as_the_reference() -> None:
+    """The scenario every producer sends renders identically through both paths."""
+    ingest = Ingest(CatalogSettings(), [], Store())
+    ingest.apply(desk_events("d")[:-2], now=time.time())
+    clock = time.time()
+    assert parse(Exposition(ingest, clock=lambda: clock).render().decode()) == _reference(ingest, clock)
+
+
+@pytest.mark.parametrize(
+    ("accept", "openmetrics"),
+    [
+        ("application/openmetrics-text;version=1.0.0,text/plain;version=0.0.4;q=0.5,*/*;q=0.1", True),
+        ("text/plain;version=0.0.4", False),
+        ("", False),
+        ("*/*", False),
+    ],
+)
+def test_content_negotiation(accept: str, openmetrics: bool) -> None:
+    """OpenMetrics when the scraper asks for it (as Prometheus does), Prometheus text otherwise."""
+    assert wants_openmetrics(accept) is openmetrics
