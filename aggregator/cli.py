@@ -203,6 +203,26 @@ def catalog(
         output.write_text(text, encoding="utf-8")
 
 
+@app.command(epilog="Example:  aggregator bench --output bench-results.json")
+def bench(
+    amqp_url: AmqpUrl = None,
+    output: Annotated[Path, typer.Option("--output", "-o", help="Write the figures here as JSON.")] = Path(
+        "bench-results.json"
+    ),
+    quick: Annotated[bool, typer.Option(help="Half the volumes: a faster, noisier run.")] = False,
+) -> None:
+    """Benchmark tickbus side by side with its baselines (raw aio-pika, prometheus_client) on the local broker."""
+    from aggregator import bench as benchmarks
+
+    def progress(step: str) -> None:
+        typer.echo(f"[{time.strftime('%H:%M:%S')}] {step}", err=True)
+
+    report = benchmarks.run(amqp_url or DEFAULT_AMQP_URL, quick, progress)
+    output.write_text(json.dumps(benchmarks.as_json(report), indent=2) + "\n", encoding="utf-8")
+    typer.echo(benchmarks.table(report))
+    typer.echo(f"\nfreshness: {report.extra['freshness']}\nwritten to {output}")
+
+
 dlq_app = typer.Typer(
     help="Inspect and act on dead-lettered messages: list, show, replay, purge.",
     no_args_is_help=True,

@@ -56,8 +56,8 @@ def _labels_getter(labels: Mapping[str, Getter]) -> Callable[[Any], tuple[str, .
     return lambda event: tuple(getter(event) for getter in getters)
 
 
-def make_updater(spec: MetricSpec, family: AnyFamily) -> Updater:
-    """One function that applies an event to `family` as `spec` says."""
+def spec_getters(spec: MetricSpec) -> tuple[Callable[[Any], tuple[str, ...]], Callable[[Any], float | None]]:
+    """The label values and the sample value (None: skip this event) that `spec` takes from an event."""
     labels_of = _labels_getter(spec.labels)
     value_of = _getter(spec.value) if spec.value is not None else None
     when = spec.when
@@ -70,6 +70,13 @@ def make_updater(spec: MetricSpec, family: AnyFamily) -> Updater:
             if getattr(event, field_name) is None:
                 return None
         return 1.0 if value_of is None else value_of(event)
+
+    return labels_of, value
+
+
+def make_updater(spec: MetricSpec, family: AnyFamily) -> Updater:
+    """One function that applies an event to `family` as `spec` says."""
+    labels_of, value = spec_getters(spec)
 
     if isinstance(family, CounterFamily) and spec.cumulative_key is not None:
         instance_of = _getter(spec.cumulative_key)
