@@ -143,15 +143,15 @@ class Checkpointer:
         return None
 
     def snapshot(self) -> bytes:
+        """The state now, encoded: take it on the event loop, so nothing changes underneath."""
         self.sequence += 1
         return encode_checkpoint(
             Snapshot(time.time(), self.sequence, self.store.snapshot(), self.recent_ids.snapshot())
         )
 
-    async def write(self) -> None:
-        """Snapshot now (on the event loop, so nothing changes underneath) and write it durably in a thread."""
+    async def persist(self, data: bytes) -> None:
+        """Write a snapshot durably, in a thread so the event loop goes on ingesting."""
         started = time.perf_counter()
-        data = self.snapshot()
         try:
             await anyio.to_thread.run_sync(_write_durably, self.directory, data)
         except OSError:
@@ -160,3 +160,7 @@ class Checkpointer:
         now = time.time()
         self.metrics.checkpoint_seconds.observe((), time.perf_counter() - started)
         self.metrics.set_gauge(self.metrics.last_checkpoint, now, now)
+
+    async def write(self) -> None:
+        """Snapshot and persist in one go (at shutdown, and in tests)."""
+        await self.persist(self.snapshot())

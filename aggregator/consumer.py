@@ -3,8 +3,8 @@
 import asyncio
 import logging
 import time
-from collections.abc import Awaitable, Callable
-from typing import Any
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import aio_pika
 import aiormq
@@ -61,23 +61,29 @@ async def connect_with_retry(
             delay = min(delay * 2, amqp.reconnect_max_seconds)
 
 
-Commit = Callable[[], Awaitable[None]]
+class Durability(Protocol):
+    """Where applied state is made durable before messages are acked (the checkpointer)."""
+
+    def snapshot(self) -> bytes: ...
+
+    async def persist(self, data: bytes) -> None: ...
 
 
 class Consumer:
-    """Feeds messages one at a time through the pipeline; `commit` makes applied state durable before acks."""
+    """Feeds messages one at a time through the pipeline and acks them once their effect is durable."""
 
     def __init__(
         self,
         amqp: AmqpSettings,
         pipeline: Pipeline,
-        commit: Commit | None = None,
+        durability: Durability | None = None,
         commit_interval: float = 0.2,
     ) -> None:
         self.amqp = amqp
         self.pipeline = pipeline
-        self._commit_state = commit
+        self._durability = durability
         self._commit_interval = commit_interval
+        self._persisting: asyncio.Task[None] | None = None
         # Ack at the latest once half the prefetch window waits, so the broker never stalls on us.
         self._commit_every = max(1, amqp.prefetch // 2)
         self._inbox: asyncio.Queue[Any] = asyncio.Queue()
@@ -140,7 +146,7 @@ class Consumer:
                     continue
                 await self._handle(item)
                 if not self._commit_failing and (
-                    self._unacked >= self._commit_every or (self._commit_state is None and self._inbox.empty())
+                    self._unacked >= self._commit_every or (self._durability is None and self._inbox.empty())
                 ):
                     await self.commit()
         finally:
@@ -182,28 +188,53 @@ class Consumer:
             routing_key=dead_letter.reason,
         )
 
-    async def commit(self) -> None:
-        """Make applied state durable (when checkpointing), then ack every message applied so far."""
+    async def commit(self, wait: bool = False) -> None:
+        """Ack every message applied so far, once a checkpoint holding its effect is on disk.
+
+        The snapshot is taken now, on the event loop; the write runs in the background while
+        ingestion goes on, and the ack follows it. One write at a time: a commit asked for while one
+        is in flight is left to the next tick. With `wait`, the in-flight write and this one finish first.
+        """
+        if self._persisting is not None:
+            if not wait:
+                return
+            await self._persisting
         message = self._last_unacked
         if message is None:
             return
-        if self._commit_state is not None:
-            try:
-                await self._commit_state()
-            except OSError as error:
-                # Nothing is acked: the broker keeps the messages, and once the prefetch window is
-                # full it stops delivering until a checkpoint succeeds again.
-                if not self._commit_failing:
-                    log.error("checkpoint failed (%s); not acking until one succeeds", error)
-                self._commit_failing = True
-                self._last_commit = time.monotonic()
-                return
-            if self._commit_failing:
-                log.info("checkpoints succeed again")
-            self._commit_failing = False
         self._last_unacked = None
         self._unacked = 0
         self._last_commit = time.monotonic()
+        if self._durability is None:
+            await self._ack(message)
+            return
+        self._persisting = asyncio.create_task(self._persist_then_ack(self._durability.snapshot(), message))
+        if wait:
+            await self._persisting
+
+    async def _persist_then_ack(self, data: bytes, message: AbstractIncomingMessage) -> None:
+        assert self._durability is not None
+        try:
+            await self._durability.persist(data)
+        except OSError as error:
+            # Nothing is acked: the broker keeps the messages, and once the prefetch window is full it
+            # stops delivering until a checkpoint succeeds again.
+            if not self._commit_failing:
+                log.error("checkpoint failed (%s); not acking until one succeeds", error)
+            self._commit_failing = True
+            if self._last_unacked is None:
+                self._last_unacked = message
+                self._unacked = 1
+            return
+        finally:
+            self._persisting = None
+        if self._commit_failing:
+            log.info("checkpoints succeed again")
+        self._commit_failing = False
+        await self._ack(message)
+
+    @staticmethod
+    async def _ack(message: AbstractIncomingMessage) -> None:
         try:
             await message.ack(multiple=True)
         except (aio_pika.exceptions.ChannelInvalidStateError, aiormq.exceptions.AMQPError) as error:
@@ -229,6 +260,6 @@ class Consumer:
 
     async def close(self) -> None:
         """Commit and ack what was applied, then close the connection."""
-        await self.commit()
+        await self.commit(wait=True)
         if self.connection is not None:
             await self.connection.close()

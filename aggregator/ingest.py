@@ -2,6 +2,7 @@
 
 import logging
 import operator
+from bisect import bisect_left
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -62,6 +63,8 @@ def spec_getters(spec: MetricSpec) -> tuple[Callable[[Any], tuple[str, ...]], Ca
     value_of = _getter(spec.value) if spec.value is not None else None
     when = spec.when
     requires = spec.requires
+    if value_of is not None and when is None and not requires:
+        return labels_of, value_of  # the common case: no Python frame between the event and its value
 
     def value(event: Any) -> float | None:
         if when is not None and not when(event):
@@ -87,13 +90,32 @@ def make_updater(spec: MetricSpec, family: AnyFamily) -> Updater:
                 family.add_running_total(labels_of(event), instance_of(event), total)
 
         return add_running_total
+    # The update functions below touch an existing series directly and leave a new one (admission,
+    # the cardinality guard) to the family: this is the hot path, one call per event and metric.
+    series = family.series
     if isinstance(family, CounterFamily):
         inc = family.inc
+        if spec.value is None and spec.when is None and not spec.requires:
+
+            def count(event: Any, now: float) -> None:
+                key = labels_of(event)
+                current = series.get(key)
+                if current is None:
+                    inc(key)
+                else:
+                    series[key] = current + 1.0
+
+            return count
 
         def increment(event: Any, now: float) -> None:
             amount = value(event)
             if amount is not None:
-                inc(labels_of(event), amount)
+                key = labels_of(event)
+                current = series.get(key)
+                if current is None:
+                    inc(key, amount)
+                else:
+                    series[key] = current + amount
 
         return increment
     if isinstance(family, GaugeFamily):
@@ -106,11 +128,18 @@ def make_updater(spec: MetricSpec, family: AnyFamily) -> Updater:
 
         return set_gauge
     observe = family.observe
+    bounds = family.bounds
 
     def observe_histogram(event: Any, now: float) -> None:
         sample = value(event)
         if sample is not None:
-            observe(labels_of(event), sample)
+            key = labels_of(event)
+            counts = series.get(key)
+            if counts is None:
+                observe(key, sample)
+            else:
+                counts[bisect_left(bounds, sample)] += 1
+                counts[-1] += sample
 
     return observe_histogram
 

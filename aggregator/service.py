@@ -48,7 +48,7 @@ class Aggregator:
         self.consumer = Consumer(
             settings.amqp,
             self.pipeline,
-            commit=self.checkpointer.write if self.checkpointer else None,
+            durability=self.checkpointer,
             commit_interval=settings.state.checkpoint_interval_seconds,
         )
         self.ingest.self_metrics.set_gauge(self.ingest.self_metrics.start_time, time.time(), time.time())

@@ -2,6 +2,7 @@
 
 import bisect
 import logging
+import sys
 from collections.abc import Callable, Iterable, Sequence
 from typing import Any
 
@@ -45,7 +46,8 @@ class Family:
     def _admit(self, key: LabelKey) -> LabelKey:
         """The key to store a new series under: itself, or the overflow series once the limit is hit."""
         if len(self.series) < self.max_series or key == self.overflow_key:
-            return key
+            # Label values repeat across series (source, strategy...): keep one copy of each.
+            return tuple(map(sys.intern, key))
         self.folded += 1
         if self._on_overflow is not None:
             self._on_overflow(self)
@@ -55,7 +57,9 @@ class Family:
         return [[list(key), value] for key, value in self.series.items()]
 
     def restore(self, rows: Iterable[Any]) -> None:
-        self.series = {tuple(key): value for key, value in rows}
+        # In place: update functions hold a reference to the series dict.
+        self.series.clear()
+        self.series.update((tuple(map(sys.intern, key)), value) for key, value in rows)
         self.version += 1
 
 
@@ -147,11 +151,12 @@ class GaugeFamily(Family):
         return [[list(key), list(value), self.updated.get(key, 0.0)] for key, value in self.series.items()]
 
     def restore(self, rows: Iterable[Any]) -> None:
-        self.series = {}
-        self.updated = {}
+        self.series.clear()
+        self.updated.clear()
         for key, value, updated in rows:
-            self.series[tuple(key)] = (value[0], value[1])
-            self.updated[tuple(key)] = updated
+            interned = tuple(map(sys.intern, key))
+            self.series[interned] = (value[0], value[1])
+            self.updated[interned] = updated
         self.version += 1
 
 
