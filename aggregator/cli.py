@@ -21,6 +21,7 @@ from aggregator.deadletters import DeadLetters
 from aggregator.topology import TopologyError
 from schemas.events import KINDS, Event
 from schemas.jsonschema import event_json_schema
+from schemas.labels import LabelCheck
 from schemas.wire import CONTENT_TYPE_JSON, DEFAULT_EXCHANGE
 
 T = TypeVar("T")
@@ -151,6 +152,9 @@ def emit(
         event = msgspec.convert(parse_assignments(kind, fields or [], source_name), Event, strict=False)
     except (ValueError, msgspec.ValidationError) as error:
         raise _fail(f"invalid {kind} event: {str(error).replace('`$.', '`')}", 2) from None
+    problem = LabelCheck().problem(event)
+    if problem is not None:
+        raise _fail(f"invalid {kind} event: {problem}", 2)
     settings = EmitterSettings(
         source=source_name,
         url=amqp_url or DEFAULT_AMQP_URL,

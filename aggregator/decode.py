@@ -7,6 +7,7 @@ from typing import Any
 import msgspec
 
 from schemas.events import MAX_BATCH_EVENTS
+from schemas.labels import LabelCheck
 from schemas.wire import CONTENT_TYPE_ALIASES, CONTENT_TYPE_JSON, MAX_MESSAGE_BYTES, Codec
 
 _KIND_PATH = re.compile(r"at `\$(\[\d+\])?\.kind`")
@@ -29,6 +30,11 @@ class Decoded:
     events: list[Any] = field(default_factory=list)
     rejected: list[Rejected] = field(default_factory=list)
     codec: Codec | None = None
+    # Where each event stood in the message, when some were rejected (else its index in `events`).
+    positions: list[int] | None = None
+
+    def position(self, index: int) -> int:
+        return index if self.positions is None else self.positions[index]
 
 
 def _reason(error: msgspec.MsgspecError) -> str:
@@ -43,8 +49,9 @@ def _reason(error: msgspec.MsgspecError) -> str:
 class MessageDecoder:
     """Decodes message bodies with codecs built once per content type."""
 
-    def __init__(self) -> None:
+    def __init__(self, label_check: LabelCheck | None = None) -> None:
         self._codecs = {name: Codec(name) for name in CONTENT_TYPE_ALIASES}
+        self._label_check = label_check or LabelCheck()
 
     def codec(self, content_type: str | None) -> Codec | None:
         # A producer that sets no content type (a plain shell tool, say) is taken to send JSON.
@@ -68,20 +75,37 @@ class MessageDecoder:
             return self._decode_each(raw_events, codec)
         except msgspec.DecodeError as error:
             return Decoded(rejected=[Rejected("malformed", str(error))], codec=codec)
-        if isinstance(decoded, list):
-            return Decoded(events=decoded, codec=codec)
-        return Decoded(events=[decoded], codec=codec)
+        events = decoded if isinstance(decoded, list) else [decoded]
+        problem = self._label_check.problem
+        if all(problem(event) is None for event in events):
+            return Decoded(events=events, codec=codec)
+        single = not isinstance(decoded, list)
+        result = Decoded(codec=codec, positions=[])
+        for index, event in enumerate(events):
+            self._keep_or_reject(result, event, index, body if single else codec.encode([event]), single)
+        return result
+
+    def _keep_or_reject(self, result: Decoded, event: Any, index: int, raw: bytes, single: bool) -> None:
+        detail = self._label_check.problem(event)
+        if detail is None:
+            result.events.append(event)
+            assert result.positions is not None
+            result.positions.append(index)
+        else:
+            result.rejected.append(Rejected("invalid_event", detail, None if single else index, raw))
 
     def _decode_each(self, raw_events: list[msgspec.Raw], codec: Codec) -> Decoded:
         """A batch that failed as a whole: keep its good events, reject the bad ones one by one."""
-        result = Decoded(codec=codec)
+        result = Decoded(codec=codec, positions=[])
         if not raw_events or len(raw_events) > MAX_BATCH_EVENTS:
             detail = f"a batch holds 1 to {MAX_BATCH_EVENTS} events, this one {len(raw_events)}"
             result.rejected.append(Rejected("invalid_batch", detail))
             return result
         for index, raw in enumerate(raw_events):
             try:
-                result.events.append(codec.event_decoder.decode(raw))
+                event = codec.event_decoder.decode(raw)
             except msgspec.DecodeError as error:
                 result.rejected.append(Rejected(_reason(error), str(error), index, bytes(raw)))
+                continue
+            self._keep_or_reject(result, event, index, bytes(raw), single=False)
         return result

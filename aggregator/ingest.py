@@ -211,6 +211,7 @@ class Ingest:
         self.specs: list[tuple[MetricSpec, AnyFamily]] = []
         self._updaters: dict[type[Any], tuple[Updater, ...]] = {}
         self._families: dict[type[Any], tuple[AnyFamily, ...]] = {}
+        self._tags: dict[type[Any], str] = {event_type: kind_of(event_type) for event_type in (*catalog, Metric)}
         for event_type, specs in catalog.items():
             families = [make(spec, full_name(settings.namespace, spec.name)) for spec in specs]
             self.specs += zip(specs, families, strict=True)
@@ -239,7 +240,9 @@ class Ingest:
         """Apply every acceptable event; return the ones the catalog refused."""
         rejections: list[EventRejection] = []
         updaters = self._updaters
-        received = self.self_metrics.events_received.inc
+        tags = self._tags
+        received = self.self_metrics.events_received
+        received_series = received.series
         kinds_seen: set[type[Any]] = set()
         last_type: type[Any] | None = None
         for index, event in enumerate(events):
@@ -257,7 +260,12 @@ class Ingest:
                     last_type = event_type
                 for update in updaters[event_type]:
                     update(event, now)
-            received((event_type.__struct_config__.tag, event.source))
+            key = (tags[event_type], event.source)
+            current = received_series.get(key)
+            if current is None:
+                received.inc(key)
+            else:
+                received_series[key] = current + 1.0
         for event_type in kinds_seen:
             for family in self._families[event_type]:
                 family.version += 1

@@ -108,7 +108,7 @@ class Pipeline:
                             decoded.codec.content_type,
                             refusal.reason,
                             refusal.detail,
-                            None if single else refusal.index,
+                            None if single else decoded.position(refusal.index),
                             "metric",
                             event.source,
                         )

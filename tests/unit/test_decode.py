@@ -84,3 +84,30 @@ def test_unknown_fields_are_ignored_for_forward_compatibility(decoder: MessageDe
     """A newer producer's extra fields do not break an older aggregator."""
     decoded = decoder.decode(json.dumps(_signal(new_field="x")).encode(), "application/json")
     assert len(decoded.events) == 1
+
+
+def test_label_charset_is_checked_for_every_label_like_field(decoder: MessageDecoder) -> None:
+    """Sources, labels and custom-metric label values outside the safe charset are refused with the field named."""
+    bad = [
+        _signal(source="has space"),
+        _signal(strategy="tab\there"),
+        _signal(reason="semi;colon"),
+        {"kind": "metric", "ts": 1.0e9, "source": "s", "name": "m", "value": 1, "labels": {"k": "x\ny"}},
+        {"kind": "metric", "ts": 1.0e9, "source": "s", "name": "m", "value": 1, "labels": {"bad-name": "x"}},
+    ]
+    for event in bad:
+        decoded = decoder.decode(json.dumps(event).encode(), "application/json")
+        assert decoded.events == [], event
+        assert [rejected.reason for rejected in decoded.rejected] == ["invalid_event"]
+    assert "`source`" in decoder.decode(json.dumps(bad[0]).encode(), "application/json").rejected[0].detail
+
+
+def test_a_bad_label_in_a_batch_keeps_the_original_position(decoder: MessageDecoder) -> None:
+    """Positions in the dead letter refer to the batch as sent, whichever check refused the event."""
+    body = json.dumps([_signal(), _signal(side="up"), _signal(symbol="a|b"), _signal()]).encode()
+    decoded = decoder.decode(body, "application/json")
+    assert len(decoded.events) == 2
+    assert [(r.index, r.reason) for r in decoded.rejected] == [(1, "invalid_event"), (2, "invalid_event")]
+    assert [decoded.position(index) for index in range(2)] == [0, 3]
+    good_only = decoder.decode(json.dumps([_signal(), _signal(symbol="a|b")]).encode(), "application/json")
+    assert [(r.index, json.loads(r.body)["symbol"]) for r in good_only.rejected] == [(1, "a|b")]

@@ -1,0 +1,70 @@
+"""The safe charset of label-like strings, checked once per distinct combination of values."""
+
+import operator
+import re
+import typing
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from schemas.events import EVENT_TYPES, EventBase, Metric
+from schemas.types import LABEL_PATTERN, METRIC_NAME_PATTERN, NAME_PATTERN, LabelValue, RequiredLabel, SourceName
+
+_LABEL = re.compile(LABEL_PATTERN)
+_NAME = re.compile(NAME_PATTERN)
+_METRIC_NAME = re.compile(METRIC_NAME_PATTERN)
+
+
+@dataclass
+class _Fields:
+    """The label-like fields of one event type, and the value combinations already found valid."""
+
+    names: tuple[str, ...]
+    patterns: tuple[re.Pattern[str], ...]
+    values_of: Callable[[Any], tuple[str, ...]]
+    valid: set[tuple[str, ...]] = field(default_factory=set)
+
+
+def _fields(event_type: type[EventBase]) -> _Fields:
+    hints = typing.get_type_hints(event_type, include_extras=True)
+    checked = [
+        (name, _NAME if hint == SourceName else _LABEL)
+        for name, hint in hints.items()
+        if hint in (SourceName, LabelValue, RequiredLabel)
+    ]
+    names = tuple(name for name, _ in checked)
+    getter = operator.attrgetter(*names)
+    values_of: Callable[[Any], tuple[str, ...]] = getter if len(names) > 1 else lambda event: (getter(event),)
+    return _Fields(names, tuple(pattern for _, pattern in checked), values_of)
+
+
+class LabelCheck:
+    """Finds label-like values outside their charset; value combinations seen valid are remembered.
+
+    Events of a kind repeat the same few combinations (source, strategy, symbol...), so after the
+    first event of each, the check is one set lookup. At most `capacity` combinations are kept per
+    kind, so a flood of distinct values cannot grow it without bound.
+    """
+
+    def __init__(self, capacity: int = 100_000) -> None:
+        self.capacity = capacity
+        self._by_type = {event_type: _fields(event_type) for event_type in EVENT_TYPES}
+
+    def problem(self, event: EventBase) -> str | None:
+        """What is wrong with the event's label-like values, or None."""
+        fields = self._by_type[type(event)]
+        values = fields.values_of(event)
+        if values not in fields.valid:
+            for name, pattern, value in zip(fields.names, fields.patterns, values, strict=True):
+                if pattern.match(value) is None:
+                    return f"`{name}` {value!r} has characters outside {pattern.pattern}"
+            if len(fields.valid) >= self.capacity:
+                fields.valid.clear()
+            fields.valid.add(values)
+        if type(event) is Metric:
+            for label, value in event.labels.items():
+                if _METRIC_NAME.match(label) is None:
+                    return f"label name {label!r} is not a valid Prometheus label name"
+                if _LABEL.match(value) is None:
+                    return f"label `{label}` {value!r} has characters outside {LABEL_PATTERN}"
+        return None
