@@ -211,7 +211,8 @@ class Ingest:
         self.specs: list[tuple[MetricSpec, AnyFamily]] = []
         self._updaters: dict[type[Any], tuple[Updater, ...]] = {}
         self._families: dict[type[Any], tuple[AnyFamily, ...]] = {}
-        self._tags: dict[type[Any], str] = {event_type: kind_of(event_type) for event_type in (*catalog, Metric)}
+        kinds: list[type[EventBase]] = [*catalog, Metric]
+        self._tags: dict[type[Any], str] = {event_type: kind_of(event_type) for event_type in kinds}
         for event_type, specs in catalog.items():
             families = [make(spec, full_name(settings.namespace, spec.name)) for spec in specs]
             self.specs += zip(specs, families, strict=True)

@@ -33,9 +33,11 @@ def _fields(event_type: type[EventBase]) -> _Fields:
         if hint in (SourceName, LabelValue, RequiredLabel)
     ]
     names = tuple(name for name, _ in checked)
-    getter = operator.attrgetter(*names)
-    values_of: Callable[[Any], tuple[str, ...]] = getter if len(names) > 1 else lambda event: (getter(event),)
-    return _Fields(names, tuple(pattern for _, pattern in checked), values_of)
+    patterns = tuple(pattern for _, pattern in checked)
+    if len(names) == 1:
+        single = operator.attrgetter(names[0])
+        return _Fields(names, patterns, lambda event: (single(event),))
+    return _Fields(names, patterns, operator.attrgetter(*names))
 
 
 class LabelCheck:
