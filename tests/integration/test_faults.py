@@ -204,3 +204,33 @@ def test_an_existing_queue_with_other_arguments_is_a_clear_error(
     log = aggregator.log()
     assert f"queue {names.queue!r} already exists on the broker with different settings" in log
     assert "x-queue-type" in log
+
+
+def test_producer_buffers_while_the_broker_is_away_and_reports_its_drops_exactly(
+    names: Names, start_aggregator: StartAggregator, tmp_path: Path
+) -> None:
+    """With the broker stopped, emit() never blocks; what fits waits and is delivered, the rest is counted as dropped
+    and that exact count reaches /metrics through heartbeats."""
+    aggregator = start_aggregator(names, extra_args=_state_args(tmp_path))
+    settings = EmitterSettings(source="patient", url=AMQP_URL, exchange=names.exchange, max_buffer=500,
+                               batch_size=100, heartbeat_interval=0.5)  # fmt: skip
+    emitter = Emitter(settings)
+    assert emitter.flush(10)
+    rabbitmqctl("stop_app")
+    try:
+        started = time.perf_counter()
+        accepted = sum(
+            emitter.emit(Signal(ts=time.time(), source="patient", strategy="s", symbol="X", side="buy"))
+            for _ in range(2_000)
+        )
+        assert time.perf_counter() - started < 1.0  # never blocked on the absent broker
+    finally:
+        rabbitmqctl("start_app")
+        rabbitmqctl("await_startup")
+    assert emitter.dropped == 2_000 - accepted
+    assert 0 < emitter.dropped < 2_000
+    assert emitter.close(60)
+    wait_for(lambda: total(aggregator.scrape(), "trading_signals_total", source="patient") == accepted,
+             timeout=60, what=f"{accepted} delivered signals")  # fmt: skip
+    wait_for(lambda: value(aggregator.scrape(), "trading_producer_dropped_events_total", source="patient")
+             == emitter.dropped, timeout=30, what="the drop count")  # fmt: skip
