@@ -38,7 +38,7 @@ LATENCY_BUCKETS = (
 # histograms with negative buckets may not carry a sum and traders need the average.
 SLIPPAGE_BPS_BUCKETS = (0.0, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0)
 PROBABILITY_BUCKETS = tuple(round(step * 0.05, 2) for step in range(1, 21))
-# Expected return of a trade as a fraction, up to +10%; an expected loss falls in the 0 bucket.
+# Size of an expected return as a fraction, up to 10%; its sign is the `direction` label (gain, loss).
 RETURN_BUCKETS = (0.0, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1)
 # Holding time of a trade: a second to a week.
 HOLDING_TIME_BUCKETS = (1.0, 10.0, 60.0, 300.0, 900.0, 3600.0, 14400.0, 86400.0, 604800.0)
@@ -86,6 +86,15 @@ def _slippage_direction(order: Order) -> str:
     return "favorable" if order.slippage_bps is not None and order.slippage_bps < 0 else "adverse"
 
 
+def _expected_direction(prediction: Prediction) -> str:
+    return "loss" if prediction.expected_profit is not None and prediction.expected_profit < 0 else "gain"
+
+
+def _is_prediction(prediction: Prediction) -> bool:
+    """A prediction event with `correct` set reports an earlier prediction's outcome: it is not a new prediction."""
+    return prediction.correct is None
+
+
 def _trade_result(trade: Trade) -> str:
     if trade.pnl > 0:
         return "win"
@@ -123,11 +132,22 @@ BUILTIN_CATALOG: Mapping[type[EventBase], tuple[MetricSpec, ...]] = {
         MetricSpec(
             "signal_generation_seconds",
             MetricType.HISTOGRAM,
-            "Time taken to generate a trading signal.",
+            "Time taken to generate a trading signal (the latency of `generated` signals).",
             _fields("source", "strategy"),
             value="latency",
             unit="seconds",
             buckets=LATENCY_BUCKETS,
+            when=lambda signal: signal.outcome == "generated",
+        ),
+        MetricSpec(
+            "signal_decision_seconds",
+            MetricType.HISTOGRAM,
+            "Time taken to accept or reject a signal (the latency of `accepted` and `rejected` signals).",
+            _fields("source", "strategy", "outcome"),
+            value="latency",
+            unit="seconds",
+            buckets=LATENCY_BUCKETS,
+            when=lambda signal: signal.outcome != "generated",
         ),
     ),
     Order: (
@@ -178,8 +198,9 @@ BUILTIN_CATALOG: Mapping[type[EventBase], tuple[MetricSpec, ...]] = {
         MetricSpec(
             "predictions_total",
             MetricType.COUNTER,
-            "Model predictions by model, version, symbol and decision.",
+            "Model predictions by model, version, symbol and decision (outcome reports not included).",
             _fields("source", "model", "model_version", "symbol", "decision"),
+            when=_is_prediction,
         ),
         MetricSpec(
             "prediction_probability_ratio",
@@ -189,15 +210,19 @@ BUILTIN_CATALOG: Mapping[type[EventBase], tuple[MetricSpec, ...]] = {
             value="probability",
             unit="ratio",
             buckets=PROBABILITY_BUCKETS,
+            when=_is_prediction,
         ),
         MetricSpec(
             "prediction_expected_profit_ratio",
             MetricType.HISTOGRAM,
-            "Expected profit of the predicted trade as a fraction (0.01 = 1%).",
-            _fields("source", "model", "decision"),
-            value="expected_profit",
+            "Size of the expected profit (gain) or loss of the predicted trade as a fraction (0.01 = 1%).",
+            {**_fields("source", "model", "decision"), "direction": _expected_direction},
+            value=lambda prediction: (
+                abs(prediction.expected_profit) if prediction.expected_profit is not None else None
+            ),
             unit="ratio",
             buckets=RETURN_BUCKETS,
+            when=_is_prediction,
         ),
         MetricSpec(
             "prediction_latency_seconds",
@@ -207,11 +232,13 @@ BUILTIN_CATALOG: Mapping[type[EventBase], tuple[MetricSpec, ...]] = {
             value="latency",
             unit="seconds",
             buckets=LATENCY_BUCKETS,
+            when=_is_prediction,
         ),
         MetricSpec(
             "prediction_outcomes_total",
             MetricType.COUNTER,
-            "Predictions whose outcome is known, by whether they were correct (accuracy = true / all).",
+            "Outcome reports (prediction events with `correct` set), by whether the prediction was correct "
+            "(accuracy = true / all).",
             {**_fields("source", "model", "model_version"), "correct": _bool_label("correct")},
             requires=("correct",),
         ),

@@ -174,6 +174,11 @@ class CustomMetrics:
             )
         if isinstance(family, CounterFamily) and event.value < 0:
             return "negative_increment", f"counter {event.name!r} cannot decrease (value {event.value})"
+        if isinstance(family, HistogramFamily) and event.value < 0:
+            return (
+                "negative_observation",
+                f"histogram {event.name!r} observes sizes >= 0 (value {event.value}); put the sign in a label",
+            )
         return None
 
     def apply(self, event: Metric, now: float) -> None:
@@ -203,7 +208,11 @@ class Ingest:
         self._overflow_logged: set[str] = set()
         self.self_metrics = SelfMetrics(store, on_overflow=self._on_overflow)
 
+        builtin_names = {full_name(settings.namespace, spec.name) for specs in catalog.values() for spec in specs}
+
         def make(spec: MetricSpec, name: str) -> AnyFamily:
+            if name in store.families and name in builtin_names:
+                raise ValueError(f"custom metric {spec.name!r} has the name of the built-in metric {name}")
             family = make_family(spec, name, settings.max_series_per_metric, self._on_overflow)
             store.add(family)
             return family

@@ -12,6 +12,8 @@ log = logging.getLogger(__name__)
 
 LabelKey = tuple[str, ...]
 OVERFLOW_VALUE = "__overflow__"
+# Producer instances whose running totals are remembered per series: restarts beyond this are long gone.
+MAX_INSTANCES_PER_SERIES = 16
 
 
 class Family:
@@ -70,8 +72,8 @@ class CounterFamily(Family):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
-        # series key -> (producer instance, last running total it reported)
-        self.running_totals: dict[LabelKey, tuple[str, float]] = {}
+        # series key -> {producer instance: last running total it reported}, newest instances last
+        self.running_totals: dict[LabelKey, dict[str, float]] = {}
         if not self.label_names:
             self.series[()] = 0.0  # a total with no labels exists, at zero, from the start
 
@@ -84,23 +86,27 @@ class CounterFamily(Family):
         series[key] = current + amount
 
     def add_running_total(self, key: LabelKey, instance: str, total: float) -> None:
-        """Add the increase of a producer's running total since its last report."""
-        previous = self.running_totals.get(key)
-        if previous is not None and previous[0] == instance and total >= previous[1]:
-            increase = total - previous[1]
-        else:
-            increase = total  # a new producer instance counts from zero
-        self.running_totals[key] = (instance, total)
+        """Add the increase of a producer's running total since its last report.
+
+        Totals are kept per producer instance, so two live instances of one source (or reports of an
+        old and a new instance arriving interleaved) each add only their own increase.
+        """
+        instances = self.running_totals.setdefault(key, {})
+        previous = instances.pop(instance, None)
+        increase = total - previous if previous is not None and total >= previous else total
+        instances[instance] = total
+        if len(instances) > MAX_INSTANCES_PER_SERIES:
+            del instances[next(iter(instances))]
         if increase or key not in self.series:
             self.inc(key, increase)
 
     def snapshot(self) -> list[Any]:
-        return [super().snapshot(), [[list(k), list(v)] for k, v in self.running_totals.items()]]
+        return [super().snapshot(), [[list(k), v] for k, v in self.running_totals.items()]]
 
     def restore(self, rows: Iterable[Any]) -> None:
         series_rows, running_rows = rows
         super().restore(series_rows)
-        self.running_totals = {tuple(k): (v[0], v[1]) for k, v in running_rows}
+        self.running_totals = {tuple(k): dict(v) for k, v in running_rows}
 
 
 class GaugeFamily(Family):
@@ -108,9 +114,10 @@ class GaugeFamily(Family):
 
     type = MetricType.GAUGE
 
-    def __init__(self, *args: Any, exclusive_prefix: int = 0, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, exclusive_prefix: int = 0, expires: bool = True, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.exclusive_prefix = exclusive_prefix
+        self.expires = expires
         # series key -> wall-clock time it was last set, for expiry and liveness
         self.updated: dict[LabelKey, float] = {}
 
@@ -219,7 +226,11 @@ class Store:
         return sum(len(family.series) for family in self.families.values())
 
     def expire_gauges(self, older_than: float) -> int:
-        return sum(family.expire(older_than) for family in self.families.values() if isinstance(family, GaugeFamily))
+        return sum(
+            family.expire(older_than)
+            for family in self.families.values()
+            if isinstance(family, GaugeFamily) and family.expires
+        )
 
     def snapshot(self) -> dict[str, Any]:
         return {name: family.snapshot() for name, family in self.families.items()}

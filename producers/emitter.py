@@ -45,6 +45,7 @@ class Publisher:
         self.instance = uuid.uuid4().hex[:12]
         self.started_at = time.time()
         self.confirmed = 0
+        self.healthy = True
         self._sequence = 0
         self._last_heartbeat = 0.0
         self._closing = False
@@ -59,6 +60,7 @@ class Publisher:
             source=self.settings.source,
             version=self.settings.version,
             instance=self.instance,
+            healthy=self.healthy,
             started_at=self.started_at,
             dropped=self.outbox.dropped,
         )
@@ -164,6 +166,10 @@ class AsyncEmitter:
         """Queue an event; returns False (and counts a drop) if the buffer is full. Never raises for the broker."""
         return self.outbox.put(event)
 
+    def set_healthy(self, healthy: bool) -> None:
+        """What the heartbeats say of this source from now on (`trading_source_healthy`)."""
+        self.publisher.healthy = healthy
+
     async def start(self) -> None:
         if self._task is None:
             self._task = asyncio.create_task(self.publisher.run())
@@ -224,6 +230,10 @@ class Emitter:
     @property
     def dropped(self) -> int:
         return self._async.dropped
+
+    def set_healthy(self, healthy: bool) -> None:
+        """What the heartbeats say of this source from now on (`trading_source_healthy`)."""
+        self._async.set_healthy(healthy)
 
     def flush(self, timeout: float = 30.0) -> bool:
         """Block until everything emitted so far is confirmed; False on timeout."""

@@ -66,7 +66,7 @@ class Order(EventBase, tag="order", frozen=True):
 
 
 class Prediction(EventBase, tag="prediction", frozen=True):
-    """A model made a prediction; `correct` reports its outcome once known."""
+    """A model made a prediction; or, with `correct` set, a report of an earlier prediction's outcome."""
 
     model: RequiredLabel
     model_version: LabelValue = ""

@@ -123,7 +123,20 @@ def desk_expected(source: str) -> Samples:
             decision="accept",
         ): 1,
         _key("trading_prediction_probability_ratio_sum", source=s, model="signal_filter", decision="block"): 0.31,
-        _key("trading_prediction_expected_profit_ratio_count", source=s, model="signal_filter", decision="accept"): 1,
+        _key(
+            "trading_prediction_expected_profit_ratio_count",
+            source=s,
+            model="signal_filter",
+            decision="accept",
+            direction="gain",
+        ): 1,
+        _key(
+            "trading_prediction_expected_profit_ratio_sum",
+            source=s,
+            model="signal_filter",
+            decision="block",
+            direction="loss",
+        ): 0.004,
         _key("trading_prediction_latency_seconds_count", source=s, model="signal_filter"): 2,
         _key(
             "trading_prediction_outcomes_total", source=s, model="signal_filter", model_version="3", correct="true"

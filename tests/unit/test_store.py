@@ -28,6 +28,15 @@ def test_running_total_adds_increases_and_survives_a_producer_restart() -> None:
     assert counter.series[("p",)] == 10.0
 
 
+def test_interleaved_reports_of_two_instances_add_only_their_own_increases() -> None:
+    """Two live producers of one source, reporting alternately, are not counted again at every switch."""
+    counter = CounterFamily("dropped_total", "h", ["source"])
+    for total_a, total_b in ((5, 0), (5, 0), (5, 1), (7, 1)):
+        counter.add_running_total(("p",), "a", total_a)
+        counter.add_running_total(("p",), "b", total_b)
+    assert counter.series[("p",)] == 8.0
+
+
 def test_gauge_keeps_the_value_of_the_newest_event() -> None:
     """An older event arriving late never overwrites a newer value."""
     gauge = GaugeFamily("g", "h", ["symbol"])
