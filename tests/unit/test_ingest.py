@@ -5,7 +5,7 @@ import pytest
 from aggregator.config import CatalogSettings, CustomMetric
 from aggregator.ingest import Ingest
 from aggregator.store import CounterFamily, GaugeFamily, HistogramFamily, Store
-from schemas.events import Heartbeat, Metric, Order, Signal, Trade
+from schemas.events import Heartbeat, Metric, Order, Position, Prediction, Signal, Trade
 
 
 @pytest.fixture
@@ -106,6 +106,7 @@ def test_custom_metrics_apply_with_their_declared_labels(ingest: Ingest) -> None
             Metric(ts=1.0, source="s", name="ai_cost_usd_total", value=-1, labels={"provider": "x"}),
             "negative_increment",
         ),
+        (Metric(ts=1.0, source="s", name="feature_seconds", value=-0.5), "negative_observation"),
     ],
 )
 def test_custom_metric_events_that_do_not_fit_are_refused(ingest: Ingest, event: Metric, reason: str) -> None:
@@ -117,3 +118,39 @@ def test_custom_metric_events_that_do_not_fit_are_refused(ingest: Ingest, event:
     assert {k: v for k, v in after.items() if not k.startswith("tickbus_")} == {
         k: v for k, v in before.items() if not k.startswith("tickbus_")
     }
+
+
+def test_signal_latency_is_generation_or_decision_by_outcome(ingest: Ingest) -> None:
+    """Generated signals feed the generation histogram; accepted and rejected ones the decision histogram."""
+    signals = [
+        Signal(ts=1.0, source="s", strategy="m", symbol="X", side="buy", outcome=outcome, latency=0.001)
+        for outcome in ("generated", "accepted", "rejected")
+    ]
+    ingest.apply(signals, now=2.0)
+    assert set(_series(ingest, "desk_signal_generation_seconds")) == {("s", "m")}
+    assert set(_series(ingest, "desk_signal_decision_seconds")) == {("s", "m", "accepted"), ("s", "m", "rejected")}
+
+
+def test_an_outcome_report_is_not_counted_as_a_new_prediction(ingest: Ingest) -> None:
+    """A prediction event with `correct` set counts only in the outcomes."""
+    ingest.apply([Prediction(ts=1.0, source="m", model="x", probability=0.7, expected_profit=-0.01)], now=2.0)
+    ingest.apply([Prediction(ts=3.0, source="m", model="x", correct=True)], now=4.0)
+    assert list(_series(ingest, "desk_predictions_total").values()) == [1.0]
+    assert set(_series(ingest, "desk_prediction_outcomes_total")) == {("m", "x", "", "true")}
+    assert set(_series(ingest, "desk_prediction_expected_profit_ratio")) == {("m", "x", "", "loss")}
+
+
+def test_a_custom_metric_may_not_take_a_built_in_name() -> None:
+    """Declaring a custom metric named like a built-in one is an error that names both."""
+    clash = CustomMetric(name="errors_total", type="counter", help="h")
+    with pytest.raises(ValueError, match="has the name of the built-in metric trading_errors_total"):
+        Ingest(CatalogSettings(), [clash], Store())
+
+
+def test_the_aggregator_s_own_gauges_never_expire(ingest: Ingest) -> None:
+    """Gauge expiry drops a silent source's gauges, never tickbus_start_time_seconds and its kind."""
+    metrics = ingest.self_metrics
+    metrics.set_gauge(metrics.start_time, 100.0, now=100.0)
+    ingest.apply([Position(ts=100.0, source="p", symbol="X", quantity=1.0)], now=100.0)
+    assert ingest.store.expire_gauges(older_than=1_000.0) == 1
+    assert metrics.start_time.series == {(): (100.0, 100.0)}
