@@ -10,6 +10,7 @@ from aggregator.ingest import Ingest
 from schemas.events import EventBase
 
 log = logging.getLogger(__name__)
+LOG_WINDOW_SECONDS = 10
 
 
 @dataclass(frozen=True)
@@ -78,6 +79,28 @@ class Pipeline:
         self._rejected = metrics.events_rejected
         self._batch_events = metrics.batch_events
         self._apply_seconds = metrics.apply_seconds
+        # reason -> (start of its logging window, dead letters not logged in it)
+        self._log_windows: dict[str, tuple[float, int]] = {}
+
+    def _log_dead_letter(self, dead_letter: DeadLetter, message_id: str | None) -> None:
+        """Each dead letter is logged with its reason, but a flood of one reason is summarised every 10 s."""
+        now = time.monotonic()
+        window_start, suppressed = self._log_windows.get(dead_letter.reason, (0.0, 0))
+        if now - window_start < LOG_WINDOW_SECONDS and window_start:
+            self._log_windows[dead_letter.reason] = (window_start, suppressed + 1)
+            return
+        if suppressed:
+            log.warning(
+                "%d more dead-lettered for %s in the last %ds", suppressed, dead_letter.reason, LOG_WINDOW_SECONDS
+            )
+        self._log_windows[dead_letter.reason] = (now, 0)
+        log.warning(
+            "dead-lettering %s (message %s%s): %s",
+            dead_letter.reason,
+            message_id or "without id",
+            "" if dead_letter.index is None else f", event {dead_letter.index}",
+            dead_letter.detail,
+        )
 
     def process(self, body: bytes, content_type: str | None, message_id: str | None) -> Outcome:
         started = time.perf_counter()
@@ -116,13 +139,7 @@ class Pipeline:
             self._batch_events.observe((), len(events))
         for dead_letter in outcome.dead_letters:
             self._rejected.inc((dead_letter.reason, dead_letter.kind, dead_letter.source))
-            log.warning(
-                "dead-lettering %s (message %s%s): %s",
-                dead_letter.reason,
-                message_id or "without id",
-                "" if dead_letter.index is None else f", event {dead_letter.index}",
-                dead_letter.detail,
-            )
+            self._log_dead_letter(dead_letter, message_id)
         # A message none of whose events applied is not remembered: replaying it after a fix must count.
         if message_id and outcome.applied:
             self.recent_ids.add(message_id)
