@@ -20,6 +20,7 @@ from aggregator.consumer import CONNECT_ERRORS, redacted
 from aggregator.deadletters import DeadLetters
 from aggregator.topology import TopologyError
 from schemas.events import KINDS, Event
+from schemas.asyncapi import asyncapi_text
 from schemas.jsonschema import event_json_schema
 from schemas.labels import LabelCheck
 from schemas.wire import CONTENT_TYPE_JSON, DEFAULT_EXCHANGE
@@ -174,12 +175,18 @@ def emit(
     typer.echo(msgspec.json.encode(event).decode())
 
 
-@app.command(epilog="Example:  aggregator schema --output schemas/events.schema.json")
+@app.command(
+    epilog="Examples:  aggregator schema --output schemas/events.schema.json\n\n"
+    "           aggregator schema --asyncapi --output schemas/asyncapi.json"
+)
 def schema(
     output: Annotated[Path | None, typer.Option("--output", "-o", help="Write to this file instead of stdout.")] = None,
+    asyncapi: Annotated[
+        bool, typer.Option("--asyncapi", help="The AsyncAPI 3.0 document (exchange, channels, messages) instead.")
+    ] = False,
 ) -> None:
-    """Print the JSON Schema of every event, for producers in other languages."""
-    text = json.dumps(event_json_schema(), indent=2, sort_keys=True) + "\n"
+    """Print the JSON Schema of every event (or the AsyncAPI document), for producers in other languages."""
+    text = asyncapi_text() if asyncapi else json.dumps(event_json_schema(), indent=2, sort_keys=True) + "\n"
     if output is None:
         typer.echo(text, nl=False)
     else:

@@ -158,7 +158,8 @@ class Consumer:
             self._inbox.put_nowait(_TICK)
 
     async def _handle(self, message: AbstractIncomingMessage) -> None:
-        outcome = self.pipeline.process(message.body, message.content_type, message.message_id)
+        message_id = message.message_id or (message.headers or {}).get(HEADER_ORIGINAL_MESSAGE_ID)
+        outcome = self.pipeline.process(message.body, message.content_type, str(message_id) if message_id else None)
         for dead_letter in outcome.dead_letters:
             await self._publish_dead_letter(message, dead_letter)
         self._last_unacked = message

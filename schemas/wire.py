@@ -5,7 +5,7 @@ from typing import Final
 
 import msgspec
 
-from schemas.events import Batch, Event, EventBase
+from schemas.events import MAX_BATCH_EVENTS, Batch, Event, EventBase
 
 DEFAULT_EXCHANGE: Final = "metrics"
 BATCH_ROUTING_KEY: Final = "batch"
@@ -27,8 +27,28 @@ MAX_MESSAGE_BYTES: Final = 4 * 1024 * 1024
 HEADER_REASON: Final = "x-tickbus-reason"
 HEADER_DETAIL: Final = "x-tickbus-detail"
 HEADER_ORIGINAL_ROUTING_KEY: Final = "x-tickbus-routing-key"
+# On a dead letter, the id of the message it came from; on a message from a producer that cannot set the
+# message_id property (amqp-publish), its id.
 HEADER_ORIGINAL_MESSAGE_ID: Final = "x-tickbus-message-id"
 HEADER_BATCH_INDEX: Final = "x-tickbus-batch-index"
+
+
+# Every reason the aggregator can put in the x-tickbus-reason header of a dead letter.
+REJECTION_REASONS: Final[dict[str, str]] = {
+    "unsupported_content_type": "The content type is neither JSON nor MessagePack (nor an alias of them).",
+    "too_large": f"The body is larger than {MAX_MESSAGE_BYTES} bytes; it is rejected unread.",
+    "malformed": "The body is not parseable JSON or MessagePack.",
+    "unknown_kind": "The event has no `kind` field, or one the aggregator does not know.",
+    "invalid_event": (
+        "The event breaks the schema: a required field missing, a wrong type, a value out of range, "
+        "a label value too long or with characters outside its pattern."
+    ),
+    "invalid_batch": f"A batch array is empty or holds more than {MAX_BATCH_EVENTS} events.",
+    "undeclared_metric": "A `metric` event names a custom metric the aggregator's config does not declare.",
+    "label_mismatch": "A `metric` event's label names differ from the ones its declaration lists.",
+    "negative_increment": "A `metric` event for a counter carries a negative value.",
+    "negative_observation": "A `metric` event for a histogram carries a negative value (put a sign in a label).",
+}
 
 
 def routing_key_for(events: Sequence[EventBase]) -> str:

@@ -1,0 +1,145 @@
+"""The Node.js producer (producers/node) over the real broker into a real aggregator, compared with Python's."""
+
+import json
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.support.crosscheck import (
+    Tap,
+    assert_producer_properties,
+    assert_same_as_python,
+    desk_raw,
+    send_python_reference,
+)
+from tests.support.driver import ROOT, ProducerDriver
+from tests.support.process import AggregatorProcess, Names
+from tests.support.scenario import DESK_CONFIG
+from tests.support.scrape import total, value, wait_for
+from tests.support.tcpproxy import TcpProxy
+
+StartAggregator = Callable[..., AggregatorProcess]
+NODE = ROOT / "producers" / "node"
+
+
+@pytest.fixture(scope="module", autouse=True)
+def node_dependencies() -> None:
+    """A fresh machine installs Node.js and the producer's npm dependencies by itself (a no-op once done)."""
+    result = subprocess.run(
+        ["bash", str(ROOT / "scripts" / "install-node-deps")], capture_output=True, text=True, timeout=300, check=False
+    )
+    assert result.returncode == 0, result.stderr
+    assert (NODE / "node_modules" / "amqplib" / "package.json").exists()
+
+
+def _emit_cli(names: Names, source: str, events: list[dict[str, Any]], *options: str) -> dict[str, Any]:
+    """Run bin/tickbus-emit.js on the events; its one-line JSON report."""
+    result = subprocess.run(
+        ["node", str(NODE / "bin" / "tickbus-emit.js"), "--source", source, "--exchange", names.exchange, *options],
+        input="\n".join(json.dumps(event) for event in events),
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    report: dict[str, Any] = json.loads(result.stdout)
+    return report
+
+
+def test_node_unit_tests_pass() -> None:
+    """The Node-side unit tests (node's built-in runner, no broker) all pass."""
+    result = subprocess.run(
+        ["node", "--test", "test/"], cwd=NODE, capture_output=True, text=True, timeout=120, check=False
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "# fail 0" in result.stdout
+    passed = int(result.stdout.split("# pass ")[1].split()[0])
+    assert passed >= 6
+
+
+def test_node_desk_scenario_matches_the_python_emitter(names: Names, start_aggregator: StartAggregator) -> None:
+    """Batched and one-per-message, the Node producer's desk scenario gives exactly the Python emitter's samples."""
+    aggregator = start_aggregator(names, config=DESK_CONFIG)
+    now = time.time()
+    with Tap(names) as tap:
+        send_python_reference(names, "py-ref", now)
+        batched = _emit_cli(names, "node-batched", desk_raw(now), "--heartbeat-ms", "0")
+        single = _emit_cli(names, "node-single", desk_raw(now), "--heartbeat-ms", "0", "--batch-size", "1")
+        produced = assert_same_as_python(aggregator, "node-batched", "py-ref")
+        assert assert_same_as_python(aggregator, "node-single", "py-ref") == produced
+        messages = tap.messages()
+
+    events = len(desk_raw(now))
+    assert batched == {"accepted": events, "dropped": 0, "confirmed": events, "messages": 1, "drained": True}
+    assert single == {"accepted": events, "dropped": 0, "confirmed": events, "messages": events, "drained": True}
+    batch_messages = [message for message in messages if message.app_id == "node-batched"]
+    assert [message.routing_key for message in batch_messages] == ["batch"]
+    assert len(json.loads(batch_messages[0].body)) == events
+    single_messages = [message for message in messages if message.app_id == "node-single"]
+    assert [message.routing_key for message in single_messages] == [event["kind"] for event in desk_raw(now)]
+    assert assert_producer_properties(single_messages, "node-single") == list(range(1, events + 1))
+    assert assert_producer_properties(batch_messages, "node-batched") == [1]
+    assert total(aggregator.scrape(), "tickbus_events_rejected_total") == 0
+
+
+def test_node_drops_are_counted_and_reported_by_heartbeat(names: Names, start_aggregator: StartAggregator) -> None:
+    """Past its buffer the Node producer drops and counts; its final heartbeat brings the count to /metrics."""
+    aggregator = start_aggregator(names)
+    errors = [{"kind": "error", "component": "feed", "error_type": "gap"} for _ in range(100)]
+    report = _emit_cli(
+        names, "node-drops", errors, "--max-buffer", "10", "--heartbeat-ms", "60000", "--version", "2.0.0"
+    )
+    assert report["accepted"] == 10
+    assert report["dropped"] == 90
+    assert report["confirmed"] == 10
+
+    def reported() -> bool:
+        return value(aggregator.scrape(), "trading_producer_dropped_events_total", source="node-drops") == 90
+
+    wait_for(reported, timeout=20, what="the drop count from the heartbeat")
+    samples = aggregator.scrape()
+    assert total(samples, "trading_errors_total", source="node-drops") == 10
+    assert value(samples, "trading_source_info", source="node-drops", version="2.0.0") == 1
+    assert value(samples, "trading_source_up", source="node-drops") == 1
+
+
+def test_node_producer_rides_out_a_broker_outage(
+    names: Names, start_aggregator: StartAggregator, tmp_path: Path
+) -> None:
+    """With the broker away, emit() still returns at once; events wait, are retried, and arrive exactly once."""
+    aggregator = start_aggregator(names)
+    with TcpProxy() as proxy:
+        options = {"source": "node-outage", "url": proxy.url, "exchange": names.exchange, "heartbeatIntervalMs": 0,
+                   "retryMaxMs": 200}  # fmt: skip
+        driver = ProducerDriver(
+            ["node", str(NODE / "testing" / "driver.js"), json.dumps(options)], tmp_path / "node.err"
+        )
+        try:
+            errors = [{"kind": "error", "component": "feed", "error_type": "gap"} for _ in range(50)]
+            assert driver.send("emit", events=errors)["took"] == 50
+            assert driver.send("flush", timeout_ms=10_000)["ok"]
+
+            proxy.down()
+            during = driver.send("emit", events=errors)
+            assert during["took"] == 50
+            assert during["emit_ms"] < 50, during
+            wait_for(lambda: driver.send("stats")["last_error"], timeout=10, what="the producer to notice")
+            assert driver.send("flush", timeout_ms=500)["ok"] is False
+
+            proxy.up()
+            after = driver.send("flush", timeout_ms=15_000)
+            assert after["ok"], after
+            assert after["last_error"] == ""
+            assert driver.send("close", timeout_ms=5_000)["ok"]
+        finally:
+            driver.stop()
+    assert proxy.connections >= 2
+    wait_for(lambda: total(aggregator.scrape(), "trading_errors_total", source="node-outage") == 100, what="100")
+    time.sleep(0.3)
+    assert total(aggregator.scrape(), "trading_errors_total", source="node-outage") == 100
+    assert "cannot publish to RabbitMQ" in driver.stderr()
