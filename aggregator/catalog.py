@@ -66,6 +66,8 @@ class MetricSpec:
     cumulative_key: Getter | None = None
     # At most one series per value of the first N labels: a new label set replaces the old one.
     exclusive_prefix: int = 0
+    # Gauges: seconds a series lives without updates (None: `gauge_ttl_seconds`; 0: forever).
+    ttl_seconds: float | None = None
 
 
 def _fields(*names: str) -> dict[str, Getter]:

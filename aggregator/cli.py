@@ -19,8 +19,8 @@ from aggregator.config import DEFAULT_AMQP_URL, AmqpSettings, ConfigError, load_
 from aggregator.consumer import CONNECT_ERRORS, redacted
 from aggregator.deadletters import DeadLetters
 from aggregator.topology import TopologyError
-from schemas.events import KINDS, Event
 from schemas.asyncapi import asyncapi_text
+from schemas.events import KINDS, Event
 from schemas.jsonschema import event_json_schema
 from schemas.labels import LabelCheck
 from schemas.wire import CONTENT_TYPE_JSON, DEFAULT_EXCHANGE

@@ -85,6 +85,9 @@ class CustomMetric(_Section):
     labels: list[LabelNameField] = []
     buckets: list[float] = []
     unit: str = ""
+    # Gauges only: seconds a series lives without updates; unset for `gauge_ttl_seconds`, 0 for forever
+    # (a state that is set once and stays, like a kill switch).
+    ttl_seconds: Annotated[float, msgspec.Meta(ge=0)] | None = None
 
     def __post_init__(self) -> None:
         if self.type == "counter" and not self.name.endswith("_total"):
@@ -103,6 +106,8 @@ class CustomMetric(_Section):
                 )
         elif self.buckets:
             raise ValueError(f"{self.type} {self.name!r}: only histograms have `buckets`")
+        if self.ttl_seconds is not None and self.type != "gauge":
+            raise ValueError(f"{self.type} {self.name!r}: only gauges expire, so only they take `ttl_seconds`")
         reserved = RESERVED_LABELS.intersection(self.labels)
         if reserved:
             raise ValueError(f"metric {self.name!r}: label {sorted(reserved)[0]!r} is reserved")

@@ -37,7 +37,9 @@ def make_family(spec: MetricSpec, name: str, max_series: int, on_overflow: Calla
     if spec.type is MetricType.COUNTER:
         return CounterFamily(name, spec.help, labels, **common)
     if spec.type is MetricType.GAUGE:
-        return GaugeFamily(name, spec.help, labels, exclusive_prefix=spec.exclusive_prefix, **common)
+        return GaugeFamily(
+            name, spec.help, labels, exclusive_prefix=spec.exclusive_prefix, ttl=spec.ttl_seconds, **common
+        )
     return HistogramFamily(name, spec.help, labels, buckets=spec.buckets, **common)
 
 
@@ -157,6 +159,7 @@ class CustomMetrics:
                 {"source": "source", **{label: label for label in metric.labels}},
                 unit=metric.unit,
                 buckets=tuple(metric.buckets),
+                ttl_seconds=metric.ttl_seconds,
             )
             family = make(spec, full_name(namespace, metric.name))
             self._by_name[metric.name] = (family, tuple(metric.labels), frozenset(metric.labels))

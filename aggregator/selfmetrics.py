@@ -21,7 +21,7 @@ class SelfMetrics:
             return family
 
         def add_gauge(name: str, help_text: str, *labels: str, unit: str = "") -> GaugeFamily:
-            family = GaugeFamily(f"{PREFIX}_{name}", help_text, labels, unit=unit, expires=False)
+            family = GaugeFamily(f"{PREFIX}_{name}", help_text, labels, unit=unit, ttl=0)
             family.volatile = True
             store.add(family)
             return family

@@ -51,7 +51,9 @@ class Aggregator:
             durability=self.checkpointer,
             commit_interval=settings.state.checkpoint_interval_seconds,
         )
-        self.ingest.self_metrics.set_gauge(self.ingest.self_metrics.start_time, time.time(), time.time())
+        metrics, now = self.ingest.self_metrics, time.time()
+        metrics.set_gauge(metrics.start_time, now, now)
+        metrics.set_gauge(metrics.consumer_connected, 0.0, now)  # exists, at 0, before the first connection
 
     async def run(self) -> None:
         """Serve HTTP, consume until SIGTERM/SIGINT (or `request_stop`), then shut down cleanly."""
@@ -102,10 +104,9 @@ class Aggregator:
         last_depth = 0.0
         while True:
             now = time.time()
-            if ttl:
-                expired = self.store.expire_gauges(now - ttl)
-                if expired:
-                    metrics.expired_series.inc((), expired)
+            expired = self.store.expire_gauges(now, ttl)
+            if expired:
+                metrics.expired_series.inc((), expired)
             metrics.set_gauge(metrics.consumer_connected, 1.0 if self.consumer.ready else 0.0, now)
             if now - last_depth >= QUEUE_DEPTH_INTERVAL:
                 last_depth = now

@@ -114,10 +114,11 @@ class GaugeFamily(Family):
 
     type = MetricType.GAUGE
 
-    def __init__(self, *args: Any, exclusive_prefix: int = 0, expires: bool = True, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, exclusive_prefix: int = 0, ttl: float | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.exclusive_prefix = exclusive_prefix
-        self.expires = expires
+        # Seconds a series lives without updates: None for the store-wide default, 0 for forever.
+        self.ttl = ttl
         # series key -> wall-clock time it was last set, for expiry and liveness
         self.updated: dict[LabelKey, float] = {}
 
@@ -225,12 +226,15 @@ class Store:
     def series_count(self) -> int:
         return sum(len(family.series) for family in self.families.values())
 
-    def expire_gauges(self, older_than: float) -> int:
-        return sum(
-            family.expire(older_than)
-            for family in self.families.values()
-            if isinstance(family, GaugeFamily) and family.expires
-        )
+    def expire_gauges(self, now: float, default_ttl: float) -> int:
+        """Drop gauge series not set within their family's time to live; returns how many."""
+        expired = 0
+        for family in self.families.values():
+            if isinstance(family, GaugeFamily):
+                ttl = default_ttl if family.ttl is None else family.ttl
+                if ttl > 0:
+                    expired += family.expire(now - ttl)
+        return expired
 
     def snapshot(self) -> dict[str, Any]:
         return {name: family.snapshot() for name, family in self.families.items()}

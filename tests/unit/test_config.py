@@ -37,6 +37,7 @@ def test_defaults_then_file_then_overrides(tmp_path: Path) -> None:
             "declared twice",
         ),
         ("not toml [", "not valid TOML"),
+        ("[[metrics]]\nname='c_total'\ntype='counter'\nhelp='h'\nttl_seconds=0\n", "only gauges expire"),
     ],
 )
 def test_bad_config_names_the_key(tmp_path: Path, text: str, message: str) -> None:

@@ -152,5 +152,20 @@ def test_the_aggregator_s_own_gauges_never_expire(ingest: Ingest) -> None:
     metrics = ingest.self_metrics
     metrics.set_gauge(metrics.start_time, 100.0, now=100.0)
     ingest.apply([Position(ts=100.0, source="p", symbol="X", quantity=1.0)], now=100.0)
-    assert ingest.store.expire_gauges(older_than=1_000.0) == 1
+    assert ingest.store.expire_gauges(now=2_000.0, default_ttl=900.0) == 1
     assert metrics.start_time.series == {(): (100.0, 100.0)}
+
+
+def test_a_custom_gauge_with_ttl_zero_never_expires() -> None:
+    """A state like a kill switch, declared with ttl_seconds = 0, outlives gauge_ttl_seconds; others expire."""
+    custom = [
+        CustomMetric(name="kill_switch_active", type="gauge", help="h", ttl_seconds=0),
+        CustomMetric(name="queue_lag", type="gauge", help="h"),
+    ]
+    ingest = Ingest(CatalogSettings(namespace="desk"), custom, Store())
+    ingest.apply(
+        [Metric(ts=1.0, source="risk", name=name, value=1) for name in ("kill_switch_active", "queue_lag")], 1.0
+    )
+    assert ingest.store.expire_gauges(now=10_000.0, default_ttl=900.0) == 1
+    assert _series(ingest, "desk_kill_switch_active") == {("risk",): (1.0, 1.0)}
+    assert _series(ingest, "desk_queue_lag") == {}

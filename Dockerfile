@@ -1,0 +1,33 @@
+# syntax=docker/dockerfile:1
+# The tickbus aggregator: `docker build -t tickbus-aggregator .` (compose.yaml builds it for you).
+
+# Build the wheel in a throwaway stage, so the runtime image carries no build tools or sources.
+FROM python:3.11-slim AS build
+WORKDIR /src
+COPY pyproject.toml README.md ./
+COPY schemas ./schemas
+COPY producers ./producers
+COPY aggregator ./aggregator
+RUN pip wheel --no-cache-dir --disable-pip-version-check --wheel-dir /wheels .
+
+FROM python:3.11-slim
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    TICKBUS_HTTP_PORT=9464 \
+    TICKBUS_STATE_DIR=/var/lib/tickbus
+RUN groupadd --system --gid 10001 tickbus \
+ && useradd --system --uid 10001 --gid tickbus --home-dir /var/lib/tickbus --no-create-home \
+      --shell /usr/sbin/nologin tickbus \
+ && mkdir -p /var/lib/tickbus /etc/tickbus \
+ && chown tickbus:tickbus /var/lib/tickbus
+COPY --from=build /wheels /tmp/wheels
+RUN pip install --no-cache-dir --disable-pip-version-check /tmp/wheels/*.whl && rm -rf /tmp/wheels
+# Checkpoints of the series state: keep this on a volume so that restarts lose nothing.
+VOLUME ["/var/lib/tickbus"]
+USER 10001:10001
+EXPOSE 9464
+HEALTHCHECK --interval=10s --timeout=5s --start-period=20s --retries=3 \
+  CMD ["python", "-c", "import os, urllib.request; urllib.request.urlopen('http://127.0.0.1:' + os.environ.get('TICKBUS_HTTP_PORT', '9464') + '/healthz', timeout=3)"]
+# Settings come from TICKBUS_* variables (TICKBUS_AMQP_URL, TICKBUS_CONFIG, ...) or flags after `run`.
+ENTRYPOINT ["aggregator"]
+CMD ["run"]
