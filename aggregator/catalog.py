@@ -6,6 +6,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from schemas.events import (
+    Dependency,
     Error,
     EventBase,
     Heartbeat,
@@ -37,6 +38,8 @@ LATENCY_BUCKETS = (
 # Slippage in basis points, by size; its sign is the `direction` label, because OpenMetrics
 # histograms with negative buckets may not carry a sum and traders need the average.
 SLIPPAGE_BPS_BUCKETS = (0.0, 0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0)
+# Calls to databases, caches and external APIs: a millisecond to a minute.
+DEPENDENCY_LATENCY_BUCKETS = (0.001, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 PROBABILITY_BUCKETS = tuple(round(step * 0.05, 2) for step in range(1, 21))
 # Size of an expected return as a fraction, up to 10%; its sign is the `direction` label (gain, loss).
 RETURN_BUCKETS = (0.0, 0.0025, 0.005, 0.01, 0.02, 0.05, 0.1)
@@ -288,6 +291,7 @@ BUILTIN_CATALOG: Mapping[type[EventBase], tuple[MetricSpec, ...]] = {
             ("daily_return_ratio", "daily_return", "ratio", "Return since the start of the trading day (0.01 = 1%)."),
             ("drawdown_ratio", "drawdown", "ratio", "Drawdown from the equity peak, 0..1."),
             ("open_positions", "open_positions", "", "Number of open positions."),
+            ("total_return_ratio", "total_return", "ratio", "Return since inception (0.01 = 1%)."),
         )
     ),
     Trade: (
@@ -360,6 +364,59 @@ BUILTIN_CATALOG: Mapping[type[EventBase], tuple[MetricSpec, ...]] = {
             SOURCE,
             value="dropped",
             cumulative_key="instance",
+        ),
+        MetricSpec(
+            "process_resident_memory_bytes",
+            MetricType.GAUGE,
+            "Resident memory of the source's process (from heartbeats).",
+            SOURCE,
+            value="resident_memory_bytes",
+            unit="bytes",
+        ),
+        MetricSpec(
+            "process_cpu_seconds_total",
+            MetricType.COUNTER,
+            "CPU time (user and system) the source's process has used (from heartbeats).",
+            SOURCE,
+            value="cpu_seconds",
+            cumulative_key="instance",
+        ),
+    ),
+    Dependency: (
+        MetricSpec(
+            "dependency_up",
+            MetricType.GAUGE,
+            "1 while the source reports the dependency (database, cache, broker, feed, API) up, else 0.",
+            _fields("source", "dependency"),
+            value=lambda dependency: 1.0 if dependency.up else 0.0,
+            requires=("up",),
+        ),
+        MetricSpec(
+            "dependency_last_success_timestamp_seconds",
+            MetricType.GAUGE,
+            "Producer time of the last call to the dependency with outcome ok (data freshness).",
+            _fields("source", "dependency"),
+            value="ts",
+            unit="seconds",
+            when=lambda dependency: dependency.outcome == "ok",
+            # Kept however long the dependency keeps failing, so "no success for an hour" can alert.
+            ttl_seconds=0,
+        ),
+        MetricSpec(
+            "dependency_calls_total",
+            MetricType.COUNTER,
+            "Calls to the dependency by operation and outcome (ok, error, timeout, rate_limited, ...).",
+            _fields("source", "dependency", "operation", "outcome"),
+            when=lambda dependency: dependency.outcome != "",
+        ),
+        MetricSpec(
+            "dependency_latency_seconds",
+            MetricType.HISTOGRAM,
+            "Latency of calls to the dependency.",
+            _fields("source", "dependency", "operation"),
+            value="latency",
+            unit="seconds",
+            buckets=DEPENDENCY_LATENCY_BUCKETS,
         ),
     ),
 }

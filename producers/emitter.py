@@ -2,6 +2,7 @@
 
 import asyncio
 import logging
+import os
 import threading
 import time
 import uuid
@@ -17,6 +18,18 @@ from schemas.events import EventBase, Heartbeat
 from schemas.wire import CONTENT_TYPE_MSGPACK, DEFAULT_EXCHANGE, Codec, routing_key_for
 
 log = logging.getLogger(__name__)
+
+
+PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def resident_memory_bytes() -> int | None:
+    """Resident memory of the current process, where the OS tells it (Linux); None elsewhere."""
+    try:
+        with open("/proc/self/statm", "rb") as statm:
+            return int(statm.read().split()[1]) * PAGE_SIZE
+    except (OSError, IndexError, ValueError):
+        return None
 
 
 @dataclass(frozen=True)
@@ -63,6 +76,8 @@ class Publisher:
             healthy=self.healthy,
             started_at=self.started_at,
             dropped=self.outbox.dropped,
+            resident_memory_bytes=resident_memory_bytes(),
+            cpu_seconds=time.process_time(),
         )
 
     async def run(self) -> None:

@@ -2,6 +2,7 @@
 
 from schemas.events import (
     EVENT_TYPES,
+    Dependency,
     Error,
     Event,
     Heartbeat,
@@ -17,6 +18,7 @@ from schemas.events import (
 
 __all__ = [
     "EVENT_TYPES",
+    "Dependency",
     "Error",
     "Event",
     "Heartbeat",

@@ -114,6 +114,7 @@ class Portfolio(EventBase, tag="portfolio", frozen=True):
     daily_return: Amount | None = None
     drawdown: Ratio | None = None
     open_positions: Count | None = None
+    total_return: Amount | None = None
 
 
 class Trade(EventBase, tag="trade", frozen=True):
@@ -129,13 +130,32 @@ class Trade(EventBase, tag="trade", frozen=True):
 
 
 class Heartbeat(EventBase, tag="heartbeat", frozen=True):
-    """A source is alive; `dropped` is the producer's cumulative count of events it had to drop."""
+    """A source is alive; `dropped` is the producer's cumulative count of events it had to drop.
+
+    `resident_memory_bytes` and `cpu_seconds` (cumulative) describe the producer's process, as the
+    process metrics of an in-process Prometheus client did.
+    """
 
     version: LabelValue = ""
     instance: Identifier = ""
     healthy: bool = True
     started_at: Timestamp | None = None
     dropped: Count = 0
+    resident_memory_bytes: Count | None = None
+    cpu_seconds: NonNegativeAmount | None = None
+
+
+class Dependency(EventBase, tag="dependency", frozen=True):
+    """Something the source depends on (database, cache, broker, data provider, API): its state, or one call.
+
+    With `up` it reports a state (connected or not); with `outcome` (ok, error, timeout, ...) one call.
+    """
+
+    dependency: RequiredLabel
+    operation: LabelValue = ""
+    outcome: LabelValue = ""
+    up: bool | None = None
+    latency: Seconds | None = None
 
 
 class Metric(EventBase, tag="metric", frozen=True):
@@ -146,7 +166,7 @@ class Metric(EventBase, tag="metric", frozen=True):
     labels: dict[LabelName, LabelValue] = {}
 
 
-Event = Signal | Order | Prediction | Error | Position | Portfolio | Trade | Heartbeat | Metric
+Event = Signal | Order | Prediction | Error | Position | Portfolio | Trade | Heartbeat | Dependency | Metric
 EVENT_TYPES: tuple[type[EventBase], ...] = (
     Signal,
     Order,
@@ -156,6 +176,7 @@ EVENT_TYPES: tuple[type[EventBase], ...] = (
     Portfolio,
     Trade,
     Heartbeat,
+    Dependency,
     Metric,
 )
 

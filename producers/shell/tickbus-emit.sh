@@ -7,6 +7,7 @@
 #
 #   tickbus-emit.sh signal strategy=momentum symbol=BTCUSDT side=buy outcome=accepted confidence=0.8
 #   tickbus-emit.sh error component=backup error_type=failed severity=critical message="disk full"
+#   tickbus-emit.sh dependency dependency=postgres operation=select outcome=ok latency=0.004
 #   tickbus-emit.sh metric name=kill_switch_active value=1 labels.reason=drawdown
 #
 # FIELD=VALUE   numeric and boolean fields (see NUMBER_FIELDS, BOOLEAN_FIELDS) become JSON numbers and
@@ -21,9 +22,9 @@
 set -euo pipefail
 
 # Kept equal to the Structs by tests/unit/test_wire_contract.py.
-KINDS="signal order prediction error position portfolio trade heartbeat metric"
-NUMBER_FIELDS="avg_price cash confidence daily_pnl daily_return drawdown dropped equity expected_profit exposure holding_time latency market_value open_positions pnl price probability quantity realized_pnl slippage_bps started_at ts unrealized_pnl value"
-BOOLEAN_FIELDS="correct healthy"
+KINDS="signal order prediction error position portfolio trade heartbeat dependency metric"
+NUMBER_FIELDS="avg_price cash confidence cpu_seconds daily_pnl daily_return drawdown dropped equity expected_profit exposure holding_time latency market_value open_positions pnl price probability quantity realized_pnl resident_memory_bytes slippage_bps started_at total_return ts unrealized_pnl value"
+BOOLEAN_FIELDS="correct healthy up"
 
 usage() {
   sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//' >&2

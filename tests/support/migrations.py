@@ -23,17 +23,9 @@ GUIDES = ROOT / "docs" / "migration"
 SYSTEMS = ("atra", "mastertrade", "aria-pro", "ai-agent", "metrics-pipeline")
 
 # Custom metrics standing in for proposed built-ins, by proposal: a guide row using one is marked `[Pn]`.
+# P1 (dependency kind), P4 (process resources on the heartbeat), P5 (portfolio total_return) and P6 (signal
+# decision latency) are built in now; a custom metric with a built-in's name is refused at startup.
 PROPOSALS: dict[str, frozenset[str]] = {
-    "P1": frozenset(
-        {
-            "trading_dependency_up",
-            "trading_dependency_last_success_timestamp_seconds",
-            "trading_dependency_calls_total",
-            "trading_dependency_latency_seconds_bucket",
-            "trading_dependency_latency_seconds_sum",
-            "trading_dependency_latency_seconds_count",
-        }
-    ),
     "P2": frozenset(
         {
             "trading_model_accuracy_ratio",
@@ -44,16 +36,6 @@ PROPOSALS: dict[str, frozenset[str]] = {
         }
     ),
     "P3": frozenset({"trading_risk_checks_total", "trading_kill_switch_active"}),
-    "P4": frozenset(
-        {
-            "trading_process_resident_memory_bytes",
-            "trading_process_virtual_memory_bytes",
-            "trading_process_cpu_seconds_total",
-        }
-    ),
-    "P5": frozenset({"trading_portfolio_total_return_ratio"}),
-    # Decision time only: the same custom histogram also carries stages no proposal covers.
-    "P6": frozenset(),
 }
 
 _METRIC_NAME = re.compile(r"\b(?:trading|tickbus)_[A-Za-z0-9_]+\b")

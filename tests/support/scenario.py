@@ -153,6 +153,7 @@ def desk_expected(source: str) -> Samples:
         _key("trading_portfolio_equity", source=s, account=""): 100000,
         _key("trading_portfolio_drawdown_ratio", source=s, account=""): 0.05,
         _key("trading_portfolio_open_positions", source=s, account=""): 1,
+        _key("trading_portfolio_total_return_ratio", source=s, account=""): 0.12,
         _key("trading_trades_total", source=s, strategy="momentum", symbol="BTCUSDT", side="buy", result="win"): 1,
         _key(
             "trading_trades_total", source=s, strategy="mean_reversion", symbol="ETHUSDT", side="sell", result="loss"
@@ -162,6 +163,18 @@ def desk_expected(source: str) -> Samples:
         _key("trading_source_info", source=s, version="1.2.3"): 1,
         _key("trading_source_up", source=s): 1,
         _key("trading_producer_dropped_events_total", source=s): 0,
+        _key("trading_process_resident_memory_bytes", source=s): 52428800,
+        _key("trading_process_cpu_seconds_total", source=s): 1.5,
+        # One ok call to postgres (0.004 s, in (0.001, 0.005]) and a report that redis is down.
+        _key("trading_dependency_calls_total", source=s, dependency="postgres", operation="select", outcome="ok"): 1,
+        _key(
+            "trading_dependency_latency_seconds_bucket", source=s, dependency="postgres", operation="select", le="0.001"
+        ): 0,
+        _key(
+            "trading_dependency_latency_seconds_bucket", source=s, dependency="postgres", operation="select", le="0.005"
+        ): 1,
+        _key("trading_dependency_latency_seconds_sum", source=s, dependency="postgres", operation="select"): 0.004,
+        _key("trading_dependency_up", source=s, dependency="redis"): 0,
         _key("trading_kill_switch_active", source=s, reason="manual"): 1,
         _key("trading_cache_requests_total", source=s, cache="features", result="hit"): 3,
     }

@@ -92,6 +92,12 @@ def test_desk_scenario_validates_one_by_one_and_as_a_batch() -> None:
     assert list(validator.iter_errors(events)) == []
 
 
+def test_desk_scenario_sends_every_kind() -> None:
+    """The scenario every producer's tests send holds at least one event of each kind, so each crosses every wire."""
+    kinds = {event["kind"] for event in _desk_events()}
+    assert kinds == set(KINDS), set(KINDS) ^ kinds
+
+
 @pytest.mark.parametrize(
     ("body", "reason"),
     [
