@@ -52,8 +52,8 @@ class MetricSpec:
     """One metric family: its name (without namespace), type, help, unit and how an event feeds it.
 
     `labels` maps each label name to the event field (or function) giving its value; `value`
-    gives the sample (None counts 1). A spec is skipped for an event whose value, or any field
-    named in `requires`, is None.
+    gives the sample (None counts 1). A spec is skipped for an event whose value is None, or that
+    does not meet `when`.
     """
 
     name: str
@@ -63,8 +63,7 @@ class MetricSpec:
     value: Getter | None = None
     unit: str = ""
     buckets: tuple[float, ...] = ()
-    requires: tuple[str, ...] = ()
-    when: Callable[[Any], bool] | None = None
+    when: "FieldIn | None" = None
     # The value is a producer's running total: the counter adds its increase, per `cumulative_key`.
     cumulative_key: Getter | None = None
     # At most one series per value of the first N labels: a new label set replaces the old one.
@@ -73,12 +72,26 @@ class MetricSpec:
     ttl_seconds: float | None = None
 
 
+@dataclass(frozen=True)
+class FieldIn:
+    """A condition on one event field: its value is one of `values` (or, negated, none of them)."""
+
+    field: str
+    values: frozenset[Any]
+    negate: bool = False
+
+
+def field_in(field_name: str, *values: Any, negate: bool = False) -> FieldIn:
+    return FieldIn(field_name, frozenset(values), negate)
+
+
+FILLED = field_in("status", "filled", "partially_filled")
+# A prediction event with `correct` set reports an earlier prediction's outcome: it is not a new prediction.
+NOT_AN_OUTCOME_REPORT = field_in("correct", None)
+
+
 def _fields(*names: str) -> dict[str, Getter]:
     return {name: name for name in names}
-
-
-def _filled(order: Order) -> bool:
-    return order.status in ("filled", "partially_filled")
 
 
 def _notional(order: Order) -> float | None:
@@ -93,11 +106,6 @@ def _slippage_direction(order: Order) -> str:
 
 def _expected_direction(prediction: Prediction) -> str:
     return "loss" if prediction.expected_profit is not None and prediction.expected_profit < 0 else "gain"
-
-
-def _is_prediction(prediction: Prediction) -> bool:
-    """A prediction event with `correct` set reports an earlier prediction's outcome: it is not a new prediction."""
-    return prediction.correct is None
 
 
 def _trade_result(trade: Trade) -> str:
@@ -142,7 +150,7 @@ BUILTIN_CATALOG: Mapping[type[EventBase], tuple[MetricSpec, ...]] = {
             value="latency",
             unit="seconds",
             buckets=LATENCY_BUCKETS,
-            when=lambda signal: signal.outcome == "generated",
+            when=field_in("outcome", "generated"),
         ),
         MetricSpec(
             "signal_decision_seconds",
@@ -152,7 +160,7 @@ BUILTIN_CATALOG: Mapping[type[EventBase], tuple[MetricSpec, ...]] = {
             value="latency",
             unit="seconds",
             buckets=LATENCY_BUCKETS,
-            when=lambda signal: signal.outcome != "generated",
+            when=field_in("outcome", "generated", negate=True),
         ),
     ),
     Order: (
@@ -180,7 +188,7 @@ BUILTIN_CATALOG: Mapping[type[EventBase], tuple[MetricSpec, ...]] = {
             value=lambda order: abs(order.slippage_bps) if order.slippage_bps is not None else None,
             unit="bps",
             buckets=SLIPPAGE_BPS_BUCKETS,
-            when=_filled,
+            when=FILLED,
         ),
         MetricSpec(
             "order_filled_quantity_total",
@@ -188,7 +196,7 @@ BUILTIN_CATALOG: Mapping[type[EventBase], tuple[MetricSpec, ...]] = {
             "Quantity filled, summed over fill events (each fill event reports its own quantity).",
             _fields("source", "strategy", "symbol", "side"),
             value="quantity",
-            when=_filled,
+            when=FILLED,
         ),
         MetricSpec(
             "order_filled_notional_total",
@@ -196,7 +204,7 @@ BUILTIN_CATALOG: Mapping[type[EventBase], tuple[MetricSpec, ...]] = {
             "Traded value (quantity x price) of fills, in the quote currency.",
             _fields("source", "strategy", "symbol", "side"),
             value=_notional,
-            when=_filled,
+            when=FILLED,
         ),
     ),
     Prediction: (
@@ -205,7 +213,7 @@ BUILTIN_CATALOG: Mapping[type[EventBase], tuple[MetricSpec, ...]] = {
             MetricType.COUNTER,
             "Model predictions by model, version, symbol and decision (outcome reports not included).",
             _fields("source", "model", "model_version", "symbol", "decision"),
-            when=_is_prediction,
+            when=NOT_AN_OUTCOME_REPORT,
         ),
         MetricSpec(
             "prediction_probability_ratio",
@@ -215,7 +223,7 @@ BUILTIN_CATALOG: Mapping[type[EventBase], tuple[MetricSpec, ...]] = {
             value="probability",
             unit="ratio",
             buckets=PROBABILITY_BUCKETS,
-            when=_is_prediction,
+            when=NOT_AN_OUTCOME_REPORT,
         ),
         MetricSpec(
             "prediction_expected_profit_ratio",
@@ -227,7 +235,7 @@ BUILTIN_CATALOG: Mapping[type[EventBase], tuple[MetricSpec, ...]] = {
             ),
             unit="ratio",
             buckets=RETURN_BUCKETS,
-            when=_is_prediction,
+            when=NOT_AN_OUTCOME_REPORT,
         ),
         MetricSpec(
             "prediction_latency_seconds",
@@ -237,7 +245,7 @@ BUILTIN_CATALOG: Mapping[type[EventBase], tuple[MetricSpec, ...]] = {
             value="latency",
             unit="seconds",
             buckets=LATENCY_BUCKETS,
-            when=_is_prediction,
+            when=NOT_AN_OUTCOME_REPORT,
         ),
         MetricSpec(
             "prediction_outcomes_total",
@@ -245,7 +253,7 @@ BUILTIN_CATALOG: Mapping[type[EventBase], tuple[MetricSpec, ...]] = {
             "Outcome reports (prediction events with `correct` set), by whether the prediction was correct "
             "(accuracy = true / all).",
             {**_fields("source", "model", "model_version"), "correct": _bool_label("correct")},
-            requires=("correct",),
+            when=field_in("correct", None, negate=True),
         ),
     ),
     Error: (
@@ -389,7 +397,7 @@ BUILTIN_CATALOG: Mapping[type[EventBase], tuple[MetricSpec, ...]] = {
             "1 while the source reports the dependency (database, cache, broker, feed, API) up, else 0.",
             _fields("source", "dependency"),
             value=lambda dependency: 1.0 if dependency.up else 0.0,
-            requires=("up",),
+            when=field_in("up", None, negate=True),
         ),
         MetricSpec(
             "dependency_last_success_timestamp_seconds",
@@ -398,7 +406,7 @@ BUILTIN_CATALOG: Mapping[type[EventBase], tuple[MetricSpec, ...]] = {
             _fields("source", "dependency"),
             value="ts",
             unit="seconds",
-            when=lambda dependency: dependency.outcome == "ok",
+            when=field_in("outcome", "ok"),
             # Kept however long the dependency keeps failing, so "no success for an hour" can alert.
             ttl_seconds=0,
         ),
@@ -407,7 +415,7 @@ BUILTIN_CATALOG: Mapping[type[EventBase], tuple[MetricSpec, ...]] = {
             MetricType.COUNTER,
             "Calls to the dependency by operation and outcome (ok, error, timeout, rate_limited, ...).",
             _fields("source", "dependency", "operation", "outcome"),
-            when=lambda dependency: dependency.outcome != "",
+            when=field_in("outcome", "", negate=True),
         ),
         MetricSpec(
             "dependency_latency_seconds",

@@ -3,6 +3,7 @@
 import logging
 import operator
 from bisect import bisect_left
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -16,6 +17,7 @@ from schemas.events import EventBase, Metric, kind_of
 log = logging.getLogger(__name__)
 
 Updater = Callable[[Any, float], None]
+_source = operator.attrgetter("source")
 
 
 @dataclass(frozen=True)
@@ -48,83 +50,94 @@ def _getter(source: Getter) -> Callable[[Any], Any]:
 
 
 def _labels_getter(labels: Mapping[str, Getter]) -> Callable[[Any], tuple[str, ...]]:
+    """One call giving the label values: attrgetter for event fields, derived labels (last) appended."""
     sources = list(labels.values())
-    if all(isinstance(source, str) for source in sources):
-        names = [source for source in sources if isinstance(source, str)]
-        if len(names) == 1:
-            single = operator.attrgetter(names[0])
-            return lambda event: (single(event),)
-        return operator.attrgetter(*names)  # a tuple for 2+ names
-    getters = [_getter(source) for source in sources]
-    return lambda event: tuple(getter(event) for getter in getters)
+    names = [source for source in sources if isinstance(source, str)]
+    derived = [source for source in sources if not isinstance(source, str)]
+    if sources[: len(names)] != names:
+        raise ValueError("derived labels must come after the labels taken from event fields")
+    fields_of: Callable[[Any], tuple[Any, ...]]
+    if len(names) == 1:
+        single = operator.attrgetter(names[0])
+
+        def fields_of(event: Any) -> tuple[Any, ...]:
+            return (single(event),)
+    else:
+        fields_of = operator.attrgetter(*names)  # a tuple for 2+ names
+    if not derived:
+        return fields_of
+    if len(derived) == 1:
+        (last,) = derived
+        return lambda event: (*fields_of(event), last(event))
+    return lambda event: (*fields_of(event), *(label(event) for label in derived))
 
 
 def spec_getters(spec: MetricSpec) -> tuple[Callable[[Any], tuple[str, ...]], Callable[[Any], float | None]]:
     """The label values and the sample value (None: skip this event) that `spec` takes from an event."""
     labels_of = _labels_getter(spec.labels)
     value_of = _getter(spec.value) if spec.value is not None else None
-    when = spec.when
-    requires = spec.requires
-    if value_of is not None and when is None and not requires:
-        return labels_of, value_of  # the common case: no Python frame between the event and its value
+    condition = spec.when
+    if condition is None and value_of is not None:
+        return labels_of, value_of
+    check = operator.attrgetter(condition.field) if condition else None
 
     def value(event: Any) -> float | None:
-        if when is not None and not when(event):
+        if condition is not None and check is not None and (check(event) in condition.values) is condition.negate:
             return None
-        for field_name in requires:
-            if getattr(event, field_name) is None:
-                return None
         return 1.0 if value_of is None else value_of(event)
 
     return labels_of, value
 
 
 def make_updater(spec: MetricSpec, family: AnyFamily) -> Updater:
-    """One function that applies an event to `family` as `spec` says."""
-    labels_of, value = spec_getters(spec)
+    """One function that applies an event to `family` as `spec` says.
+
+    This is the hot path, one call per event and metric: the condition is checked and an existing
+    series updated inline, and only a new series (admission, the cardinality guard) goes to the family.
+    """
+    labels_of = _labels_getter(spec.labels)
+    value_of = _getter(spec.value) if spec.value is not None else None
+    condition = spec.when
+    check = operator.attrgetter(condition.field) if condition else None
+    allowed = condition.values if condition else frozenset()
+    negate = condition.negate if condition else False
+    series = family.series
 
     if isinstance(family, CounterFamily) and spec.cumulative_key is not None:
         instance_of = _getter(spec.cumulative_key)
+        assert value_of is not None, "a running total needs a value"
 
         def add_running_total(event: Any, now: float) -> None:
-            total = value(event)
+            total = value_of(event)
             if total is not None:
                 family.add_running_total(labels_of(event), instance_of(event), total)
 
         return add_running_total
-    # The update functions below touch an existing series directly and leave a new one (admission,
-    # the cardinality guard) to the family: this is the hot path, one call per event and metric.
-    series = family.series
     if isinstance(family, CounterFamily):
         inc = family.inc
-        if spec.value is None and spec.when is None and not spec.requires:
-
-            def count(event: Any, now: float) -> None:
-                key = labels_of(event)
-                current = series.get(key)
-                if current is None:
-                    inc(key)
-                else:
-                    series[key] = current + 1.0
-
-            return count
 
         def increment(event: Any, now: float) -> None:
-            amount = value(event)
-            if amount is not None:
-                key = labels_of(event)
-                current = series.get(key)
-                if current is None:
-                    inc(key, amount)
-                else:
-                    series[key] = current + amount
+            if check is not None and (check(event) in allowed) is negate:
+                return
+            amount = 1.0 if value_of is None else value_of(event)
+            if amount is None:
+                return
+            key = labels_of(event)
+            current = series.get(key)
+            if current is None:
+                inc(key, amount)
+            else:
+                series[key] = current + amount
 
         return increment
+    assert value_of is not None, "gauges and histograms need a value"
     if isinstance(family, GaugeFamily):
         gauge_set = family.set
 
         def set_gauge(event: Any, now: float) -> None:
-            sample = value(event)
+            if check is not None and (check(event) in allowed) is negate:
+                return
+            sample = value_of(event)
             if sample is not None:
                 gauge_set(labels_of(event), sample, event.ts, now)
 
@@ -133,15 +146,18 @@ def make_updater(spec: MetricSpec, family: AnyFamily) -> Updater:
     bounds = family.bounds
 
     def observe_histogram(event: Any, now: float) -> None:
-        sample = value(event)
-        if sample is not None:
-            key = labels_of(event)
-            counts = series.get(key)
-            if counts is None:
-                observe(key, sample)
-            else:
-                counts[bisect_left(bounds, sample)] += 1
-                counts[-1] += sample
+        if check is not None and (check(event) in allowed) is negate:
+            return
+        sample = value_of(event)
+        if sample is None:
+            return
+        key = labels_of(event)
+        counts = series.get(key)
+        if counts is None:
+            observe(key, sample)
+        else:
+            counts[bisect_left(bounds, sample)] += 1
+            counts[-1] += sample
 
     return observe_histogram
 
@@ -251,36 +267,26 @@ class Ingest:
 
     def apply(self, events: Sequence[Any], now: float) -> list[EventRejection]:
         """Apply every acceptable event; return the ones the catalog refused."""
+        kinds = set(map(type, events))
         rejections: list[EventRejection] = []
-        updaters = self._updaters
+        applied = events
+        if Metric in kinds:
+            rejections = self._apply_with_custom(events, now)
+            if rejections:
+                refused = {rejection.index for rejection in rejections}
+                applied = [event for index, event in enumerate(events) if index not in refused]
+        else:
+            updaters = self._updaters
+            for event in events:
+                for update in updaters[type(event)]:
+                    update(event, now)
+        # Counted per message with C-level iteration: a message repeats a few (kind, source) pairs.
         tags = self._tags
         received = self.self_metrics.events_received
-        received_series = received.series
-        kinds_seen: set[type[Any]] = set()
-        last_type: type[Any] | None = None
-        for index, event in enumerate(events):
-            event_type = type(event)
-            if event_type is Metric:
-                problem = self.custom.check(event)
-                if problem is not None:
-                    reason, detail = problem
-                    rejections.append(EventRejection(index, reason, detail))
-                    continue
-                self.custom.apply(event, now)
-            else:
-                if event_type is not last_type:
-                    kinds_seen.add(event_type)
-                    last_type = event_type
-                for update in updaters[event_type]:
-                    update(event, now)
-            key = (tags[event_type], event.source)
-            current = received_series.get(key)
-            if current is None:
-                received.inc(key)
-            else:
-                received_series[key] = current + 1.0
-        for event_type in kinds_seen:
-            for family in self._families[event_type]:
+        for (event_type, source), count in Counter(zip(map(type, applied), map(_source, applied), strict=True)).items():
+            received.inc((tags[event_type], source), count)
+        for event_type in kinds:
+            for family in self._families.get(event_type, ()):
                 family.version += 1
         if events:
             # Freshness per message: the age of its first event (a batch's oldest, as producers append).
@@ -288,5 +294,18 @@ class Ingest:
             self.self_metrics.event_age.observe((), age if age > 0 else 0.0)
         return rejections
 
-    def kinds(self) -> list[str]:
-        return [kind_of(event_type) for event_type in self._updaters]
+    def _apply_with_custom(self, events: Sequence[Any], now: float) -> list[EventRejection]:
+        """The slower loop for messages holding `metric` events, which the declared metrics may refuse."""
+        updaters = self._updaters
+        rejections = []
+        for index, event in enumerate(events):
+            if type(event) is not Metric:
+                for update in updaters[type(event)]:
+                    update(event, now)
+                continue
+            problem = self.custom.check(event)
+            if problem is None:
+                self.custom.apply(event, now)
+            else:
+                rejections.append(EventRejection(index, *problem))
+        return rejections
