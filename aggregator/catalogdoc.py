@@ -9,10 +9,15 @@ from schemas.events import kind_of
 
 def _value_text(spec: MetricSpec) -> str:
     if spec.value is None:
-        return "+1 per event"
-    if isinstance(spec.value, str):
-        return f"`{spec.value}`"
-    return "derived (see help)"
+        text = "+1 per event"
+    elif isinstance(spec.value, str):
+        text = f"`{spec.value}`"
+    else:
+        text = "derived (see help)"
+    if spec.when is not None:
+        values = ", ".join("null" if value is None else repr(value) for value in sorted(spec.when.values, key=str))
+        text += f"; only when `{spec.when.field}` is {'not ' if spec.when.negate else ''}{values}"
+    return text
 
 
 def _buckets(buckets: tuple[float, ...]) -> str:
