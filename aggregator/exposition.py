@@ -11,6 +11,9 @@ from aggregator.store import AnyFamily, CounterFamily, GaugeFamily, HistogramFam
 
 CONTENT_TYPE_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 CONTENT_TYPE_OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
+# Back-to-back scrapes (several Prometheus replicas, a scrape storm) share one rendering within this
+# window, so they cannot starve ingestion; it adds at most this much to what a scrape may miss.
+MIN_RENDER_INTERVAL = 0.005
 
 
 def _escape_label(value: str) -> str:
@@ -111,12 +114,27 @@ class FamilyText:
 class Exposition:
     """The /metrics body for the whole store, plus the series derived at scrape time."""
 
-    def __init__(self, ingest: Ingest, clock: Callable[[], float] = time.time) -> None:
+    def __init__(
+        self, ingest: Ingest, clock: Callable[[], float] = time.time, min_interval: float = MIN_RENDER_INTERVAL
+    ) -> None:
         self._ingest = ingest
         self._clock = clock
         self._texts: dict[str, FamilyText] = {}
+        self._min_interval = min_interval
+        # format -> (monotonic time rendered, body)
+        self._last: dict[bool, tuple[float, bytes]] = {}
 
     def render(self, openmetrics: bool = False) -> bytes:
+        """The body for one scrape; scrapes closer together than `min_interval` share one rendering."""
+        now = time.monotonic()
+        last = self._last.get(openmetrics)
+        if last is not None and now - last[0] < self._min_interval:
+            return last[1]
+        body = self._render(openmetrics)
+        self._last[openmetrics] = (now, body)
+        return body
+
+    def _render(self, openmetrics: bool) -> bytes:
         families = self._ingest.store.families
         texts = self._texts
         parts = []

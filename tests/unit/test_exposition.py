@@ -76,7 +76,7 @@ def test_fast_renderer_matches_prometheus_client_in_both_formats(seed: int) -> N
 def test_cached_families_are_rerendered_after_a_change() -> None:
     """A scrape after an update shows the new value; an unchanged family's text is reused as is."""
     ingest = Ingest(CatalogSettings(), [], Store())
-    exposition = Exposition(ingest)
+    exposition = Exposition(ingest, min_interval=0)
     error = Error(ts=1.0, source="e", component="c", error_type="t")
     labels = {"source": "e", "component": "c", "error_type": "t", "severity": "error", "symbol": ""}
     ingest.apply([error], now=1.0)
@@ -107,3 +107,16 @@ def test_desk_scenario_renders_the_same_as_the_reference() -> None:
 def test_content_negotiation(accept: str, openmetrics: bool) -> None:
     """OpenMetrics when the scraper asks for it (as Prometheus does), Prometheus text otherwise."""
     assert wants_openmetrics(accept) is openmetrics
+
+
+def test_scrapes_within_the_minimum_interval_share_one_rendering() -> None:
+    """A scrape storm reuses the body rendered moments ago; once the window passes, changes show."""
+    ingest = Ingest(CatalogSettings(), [], Store())
+    exposition = Exposition(ingest, min_interval=0.2)
+    error = Error(ts=1.0, source="e", component="c", error_type="t")
+    labels = {"source": "e", "component": "c", "error_type": "t", "severity": "error", "symbol": ""}
+    first = exposition.render()
+    ingest.apply([error], now=1.0)
+    assert exposition.render() is first
+    time.sleep(0.25)
+    assert value(parse(exposition.render().decode()), "trading_errors_total", **labels) == 1
