@@ -51,7 +51,12 @@ def family_metric(family: AnyFamily) -> Metric:
 
 
 class StoreCollector(Collector):
-    """Exposes every store family, source liveness from heartbeats and the series count per metric."""
+    """Exposes every store family, source liveness from heartbeats and the series count per metric.
+
+    For a prometheus_client registry of your own (embedding the store in another process). The
+    aggregator's /metrics is rendered by aggregator.exposition, which is tested sample for sample
+    against this Collector and is 30 to 50 times faster for large stores.
+    """
 
     def __init__(self, ingest: Ingest, clock: Callable[[], float] = time.time) -> None:
         self._ingest = ingest
