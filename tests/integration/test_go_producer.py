@@ -13,15 +13,15 @@ import pytest
 from tests.support.crosscheck import (
     Tap,
     assert_producer_properties,
+    assert_rides_out_an_outage,
     assert_same_as_python,
     desk_raw,
     send_python_reference,
 )
-from tests.support.driver import ROOT, ProducerDriver
+from tests.support.driver import ROOT
 from tests.support.process import AggregatorProcess, Names
 from tests.support.scenario import DESK_CONFIG
 from tests.support.scrape import total, value, wait_for
-from tests.support.tcpproxy import TcpProxy
 
 StartAggregator = Callable[..., AggregatorProcess]
 GO_PRODUCER = ROOT / "producers" / "go"
@@ -129,31 +129,4 @@ def test_go_producer_rides_out_a_broker_outage(
 ) -> None:
     """With the broker away, Emit still returns at once; events wait, are retried, and arrive exactly once."""
     aggregator = start_aggregator(names)
-    with TcpProxy() as proxy:
-        options = {"source": "go-outage", "url": proxy.url, "exchange": names.exchange, "heartbeatIntervalMs": 0,
-                   "retryMaxMs": 200}  # fmt: skip
-        driver = ProducerDriver([str(go_bin / "tickbus-driver"), json.dumps(options)], tmp_path / "go.err")
-        try:
-            errors = [{"kind": "error", "component": "feed", "error_type": "gap"} for _ in range(50)]
-            assert driver.send("emit", events=errors)["took"] == 50
-            assert driver.send("flush", timeout_ms=10_000)["ok"]
-
-            proxy.down()
-            during = driver.send("emit", events=errors)
-            assert during["took"] == 50
-            assert during["emit_ms"] < 50, during
-            wait_for(lambda: driver.send("stats")["last_error"], timeout=10, what="the producer to notice")
-            assert driver.send("flush", timeout_ms=500)["ok"] is False
-
-            proxy.up()
-            after = driver.send("flush", timeout_ms=15_000)
-            assert after["ok"], after
-            assert after["last_error"] == ""
-            assert driver.send("close", timeout_ms=5_000)["ok"]
-        finally:
-            driver.stop()
-    assert proxy.connections >= 2
-    wait_for(lambda: total(aggregator.scrape(), "trading_errors_total", source="go-outage") == 100, what="100")
-    time.sleep(0.3)
-    assert total(aggregator.scrape(), "trading_errors_total", source="go-outage") == 100
-    assert "cannot publish to RabbitMQ" in driver.stderr()
+    assert_rides_out_an_outage([str(go_bin / "tickbus-driver")], names, aggregator, "go-outage", tmp_path / "go.err")

@@ -4,6 +4,7 @@ import asyncio
 import json
 import re
 import time
+from pathlib import Path
 from typing import Any
 
 import aio_pika
@@ -11,9 +12,11 @@ from aio_pika.abc import AbstractIncomingMessage
 
 from producers.emitter import Emitter, EmitterSettings
 from tests.support.broker import drain
+from tests.support.driver import ProducerDriver
 from tests.support.process import AMQP_URL, AggregatorProcess, Names
 from tests.support.scenario import DESK_EVENTS, desk_events, desk_expected, missing_or_wrong
-from tests.support.scrape import Samples, wait_for
+from tests.support.scrape import Samples, total, wait_for
+from tests.support.tcpproxy import TcpProxy
 
 MESSAGE_ID = re.compile(r"(?P<instance>[0-9a-f]{12})-(?P<sequence>[0-9]+)")
 MESSAGE_ID = re.compile(r"(?P<instance>[0-9a-f]{12})-(?P<sequence>[0-9]+)")
@@ -115,3 +118,39 @@ def assert_producer_properties(messages: list[AbstractIncomingMessage], source: 
         sequences.append(int(match["sequence"]))
     assert len(instances) == 1
     return sequences
+
+
+def assert_rides_out_an_outage(
+    command: list[str], names: Names, aggregator: AggregatorProcess, source: str, stderr: Path
+) -> None:
+    """Drive a producer (its test driver `command` + JSON options) through a broker outage behind a proxy:
+    emit still returns at once while the broker is away, nothing confirms, and once it is back every
+    event arrives exactly once."""
+    with TcpProxy() as proxy:
+        options = {"source": source, "url": proxy.url, "exchange": names.exchange, "heartbeatIntervalMs": 0,
+                   "retryMaxMs": 200}  # fmt: skip
+        driver = ProducerDriver([*command, json.dumps(options)], stderr)
+        try:
+            errors = [{"kind": "error", "component": "feed", "error_type": "gap"} for _ in range(50)]
+            assert driver.send("emit", events=errors)["took"] == 50
+            assert driver.send("flush", timeout_ms=10_000)["ok"]
+
+            proxy.down()
+            during = driver.send("emit", events=errors)
+            assert during["took"] == 50
+            assert during["emit_ms"] < 50, during
+            wait_for(lambda: driver.send("stats")["last_error"], timeout=10, what="the producer to notice")
+            assert driver.send("flush", timeout_ms=500)["ok"] is False
+
+            proxy.up()
+            after = driver.send("flush", timeout_ms=15_000)
+            assert after["ok"], after
+            assert after["last_error"] == ""
+            assert driver.send("close", timeout_ms=5_000)["ok"]
+        finally:
+            driver.stop()
+    assert proxy.connections >= 2
+    wait_for(lambda: total(aggregator.scrape(), "trading_errors_total", source=source) == 100, what="100")
+    time.sleep(0.3)
+    assert total(aggregator.scrape(), "trading_errors_total", source=source) == 100
+    assert "cannot publish to RabbitMQ" in driver.stderr()
