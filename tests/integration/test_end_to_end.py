@@ -1,6 +1,7 @@
 """End to end over the real broker: producers -> RabbitMQ -> `aggregator run` -> exact values on /metrics."""
 
 import asyncio
+import signal
 import subprocess
 import sys
 import urllib.request
@@ -108,3 +109,13 @@ def test_health_endpoints_and_content_negotiation(names: Names, start_aggregator
     with urllib.request.urlopen(openmetrics, timeout=5) as response:
         assert response.headers["Content-Type"].startswith("application/openmetrics-text")
         assert response.read().decode().rstrip().endswith("# EOF")
+
+
+def test_ctrl_c_stops_cleanly(names: Names, start_aggregator: StartAggregator) -> None:
+    """SIGINT, as Ctrl-C sends it, shuts down like SIGTERM: exit 0, no traceback."""
+    aggregator = start_aggregator(names)
+    assert aggregator.stop(signal.SIGINT) == 0
+    log = aggregator.log()
+    assert "received SIGINT; shutting down" in log
+    assert "stopped: applied state committed and acked" in log
+    assert "Traceback" not in log
