@@ -19,8 +19,12 @@ import (
 	"errors"
 	"fmt"
 	"log"
+	"os"
+	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
+	"syscall"
 	"time"
 
 	amqp "github.com/rabbitmq/amqp091-go"
@@ -199,7 +203,8 @@ func (e *Emitter) Emit(event Event) bool {
 	}
 }
 
-// Heartbeat is the event this emitter sends: liveness, version, instance and the cumulative drop count.
+// Heartbeat is the event this emitter sends: liveness, version, instance, the cumulative drop count and,
+// where the OS tells them (Linux), the process's resident memory and CPU time.
 func (e *Emitter) Heartbeat() Event {
 	event := Event{"kind": "heartbeat", "ts": now(), "source": e.opts.Source}
 	if e.opts.Version != "" {
@@ -208,7 +213,31 @@ func (e *Emitter) Heartbeat() Event {
 	event["instance"] = e.instance
 	event["started_at"] = e.startedAt
 	event["dropped"] = e.dropped.Load()
+	if rss, ok := residentMemoryBytes(); ok {
+		event["resident_memory_bytes"] = rss
+	}
+	var usage syscall.Rusage
+	if syscall.Getrusage(syscall.RUSAGE_SELF, &usage) == nil {
+		event["cpu_seconds"] = float64(usage.Utime.Nano()+usage.Stime.Nano()) / 1e9
+	}
 	return event
+}
+
+// residentMemoryBytes reads this process's resident set size from /proc (Linux only).
+func residentMemoryBytes() (int64, bool) {
+	statm, err := os.ReadFile("/proc/self/statm")
+	if err != nil {
+		return 0, false
+	}
+	fields := strings.Fields(string(statm))
+	if len(fields) < 2 {
+		return 0, false
+	}
+	pages, err := strconv.ParseInt(fields[1], 10, 64)
+	if err != nil {
+		return 0, false
+	}
+	return pages * int64(os.Getpagesize()), true
 }
 
 // Flush waits until every event emitted so far is confirmed by the broker; false on timeout.

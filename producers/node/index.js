@@ -242,7 +242,7 @@ export class Emitter {
     return true;
   }
 
-  /** The heartbeat this emitter sends: liveness, version, instance and the cumulative drop count. */
+  /** The heartbeat this emitter sends: liveness, version, instance, the cumulative drop count and the process's memory and CPU. */
   heartbeat() {
     /** @type {TickbusEvent} */
     const event = { kind: 'heartbeat', ts: Date.now() / 1000, source: this.source };
@@ -250,6 +250,9 @@ export class Emitter {
     event.instance = this.instance;
     event.started_at = this.startedAt;
     event.dropped = this.dropped;
+    event.resident_memory_bytes = process.memoryUsage.rss();
+    const cpu = process.cpuUsage();
+    event.cpu_seconds = (cpu.user + cpu.system) / 1e6;
     return event;
   }
 

@@ -122,6 +122,8 @@ def test_go_drops_are_counted_and_reported_by_heartbeat(
     samples = aggregator.scrape()
     assert total(samples, "trading_errors_total", source="go-drops") == report["accepted"]
     assert value(samples, "trading_source_info", source="go-drops", version="2.0.0") == 1
+    assert (value(samples, "trading_process_resident_memory_bytes", source="go-drops") or 0) > 100_000
+    assert (value(samples, "trading_process_cpu_seconds_total", source="go-drops") or 0) > 0
 
 
 def test_go_producer_rides_out_a_broker_outage(

@@ -105,6 +105,8 @@ def test_node_drops_are_counted_and_reported_by_heartbeat(names: Names, start_ag
     samples = aggregator.scrape()
     assert total(samples, "trading_errors_total", source="node-drops") == 10
     assert value(samples, "trading_source_info", source="node-drops", version="2.0.0") == 1
+    assert (value(samples, "trading_process_resident_memory_bytes", source="node-drops") or 0) > 1_000_000
+    assert (value(samples, "trading_process_cpu_seconds_total", source="node-drops") or 0) > 0
     assert value(samples, "trading_source_up", source="node-drops") == 1
 
 
