@@ -19,7 +19,7 @@ from aggregator.store import Store
 log = logging.getLogger(__name__)
 
 MAGIC = b"TBCK"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 # magic, format version, payload length, CRC-32 of the payload
 HEADER = struct.Struct(">4sHQI")
 CURRENT = "checkpoint"

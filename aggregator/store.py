@@ -64,6 +64,11 @@ class Family:
         self.series.update((tuple(map(sys.intern, key)), value) for key, value in rows)
         self.version += 1
 
+    def discard(self, key: LabelKey) -> None:
+        """Forget one series."""
+        del self.series[key]
+        self.version += 1
+
 
 class CounterFamily(Family):
     """Monotonic totals; a running total reported by a producer is turned into increases."""
@@ -107,6 +112,10 @@ class CounterFamily(Family):
         series_rows, running_rows = rows
         super().restore(series_rows)
         self.running_totals = {tuple(k): dict(v) for k, v in running_rows}
+
+    def discard(self, key: LabelKey) -> None:
+        super().discard(key)
+        self.running_totals.pop(key, None)
 
 
 class GaugeFamily(Family):
@@ -166,6 +175,10 @@ class GaugeFamily(Family):
             self.series[interned] = (value[0], value[1])
             self.updated[interned] = updated
         self.version += 1
+
+    def discard(self, key: LabelKey) -> None:
+        super().discard(key)
+        self.updated.pop(key, None)
 
 
 class HistogramFamily(Family):
@@ -237,13 +250,33 @@ class Store:
         return expired
 
     def snapshot(self) -> dict[str, Any]:
-        return {name: family.snapshot() for name, family in self.families.items()}
+        """Every family as [type, rows]: plain data for the checkpoint."""
+        return {name: [str(family.type), family.snapshot()] for name, family in self.families.items()}
 
     def restore(self, snapshot: dict[str, Any]) -> None:
-        """Load a snapshot; families no longer defined are dropped with a warning."""
-        for name, rows in snapshot.items():
+        """Load a snapshot; what the configuration no longer defines the same way is dropped with a warning.
+
+        A metric may be gone, have another type, or other labels (a custom metric's declaration
+        changed): its old series cannot be served under the new definition.
+        """
+        for name, (kind, rows) in snapshot.items():
             family = self.families.get(name)
             if family is None:
                 log.warning("checkpoint has metric %s, which is no longer defined; dropping it", name)
                 continue
+            if kind != family.type:
+                log.warning(
+                    "checkpoint has metric %s as a %s, configured now as a %s; dropping it", name, kind, family.type
+                )
+                continue
             family.restore(rows)
+            width = len(family.label_names)
+            mismatched = [key for key in family.series if len(key) != width]
+            for key in mismatched:
+                family.discard(key)
+            if mismatched:
+                log.warning(
+                    "checkpoint has %d series of %s with other labels than configured now; dropping them",
+                    len(mismatched),
+                    name,
+                )

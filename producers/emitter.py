@@ -1,12 +1,12 @@
 """The Python emitters: emit() queues, a background publisher batches, confirms, retries and reports drops."""
 
 import asyncio
+import atexit
 import logging
 import os
 import threading
 import time
 import uuid
-from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -14,10 +14,12 @@ import aio_pika
 from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractRobustConnection
 
 from producers.outbox import Outbox
-from schemas.events import EventBase, Heartbeat
-from schemas.wire import CONTENT_TYPE_MSGPACK, DEFAULT_EXCHANGE, Codec, routing_key_for
+from schemas.events import MAX_BATCH_EVENTS, EventBase, Heartbeat
+from schemas.wire import CONTENT_TYPE_MSGPACK, DEFAULT_EXCHANGE, MAX_MESSAGE_BYTES, Codec, routing_key_for
 
 log = logging.getLogger(__name__)
+# How long an emitter the program did not close may take to drain when the interpreter exits.
+EXIT_DRAIN_SECONDS = 5.0
 
 
 PAGE_SIZE = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
@@ -47,6 +49,12 @@ class EmitterSettings:
     heartbeat_interval: float = 5.0
     retry_max_seconds: float = 5.0
 
+    def __post_init__(self) -> None:
+        if not 1 <= self.batch_size <= MAX_BATCH_EVENTS:
+            raise ValueError(f"batch_size must be 1 to {MAX_BATCH_EVENTS} (the aggregator's batch limit)")
+        if self.max_buffer < 1:
+            raise ValueError("max_buffer must be at least 1")
+
 
 class Publisher:
     """The background side of an emitter, on one asyncio loop: drains the outbox into confirmed messages."""
@@ -57,7 +65,8 @@ class Publisher:
         self.codec = Codec(settings.content_type)
         self.instance = uuid.uuid4().hex[:12]
         self.started_at = time.time()
-        self.confirmed = 0
+        # Emitted events done with: confirmed by the broker, or dropped as impossible to encode.
+        self.settled = 0
         self.healthy = True
         self._sequence = 0
         self._last_heartbeat = 0.0
@@ -84,16 +93,16 @@ class Publisher:
         """Publish until closed and drained."""
         settings = self.settings
         while True:
-            batch: list[Any] = []
+            heartbeat: list[Any] = []
             now = time.monotonic()
             if settings.heartbeat_interval and now - self._last_heartbeat >= settings.heartbeat_interval:
                 self._last_heartbeat = now
-                batch.append(self.heartbeat())
-            own_heartbeats = len(batch)
-            batch.extend(self.outbox.take(settings.batch_size - own_heartbeats))
-            if batch:
-                await self._publish(batch)
-                self.confirmed += len(batch) - own_heartbeats
+                heartbeat.append(self.heartbeat())
+            events = self.outbox.take(settings.batch_size - len(heartbeat))
+            if heartbeat or events:
+                for body, count, routing_key in self._messages(heartbeat, events):
+                    await self._publish(body, routing_key)
+                    self.settled += count
             elif self._closing:
                 return
             else:
@@ -104,18 +113,48 @@ class Publisher:
         self._closing = True
         self._last_heartbeat = 0.0
 
-    async def _publish(self, batch: Sequence[EventBase]) -> None:
+    def _messages(self, heartbeat: list[Any], events: list[Any]) -> list[tuple[bytes, int, str]]:
+        """The bodies to publish (with how many emitted events each holds, and the routing key).
+
+        An event that cannot be encoded (a value of a type the schema does not know) is dropped and
+        counted, never allowed to stop the publisher; a batch over the size limit is split.
+        """
+        try:
+            body = self.codec.encode([*heartbeat, *events])
+        except (TypeError, ValueError, OverflowError):
+            events = self._encodable(events)
+            if not heartbeat and not events:
+                return []
+            body = self.codec.encode([*heartbeat, *events])
+        if len(body) > MAX_MESSAGE_BYTES and len(events) > 1:
+            half = len(events) // 2
+            return self._messages(heartbeat, events[:half]) + self._messages([], events[half:])
+        return [(body, len(events), routing_key_for([*heartbeat, *events]))]
+
+    def _encodable(self, events: list[Any]) -> list[Any]:
+        kept = []
+        for event in events:
+            try:
+                self.codec.encode([event])
+            except (TypeError, ValueError, OverflowError) as error:
+                log.error("tickbus: dropping an event that cannot be encoded (%s): %r", error, event)
+                self.outbox.count_dropped(1)
+                self.settled += 1
+            else:
+                kept.append(event)
+        return kept
+
+    async def _publish(self, body: bytes, routing_key: str) -> None:
         """Publish one message with a confirm; retry the same message (same id) until it is confirmed."""
         self._sequence += 1
         message = aio_pika.Message(
-            self.codec.encode(batch),
+            body,
             content_type=self.codec.content_type,
             delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
             message_id=f"{self.instance}-{self._sequence}",
             timestamp=time.time(),
             app_id=self.settings.source,
         )
-        routing_key = routing_key_for(batch)
         delay = 0.1
         while True:
             try:
@@ -193,14 +232,18 @@ class AsyncEmitter:
         """Wait until everything emitted so far is confirmed by the broker; False on timeout."""
         target = self.outbox.accepted
         deadline = time.monotonic() + timeout
-        while self.publisher.confirmed < target:
+        while self.publisher.settled < target:
             if time.monotonic() >= deadline:
                 return False
             await asyncio.sleep(0.002)
         return True
 
     async def aclose(self, timeout: float = 30.0) -> bool:
-        """Drain, send a final heartbeat and disconnect; False if it could not drain within `timeout`."""
+        """Drain, send a final heartbeat and disconnect; False if it could not drain within `timeout`.
+
+        After this, emit() returns False and counts a drop: nothing is lost without a trace.
+        """
+        self.outbox.close()
         if self._task is None:
             return len(self.outbox) == 0
         self.publisher.close_soon()
@@ -241,6 +284,8 @@ class Emitter:
         asyncio.run_coroutine_threadsafe(self._async.start(), self._loop).result()
         # Bound once: emit() is the caller's hot path.
         self.emit = self._async.outbox.put
+        # A script that ends without close() still delivers what it emitted.
+        atexit.register(self.close, EXIT_DRAIN_SECONDS)
 
     @property
     def dropped(self) -> int:
@@ -262,6 +307,7 @@ class Emitter:
         self._loop.call_soon_threadsafe(self._loop.stop)
         self._thread.join()
         self._loop.close()
+        atexit.unregister(self.close)
         return drained
 
     def __enter__(self) -> "Emitter":

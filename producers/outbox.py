@@ -26,6 +26,15 @@ class Outbox:
         self.accepted = next(self._accepted)
         return True
 
+    def count_dropped(self, count: int) -> None:
+        """Count events dropped after they were accepted (ones that could not be encoded)."""
+        for _ in range(count):
+            self.dropped = next(self._dropped)
+
+    def close(self) -> None:
+        """Accept nothing more: a later put() is a counted drop, never an event silently lost."""
+        self.capacity = 0
+
     def take(self, limit: int) -> list[Any]:
         events = self._events
         count = min(limit, len(events))

@@ -66,7 +66,10 @@ class Codec:
     def __init__(self, content_type: str) -> None:
         self.content_type = CONTENT_TYPE_ALIASES[content_type]
         if self.content_type == CONTENT_TYPE_JSON:
-            self._encoder: msgspec.json.Encoder | msgspec.msgpack.Encoder = msgspec.json.Encoder()
+            # Decimal prices and quantities go out as numbers, as the schema types them.
+            self._encoder: msgspec.json.Encoder | msgspec.msgpack.Encoder = msgspec.json.Encoder(
+                decimal_format="number"
+            )
             self.message_decoder: msgspec.json.Decoder[Event | Batch] | msgspec.msgpack.Decoder[Event | Batch] = (
                 msgspec.json.Decoder(Event | Batch)
             )
@@ -77,7 +80,7 @@ class Codec:
                 Event
             )
         else:
-            self._encoder = msgspec.msgpack.Encoder()
+            self._encoder = msgspec.msgpack.Encoder(decimal_format="number")
             self.message_decoder = msgspec.msgpack.Decoder(Event | Batch)
             self.raw_list_decoder = msgspec.msgpack.Decoder(list[msgspec.Raw])
             self.event_decoder = msgspec.msgpack.Decoder(Event)

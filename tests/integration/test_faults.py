@@ -151,7 +151,7 @@ def _corrupt(path: Path) -> None:
 
 def _signals_in_checkpoint(path: Path) -> float:
     snapshot = decode_checkpoint(path.read_bytes())
-    series_rows, _ = snapshot.families["trading_signals_total"]
+    _, (series_rows, _) = snapshot.families["trading_signals_total"]
     return float(sum(count for _, count in series_rows))
 
 

@@ -103,3 +103,25 @@ def test_snapshot_round_trips_every_family_type() -> None:
     restored, _ = build()
     restored.restore(store.snapshot())
     assert restored.snapshot() == store.snapshot()
+
+
+def test_a_changed_declaration_drops_the_old_series_instead_of_breaking_the_scrape() -> None:
+    """Restoring series with other labels, or of another type, keeps the rest and serves nothing malformed."""
+    old = Store()
+    old_counter = old.add(CounterFamily("c_total", "h", ["source", "reason"]))
+    old_hist = old.add(HistogramFamily("lat_seconds", "h", ["source"], buckets=[1.0]))
+    kept = old.add(CounterFamily("kept_total", "h", ["source"]))
+    assert isinstance(old_counter, CounterFamily)
+    assert isinstance(old_hist, HistogramFamily)
+    assert isinstance(kept, CounterFamily)
+    old_counter.inc(("a", "x"))
+    old_hist.observe(("a",), 0.5)
+    kept.inc(("a",), 2)
+    new = Store()
+    new.add(CounterFamily("c_total", "h", ["source", "reason", "desk"]))
+    new.add(GaugeFamily("lat_seconds", "h", ["source"]))
+    new.add(CounterFamily("kept_total", "h", ["source"]))
+    new.restore(old.snapshot())
+    assert new.families["c_total"].series == {}
+    assert new.families["lat_seconds"].series == {}
+    assert new.families["kept_total"].series == {("a",): 2.0}
