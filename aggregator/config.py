@@ -59,11 +59,15 @@ class HttpSettings(_Section):
 class CatalogSettings(_Section):
     """Naming and retention of the metrics the aggregator serves."""
 
-    namespace: Annotated[str, msgspec.Meta(pattern=r"^([a-zA-Z_][a-zA-Z0-9_]*)?$")] = "trading"
+    # Not empty: the catalog's process_* metrics would clash with the aggregator's own.
+    namespace: Annotated[str, msgspec.Meta(pattern=r"^[a-zA-Z_][a-zA-Z0-9_]*$")] = "trading"
     max_series_per_metric: Annotated[int, msgspec.Meta(ge=1)] = 10_000
     # Gauges not updated for this long are dropped (their source went away); 0 keeps them forever.
     gauge_ttl_seconds: Annotated[float, msgspec.Meta(ge=0)] = 900.0
     heartbeat_staleness_seconds: PositiveSeconds = 30.0
+    # An event stamped further ahead of the aggregator's clock is refused (future_timestamp): a wrong
+    # producer clock would otherwise pin gauges (last value by event time) until it is reached.
+    max_clock_skew_seconds: PositiveSeconds = 300.0
 
 
 class StateSettings(_Section):

@@ -18,6 +18,7 @@ log = logging.getLogger(__name__)
 
 Updater = Callable[[Any, float], None]
 _source = operator.attrgetter("source")
+_ts = operator.attrgetter("ts")
 
 
 @dataclass(frozen=True)
@@ -224,13 +225,19 @@ class Ingest:
     ) -> None:
         self.store = store
         self.settings = settings
+        # source -> wall-clock time of its last applied event: gauges of a source that is still
+        # talking do not expire.
+        self.source_activity: dict[str, float] = {}
         self._overflow_logged: set[str] = set()
         self.self_metrics = SelfMetrics(store, on_overflow=self._on_overflow)
 
-        builtin_names = {full_name(settings.namespace, spec.name) for specs in catalog.values() for spec in specs}
+        self.source_up_name = full_name(settings.namespace, SOURCE_UP.name)
+        builtin_names = {
+            full_name(settings.namespace, spec.name) for specs in [*catalog.values(), (SOURCE_UP,)] for spec in specs
+        }
 
         def make(spec: MetricSpec, name: str) -> AnyFamily:
-            if name in store.families and name in builtin_names:
+            if name in builtin_names and (name in store.families or name == self.source_up_name):
                 raise ValueError(f"custom metric {spec.name!r} has the name of the built-in metric {name}")
             family = make_family(spec, name, settings.max_series_per_metric, self._on_overflow)
             store.add(family)
@@ -249,7 +256,6 @@ class Ingest:
         last_seen = store.families[full_name(settings.namespace, "source_last_seen_timestamp_seconds")]
         assert isinstance(last_seen, GaugeFamily)
         self.source_last_seen = last_seen
-        self.source_up_name = full_name(settings.namespace, SOURCE_UP.name)
         self.custom = CustomMetrics(custom_metrics, settings.namespace, make)
 
     def _on_overflow(self, family: Family) -> None:
@@ -267,14 +273,22 @@ class Ingest:
 
     def apply(self, events: Sequence[Any], now: float) -> list[EventRejection]:
         """Apply every acceptable event; return the ones the catalog refused."""
-        kinds = set(map(type, events))
         rejections: list[EventRejection] = []
+        positions: list[int] | None = None
+        if events and max(map(_ts, events)) > now + self.settings.max_clock_skew_seconds:
+            rejections, positions = self._future_events(events, now)
+            events = [events[position] for position in positions]
+        kinds = set(map(type, events))
         applied = events
         if Metric in kinds:
-            rejections = self._apply_with_custom(events, now)
-            if rejections:
-                refused = {rejection.index for rejection in rejections}
-                applied = [event for index, event in enumerate(events) if index not in refused]
+            refused = self._apply_with_custom(events, now)
+            if refused:
+                indexes = {rejection.index for rejection in refused}
+                applied = [event for index, event in enumerate(events) if index not in indexes]
+                rejections += [
+                    EventRejection(index if positions is None else positions[index], reason, detail)
+                    for index, reason, detail in ((r.index, r.reason, r.detail) for r in refused)
+                ]
         else:
             updaters = self._updaters
             for event in events:
@@ -283,16 +297,38 @@ class Ingest:
         # Counted per message with C-level iteration: a message repeats a few (kind, source) pairs.
         tags = self._tags
         received = self.self_metrics.events_received
+        activity = self.source_activity
         for (event_type, source), count in Counter(zip(map(type, applied), map(_source, applied), strict=True)).items():
             received.inc((tags[event_type], source), count)
+            activity[source] = now
         for event_type in kinds:
             for family in self._families.get(event_type, ()):
                 family.version += 1
-        if events:
+        if applied:
             # Freshness per message: the age of its first event (a batch's oldest, as producers append).
-            age = now - events[0].ts
+            age = now - applied[0].ts
             self.self_metrics.event_age.observe((), age if age > 0 else 0.0)
         return rejections
+
+    def forget_silent_sources(self, older_than: float) -> None:
+        """Stop remembering sources silent since `older_than` (their gauges are gone by then)."""
+        for source in [source for source, when in self.source_activity.items() if when < older_than]:
+            del self.source_activity[source]
+
+    def _future_events(self, events: Sequence[Any], now: float) -> tuple[list[EventRejection], list[int]]:
+        """Refusals for the events stamped too far ahead, and the positions of the others."""
+        limit = now + self.settings.max_clock_skew_seconds
+        rejections = [
+            EventRejection(
+                index,
+                "future_timestamp",
+                f"ts {event.ts:.3f} is {event.ts - now:.0f}s ahead of the aggregator's clock "
+                f"(limit {self.settings.max_clock_skew_seconds:g}s): check the producer's clock",
+            )
+            for index, event in enumerate(events)
+            if event.ts > limit
+        ]
+        return rejections, [index for index, event in enumerate(events) if event.ts <= limit]
 
     def _apply_with_custom(self, events: Sequence[Any], now: float) -> list[EventRejection]:
         """The slower loop for messages holding `metric` events, which the declared metrics may refuse."""

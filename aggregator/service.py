@@ -104,7 +104,8 @@ class Aggregator:
         last_depth = 0.0
         while True:
             now = time.time()
-            expired = self.store.expire_gauges(now, ttl)
+            expired = self.store.expire_gauges(now, ttl, self.ingest.source_activity)
+            self.ingest.forget_silent_sources(now - max(ttl, self.settings.catalog.heartbeat_staleness_seconds))
             if expired:
                 metrics.expired_series.inc((), expired)
             metrics.set_gauge(metrics.consumer_connected, 1.0 if self.consumer.ready else 0.0, now)

@@ -3,7 +3,7 @@
 import bisect
 import logging
 import sys
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from aggregator.catalog import MetricType
@@ -154,9 +154,16 @@ class GaugeFamily(Family):
             self.updated.pop(other, None)
         return True
 
-    def expire(self, older_than: float) -> int:
-        """Drop series last set before `older_than`; returns how many."""
-        stale = [key for key, when in self.updated.items() if when < older_than]
+    def expire(self, older_than: float, source_activity: Mapping[str, float]) -> int:
+        """Drop series last set before `older_than` whose source (the first label) is silent since too.
+
+        Returns how many. A source still sending events keeps gauges it sets only on change.
+        """
+        stale = [
+            key
+            for key, when in self.updated.items()
+            if when < older_than and source_activity.get(key[0] if key else "", 0.0) < older_than
+        ]
         for key in stale:
             del self.series[key]
             del self.updated[key]
@@ -239,14 +246,14 @@ class Store:
     def series_count(self) -> int:
         return sum(len(family.series) for family in self.families.values())
 
-    def expire_gauges(self, now: float, default_ttl: float) -> int:
-        """Drop gauge series not set within their family's time to live; returns how many."""
+    def expire_gauges(self, now: float, default_ttl: float, source_activity: Mapping[str, float]) -> int:
+        """Drop the gauge series of sources silent for longer than their family's time to live; returns how many."""
         expired = 0
         for family in self.families.values():
             if isinstance(family, GaugeFamily):
                 ttl = default_ttl if family.ttl is None else family.ttl
                 if ttl > 0:
-                    expired += family.expire(now - ttl)
+                    expired += family.expire(now - ttl, source_activity)
         return expired
 
     def snapshot(self) -> dict[str, Any]:

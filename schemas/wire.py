@@ -48,6 +48,10 @@ REJECTION_REASONS: Final[dict[str, str]] = {
     "label_mismatch": "A `metric` event's label names differ from the ones its declaration lists.",
     "negative_increment": "A `metric` event for a counter carries a negative value.",
     "negative_observation": "A `metric` event for a histogram carries a negative value (put a sign in a label).",
+    "future_timestamp": (
+        "The event's `ts` is further ahead of the aggregator's clock than `max_clock_skew_seconds` "
+        "(default 300): the producer's clock is wrong (or sends milliseconds)."
+    ),
 }
 
 

@@ -152,7 +152,7 @@ def test_the_aggregator_s_own_gauges_never_expire(ingest: Ingest) -> None:
     metrics = ingest.self_metrics
     metrics.set_gauge(metrics.start_time, 100.0, now=100.0)
     ingest.apply([Position(ts=100.0, source="p", symbol="X", quantity=1.0)], now=100.0)
-    assert ingest.store.expire_gauges(now=2_000.0, default_ttl=900.0) == 1
+    assert ingest.store.expire_gauges(now=2_000.0, default_ttl=900.0, source_activity=ingest.source_activity) == 1
     assert metrics.start_time.series == {(): (100.0, 100.0)}
 
 
@@ -166,6 +166,28 @@ def test_a_custom_gauge_with_ttl_zero_never_expires() -> None:
     ingest.apply(
         [Metric(ts=1.0, source="risk", name=name, value=1) for name in ("kill_switch_active", "queue_lag")], 1.0
     )
-    assert ingest.store.expire_gauges(now=10_000.0, default_ttl=900.0) == 1
+    assert ingest.store.expire_gauges(now=10_000.0, default_ttl=900.0, source_activity=ingest.source_activity) == 1
     assert _series(ingest, "desk_kill_switch_active") == {("risk",): (1.0, 1.0)}
     assert _series(ingest, "desk_queue_lag") == {}
+
+
+def test_gauges_of_a_source_still_talking_do_not_expire(ingest: Ingest) -> None:
+    """A position set once stays while its source keeps sending anything; it goes once the source is silent."""
+    ingest.apply([Position(ts=100.0, source="book", symbol="X", quantity=3.0)], now=100.0)
+    ingest.apply([Heartbeat(ts=950.0, source="book")], now=950.0)
+    assert ingest.store.expire_gauges(now=1_000.0, default_ttl=900.0, source_activity=ingest.source_activity) == 0
+    assert _series(ingest, "desk_position_quantity") == {("book", "", "", "X"): (3.0, 100.0)}
+    assert ingest.store.expire_gauges(now=2_000.0, default_ttl=900.0, source_activity=ingest.source_activity) == 4
+    assert _series(ingest, "desk_position_quantity") == {}
+
+
+def test_an_event_from_the_future_is_refused_and_changes_nothing(ingest: Ingest) -> None:
+    """A producer clock an hour ahead would pin gauges; such events are refused with a reason."""
+    now = 1_000_000.0
+    ahead = Position(ts=now + 3_600, source="skewed", symbol="X", quantity=5.0)
+    fine = Position(ts=now, source="ok", symbol="X", quantity=1.0)
+    refused = ingest.apply([ahead, fine], now=now)
+    assert [(r.index, r.reason) for r in refused] == [(0, "future_timestamp")]
+    assert "ahead of the aggregator's clock" in refused[0].detail
+    assert set(_series(ingest, "desk_position_quantity")) == {("ok", "", "", "X")}
+    assert ("position", "skewed") not in ingest.self_metrics.events_received.series

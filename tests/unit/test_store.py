@@ -67,7 +67,7 @@ def test_gauges_expire_but_counters_do_not() -> None:
     gauge.set(("old",), 1.0, 1.0, now=100.0)
     gauge.set(("new",), 1.0, 1.0, now=200.0)
     counter.inc(("old",))
-    assert store.expire_gauges(now=250.0, default_ttl=100.0) == 1
+    assert store.expire_gauges(now=250.0, default_ttl=100.0, source_activity={}) == 1
     assert set(gauge.series) == {("new",)}
     assert counter.series == {("old",): 1.0}
 

@@ -276,6 +276,7 @@ def _bad_inputs() -> dict[str, tuple[bytes, str]]:
             "application/json",
         ),
         "negative_observation": (metric(name="fill_size", value=-2.5), "application/json"),
+        "future_timestamp": (json.dumps(_signal(ts=time.time() + 3_600)).encode(), "application/json"),
     }
 
 
