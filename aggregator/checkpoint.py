@@ -107,7 +107,10 @@ class Checkpointer:
 
     def restore(self) -> Restored | None:
         """Load the current checkpoint, or the previous one if the current is damaged; None if there is none."""
-        self.directory.mkdir(parents=True, exist_ok=True)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise CheckpointError(f"state directory {self.directory} is unusable: {error}") from None
         candidates = [self.directory / CURRENT, self.directory / PREVIOUS]
         problems = []
         for index, path in enumerate(candidates):

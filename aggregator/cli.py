@@ -5,10 +5,12 @@ import logging
 import socket
 import sys
 import time
+import uuid
 from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
+import aio_pika
 import aiormq
 import anyio
 import msgspec
@@ -17,13 +19,15 @@ import typer
 from aggregator.checkpoint import CheckpointError
 from aggregator.config import DEFAULT_AMQP_URL, AmqpSettings, ConfigError, load_settings
 from aggregator.consumer import CONNECT_ERRORS, redacted
-from aggregator.deadletters import DeadLetters
+from aggregator.deadletters import DeadLetters, ReplayRefused
+from aggregator.ingest import Ingest
+from aggregator.store import Store
 from aggregator.topology import TopologyError
 from schemas.asyncapi import asyncapi_text
-from schemas.events import KINDS, Event
+from schemas.events import EVENT_TYPES, KINDS, Event, Metric, kind_of
 from schemas.jsonschema import event_json_schema
 from schemas.labels import LabelCheck
-from schemas.wire import CONTENT_TYPE_JSON, DEFAULT_EXCHANGE
+from schemas.wire import CONTENT_TYPE_JSON, DEFAULT_EXCHANGE, routing_key_for
 
 T = TypeVar("T")
 
@@ -93,8 +97,6 @@ def run(
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
-    logging.getLogger("aio_pika").setLevel(logging.CRITICAL)
-    logging.getLogger("aiormq").setLevel(logging.CRITICAL)
     try:
         aggregator = Aggregator(settings)
     except ValueError as error:
@@ -103,12 +105,22 @@ def run(
         raise _fail(str(error)) from None
     try:
         anyio.run(aggregator.run)
-    except TopologyError as error:
-        raise _fail(str(error)) from None
-    except OSError as error:
-        raise _fail(f"cannot serve on {settings.http.host}:{settings.http.port}: {error}") from None
     except KeyboardInterrupt:
         pass
+    except BaseException as raised:
+        # Task groups wrap what a task raised; a user needs the one line that says what is wrong.
+        cause = _innermost(raised)
+        if isinstance(cause, TopologyError):
+            raise _fail(str(cause)) from None
+        if isinstance(cause, OSError) and not isinstance(cause, ConnectionError):
+            raise _fail(f"cannot serve on {settings.http.host}:{settings.http.port}: {cause}") from None
+        raise
+
+
+def _innermost(error: BaseException) -> BaseException:
+    while isinstance(error, BaseExceptionGroup) and error.exceptions:
+        error = next((e for e in error.exceptions if isinstance(e, TopologyError)), error.exceptions[0])
+    return error
 
 
 def parse_assignments(kind: str, assignments: list[str], source: str) -> dict[str, Any]:
@@ -139,40 +151,93 @@ def emit(
     source: Annotated[
         str | None, typer.Option(envvar="TICKBUS_SOURCE", help="Source name (default: this host's name).")
     ] = None,
+    config: Annotated[
+        Path | None,
+        typer.Option(
+            "--config", "-c", envvar="TICKBUS_CONFIG", help="The aggregator's config: its broker, exchange and metrics."
+        ),
+    ] = None,
     amqp_url: AmqpUrl = None,
     exchange: Exchange = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the broker's confirm.")] = 10.0,
 ) -> None:
-    """Publish one event, for shell scripts and smoke tests; exits non-zero if it is invalid or not delivered."""
-    from producers.emitter import AsyncEmitter, EmitterSettings
+    """Publish one event, for shell scripts and smoke tests; exits non-zero if it is invalid or not delivered.
 
+    With --config, a `metric` event is checked against the metrics the aggregator declares.
+    """
     if kind not in KINDS:
         raise _fail(f"unknown kind {kind!r}; one of: {', '.join(KINDS)}", 2)
+    try:
+        settings = load_settings(config, {"amqp.url": amqp_url, "amqp.exchange": exchange})
+    except ConfigError as error:
+        raise _fail(str(error), 2) from None
     source_name = source or socket.gethostname().split(".")[0]
     try:
-        event = msgspec.convert(parse_assignments(kind, fields or [], source_name), Event, strict=False)
+        event = build_event(kind, fields or [], source_name)
     except (ValueError, msgspec.ValidationError) as error:
         raise _fail(f"invalid {kind} event: {str(error).replace('`$.', '`')}", 2) from None
+    if config is not None and isinstance(event, Metric):
+        problem = Ingest(settings.catalog, settings.metrics, Store()).custom.check(event)
+        if problem is not None:
+            raise _fail(f"the aggregator would refuse this event ({problem[0]}): {problem[1]}", 2)
+    amqp = settings.amqp
+    try:
+        anyio.run(publish_once, amqp, event, timeout)
+    except PublishRefused as error:
+        raise _fail(str(error)) from None
+    except (*CONNECT_ERRORS, TimeoutError) as error:
+        raise _fail(f"could not deliver to RabbitMQ at {redacted(amqp.url)} within {timeout:g}s: {error}") from None
+    typer.echo(msgspec.json.encode(event).decode())
+
+
+def build_event(kind: str, assignments: list[str], source: str) -> Event:
+    """A validated event from `field=value` words: unknown fields and bad values are errors, not ignored."""
+    event_type = next(event_type for event_type in EVENT_TYPES if kind_of(event_type) == kind)
+    known = {field.name for field in msgspec.structs.fields(event_type)}
+    raw = parse_assignments(kind, assignments, source)
+    for name in raw:
+        if name == "kind" and raw[name] != kind:
+            raise ValueError("the kind is the first argument, not a field")
+        if name not in known and name != "kind":
+            raise ValueError(f"{kind} events have no field {name!r}; they have: {', '.join(sorted(known))}")
+    event: Event = msgspec.convert(raw, Event, strict=False)
     problem = LabelCheck().problem(event)
     if problem is not None:
-        raise _fail(f"invalid {kind} event: {problem}", 2)
-    settings = EmitterSettings(
-        source=source_name,
-        url=amqp_url or DEFAULT_AMQP_URL,
-        exchange=exchange or DEFAULT_EXCHANGE,
-        content_type=CONTENT_TYPE_JSON,
-        heartbeat_interval=0,
-    )
+        raise ValueError(problem)
+    return event
 
-    async def publish() -> bool:
-        emitter = AsyncEmitter(settings)
-        emitter.emit(event)
-        await emitter.start()
-        return await emitter.aclose(timeout)
 
-    if not anyio.run(publish):
-        raise _fail(f"could not deliver to RabbitMQ at {redacted(settings.url)} within {timeout:g}s")
-    typer.echo(msgspec.json.encode(event).decode())
+class PublishRefused(RuntimeError):
+    """The broker took the connection but cannot route the event anywhere."""
+
+
+async def publish_once(amqp: AmqpSettings, event: Event, timeout: float) -> None:
+    """Publish one event with a confirm, refusing to let it vanish on an unbound or missing exchange."""
+    connection = await aio_pika.connect(amqp.url, timeout=timeout)
+    async with connection:
+        channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
+        try:
+            exchange = await channel.get_exchange(amqp.exchange, ensure=True)
+        except aiormq.exceptions.ChannelNotFoundEntity:
+            raise PublishRefused(
+                f"exchange {amqp.exchange!r} does not exist: is the aggregator running with --exchange {amqp.exchange}?"
+            ) from None
+        message = aio_pika.Message(
+            msgspec.json.encode(event),
+            content_type=CONTENT_TYPE_JSON,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            message_id=uuid.uuid4().hex,
+            timestamp=time.time(),
+            app_id=event.source,
+        )
+        routing_key = routing_key_for([event])
+        try:
+            await exchange.publish(message, routing_key=routing_key, mandatory=True, timeout=timeout)
+        except aiormq.exceptions.PublishError:
+            raise PublishRefused(
+                f"no queue is bound to exchange {amqp.exchange!r} for routing key {routing_key!r}: the event would be "
+                "lost (the aggregator binds its queue when it runs)"
+            ) from None
 
 
 @app.command(
@@ -325,7 +390,10 @@ def dlq_replay(
 ) -> None:
     """Publish dead letters back to the exchange (after fixing the config, say); replaying twice counts once."""
     amqp = _amqp_settings(config, amqp_url, exchange, queue)
-    replayed = _with_dead_letters(amqp, lambda dead_letters: dead_letters.replay(limit, reason))
+    try:
+        replayed = _with_dead_letters(amqp, lambda dead_letters: dead_letters.replay(limit, reason))
+    except ReplayRefused as error:
+        raise _fail(str(error)) from None
     typer.echo(f"replayed {replayed} dead letter(s) to exchange {amqp.exchange!r}")
 
 
@@ -345,4 +413,7 @@ def dlq_purge(
 
 
 def main() -> None:
+    # The AMQP libraries log every failed attempt; the commands say what went wrong themselves.
+    logging.getLogger("aiormq").setLevel(logging.CRITICAL)
+    logging.getLogger("aio_pika").setLevel(logging.CRITICAL)
     app()

@@ -40,6 +40,10 @@ class AmqpSettings(_Section):
     delivery_limit: Annotated[int, msgspec.Meta(ge=1)] = 5
     reconnect_max_seconds: PositiveSeconds = 30.0
 
+    def __post_init__(self) -> None:
+        if not self.url.startswith(("amqp://", "amqps://")):
+            raise ValueError(f"url must start with amqp:// or amqps://, got {self.url!r}")
+
     @property
     def dead_letter_exchange_name(self) -> str:
         return self.dead_letter_exchange or f"{self.exchange}.dead"
@@ -142,13 +146,15 @@ def load_settings(path: Path | None = None, overrides: dict[str, Any] | None = N
     Overrides whose value is None are ignored, so unset CLI flags leave the file's value alone.
     """
     data: dict[str, Any] = {}
-    origin = "settings"
+    origin = "flags and environment"
     if path is not None:
         origin = str(path)
         try:
             data = tomllib.loads(path.read_text(encoding="utf-8"))
         except FileNotFoundError:
             raise ConfigError(f"{path}: config file not found") from None
+        except OSError as error:
+            raise ConfigError(f"{path}: cannot read the config file: {error.strerror or error}") from None
         except tomllib.TOMLDecodeError as error:
             raise ConfigError(f"{path}: not valid TOML: {error}") from None
     for dotted_key, value in (overrides or {}).items():

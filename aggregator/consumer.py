@@ -13,7 +13,7 @@ from yarl import URL
 
 from aggregator.config import AmqpSettings
 from aggregator.pipeline import DeadLetter, Pipeline
-from aggregator.topology import Topology, declare_topology
+from aggregator.topology import Topology, TopologyError, declare_topology
 from schemas.wire import (
     HEADER_BATCH_INDEX,
     HEADER_DETAIL,
@@ -109,7 +109,11 @@ class Consumer:
         connection.reconnect_callbacks.add(self._on_reconnected)
         channel = await connection.channel()
         await channel.set_qos(prefetch_count=self.amqp.prefetch)
-        self.topology = await declare_topology(channel, self.amqp)
+        try:
+            self.topology = await declare_topology(channel, self.amqp)
+        except TopologyError:
+            await connection.close()  # nothing left pending behind the error the user sees
+            raise
         self._dead_letter_channel = await connection.channel(publisher_confirms=True)
         self._consumer_tag = await self.topology.queue.consume(self._on_message)
         self.consuming = True

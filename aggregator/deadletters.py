@@ -7,6 +7,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import aio_pika
+import aiormq
 import msgspec
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
@@ -67,6 +68,10 @@ def _broker_reason(headers: dict[str, Any]) -> str:
     return "unknown"
 
 
+class ReplayRefused(RuntimeError):
+    """A replayed letter could not be routed: it is left in the dead-letter queue."""
+
+
 class DeadLetters:
     """The dead-letter queue of one aggregator's topology."""
 
@@ -80,7 +85,7 @@ class DeadLetters:
     async def open(cls, amqp: AmqpSettings) -> AsyncIterator["DeadLetters"]:
         connection = await aio_pika.connect(amqp.url, timeout=10)
         async with connection:
-            channel = await connection.channel(publisher_confirms=True)
+            channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
             queue = await channel.declare_queue(amqp.dead_letter_queue_name, durable=True, passive=True)
             yield cls(channel, queue, amqp)
 
@@ -121,16 +126,25 @@ class DeadLetters:
                 continue
             original = view.message_id or uuid.uuid4().hex
             index = "" if view.batch_index is None else f":{view.batch_index}"
-            await exchange.publish(
-                aio_pika.Message(
-                    view.body,
-                    content_type=view.content_type or None,
-                    message_id=f"{original}{index}:replay",
-                    delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                    app_id=message.app_id,
-                ),
-                routing_key=view.routing_key or "replay",
-            )
+            routing_key = view.routing_key or "replay"
+            try:
+                await exchange.publish(
+                    aio_pika.Message(
+                        view.body,
+                        content_type=view.content_type or None,
+                        message_id=f"{original}{index}:replay",
+                        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+                        app_id=message.app_id,
+                    ),
+                    routing_key=routing_key,
+                    mandatory=True,
+                )
+            except aiormq.exceptions.PublishError:
+                await self._put_back([message, *keep, *taken[taken.index(message) + 1 :]])
+                raise ReplayRefused(
+                    f"no queue is bound to exchange {self._amqp.exchange!r} for routing key {routing_key!r}; "
+                    f"nothing more was replayed (replayed {replayed}). Is --exchange the aggregator's exchange?"
+                ) from None
             await message.ack()
             replayed += 1
         await self._put_back(keep)

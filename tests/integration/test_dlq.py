@@ -79,3 +79,17 @@ def test_missing_dead_letter_queue_is_a_clear_error(names: Names) -> None:
     assert result.returncode == 1
     assert "NOT_FOUND - no queue" in result.stderr
     assert names.dead_letter_queue in result.stderr
+
+
+def test_replay_to_an_exchange_nothing_listens_on_keeps_the_letters(
+    names: Names, start_aggregator: StartAggregator
+) -> None:
+    """A wrong --exchange cannot destroy dead letters: the replay stops, says why, and leaves them queued."""
+    aggregator = start_aggregator(names)
+    publish_raw(names.exchange, [RawMessage(_metric("undeclared"), "metric", message_id="u1")])
+    wait_for(lambda: total(aggregator.scrape(), "tickbus_events_rejected_total") == 1, what="one rejection")
+    publish_raw(f"{names.exchange}.unbound", [])  # an exchange with no queue bound to it
+    replay = _dlq(names, "replay", "--exchange", f"{names.exchange}.unbound")
+    assert replay.returncode == 1
+    assert "no queue is bound" in replay.stderr
+    assert [message.headers["x-tickbus-reason"] for message in drain(names.dead_letter_queue)] == ["undeclared_metric"]

@@ -119,3 +119,26 @@ def test_ctrl_c_stops_cleanly(names: Names, start_aggregator: StartAggregator) -
     assert "received SIGINT; shutting down" in log
     assert "stopped: applied state committed and acked" in log
     assert "Traceback" not in log
+
+
+def _emit(*words: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "aggregator", "emit", *words, "--amqp-url", AMQP_URL]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+
+
+def test_shell_emit_never_loses_an_event_quietly(names: Names, start_aggregator: StartAggregator) -> None:
+    """A typo in a field, an exchange no aggregator listens on, or an undeclared metric: exit non-zero, say why."""
+    signal_words = ["signal", "strategy=m", "symbol=X", "side=buy"]
+    typo = _emit(*signal_words, "confidance=0.8", "--exchange", names.exchange)
+    assert typo.returncode == 2
+    assert "no field 'confidance'" in typo.stderr
+    missing = _emit(*signal_words, "--exchange", f"{names.exchange}.typo")
+    assert missing.returncode == 1
+    assert "does not exist" in missing.stderr
+    start_aggregator(names, config=DESK_CONFIG).stop()  # declares the exchange and binds the queue
+    undeclared = _emit("metric", "name=nope", "value=1", "--exchange", names.exchange, "--config", str(DESK_CONFIG))
+    assert undeclared.returncode == 2
+    assert "undeclared_metric" in undeclared.stderr
+    delivered = _emit(*signal_words, "--exchange", names.exchange)
+    assert delivered.returncode == 0, delivered.stderr
+    assert "error" not in delivered.stderr

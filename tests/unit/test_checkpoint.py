@@ -106,3 +106,12 @@ def test_failed_write_is_counted_and_raised(tmp_path: Path) -> None:
     with pytest.raises(OSError, match="gone"):
         anyio.run(checkpointer.write)
     assert ingest.self_metrics.checkpoint_failures.series[()] == 1
+
+
+def test_an_unusable_state_directory_is_a_clear_error(tmp_path: Path) -> None:
+    """A state directory that is a file is refused with a message, not a traceback."""
+    blocker = tmp_path / "state"
+    blocker.write_text("a file")
+    checkpointer, _, _ = _checkpointer(blocker)
+    with pytest.raises(CheckpointError, match=r"state directory .* is unusable"):
+        checkpointer.restore()

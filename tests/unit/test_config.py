@@ -37,6 +37,7 @@ def test_defaults_then_file_then_overrides(tmp_path: Path) -> None:
             "declared twice",
         ),
         ("not toml [", "not valid TOML"),
+        ("[amqp]\nurl = 'localhost:5672'\n", "url must start with amqp://"),
         ("[[metrics]]\nname='c_total'\ntype='counter'\nhelp='h'\nttl_seconds=0\n", "only gauges expire"),
     ],
 )
@@ -53,3 +54,15 @@ def test_missing_file_is_a_clear_error(tmp_path: Path) -> None:
     """A config path that does not exist says so."""
     with pytest.raises(ConfigError, match="config file not found"):
         load_settings(tmp_path / "absent.toml")
+
+
+def test_a_directory_given_as_config_is_a_clear_error(tmp_path: Path) -> None:
+    """--config pointing at a directory says it cannot read it, instead of a traceback."""
+    with pytest.raises(ConfigError, match="cannot read the config file"):
+        load_settings(tmp_path)
+
+
+def test_a_bad_flag_is_named_without_a_file() -> None:
+    """An invalid flag or environment value says where it came from."""
+    with pytest.raises(ConfigError, match="flags and environment: url must start with amqp://"):
+        load_settings(None, {"amqp.url": "notaurl"})
