@@ -282,13 +282,18 @@ def _declare_queue(url: str, exchange: str, queue: str) -> None:
     asyncio.run(declare())
 
 
-def _delete(url: str, *queues: str) -> None:
+def _delete(url: str, exchange: str, queue: str | None = None) -> None:
+    """Remove what a measurement declared, dead-letter side included, so the broker is left as found."""
+
     async def delete() -> None:
         connection = await aio_pika.connect(url)
         async with connection:
             channel = await connection.channel()
-            for name in queues:
-                await channel.queue_delete(name)
+            if queue is not None:
+                for name in (queue, f"{queue}.dead"):
+                    await channel.queue_delete(name)
+            for name in (exchange, f"{exchange}.dead"):
+                await channel.exchange_delete(name)
 
     asyncio.run(delete())
 
@@ -314,7 +319,7 @@ def measure_aggregator_ingest(url: str, bodies: list[bytes], routing_key: str, e
             if scraper is not None:
                 scraper.terminate()
                 scraper.wait()
-    _delete(url, queue, f"{queue}.dead")
+    _delete(url, exchange, queue)
     return events / elapsed
 
 
@@ -352,7 +357,7 @@ def bench_single(url: str, count: int, workdir: Path, progress: Progress) -> Fig
         _declare_queue(url, exchange, queue)
         asyncio.run(_publish_bodies(url, exchange, bodies, "signal"))
         rate = count / asyncio.run(_raw_consume(url, queue, count))
-        _delete(url, queue, f"{queue}.dead")
+        _delete(url, exchange, queue)
         return rate
 
     ours, baseline = side_by_side(
@@ -425,6 +430,7 @@ def bench_emit(url: str, count: int, progress: Progress) -> list[Figure]:
             emit(Signal(ts=now, source="bench", strategy="m", symbol=SYMBOLS[index % 50], side="buy"))
         per_build_and_emit = (time.perf_counter() - started) / count
         emitter.flush(120)
+    _delete(url, settings.exchange)
     return [
         Figure("emit() per event vs Counter.labels().inc()", per_emit * 1e9, per_inc * 1e9, "ns", "<= 0.25").judge(
             at_most=0.25
@@ -583,7 +589,7 @@ def bench_freshness(url: str, seconds: float, workdir: Path, progress: Progress)
             latencies.append(first - sent[probe])
             last_seen_value = probe
     latencies.sort()
-    _delete(url, queue, f"{queue}.dead")
+    _delete(url, exchange, queue)
 
     def percentile(fraction: float) -> float:
         return latencies[min(len(latencies) - 1, int(fraction * len(latencies)))] * 1e3

@@ -61,14 +61,21 @@ def run(
     ] = None,
     amqp_url: AmqpUrl = None,
     exchange: Exchange = None,
-    queue: Annotated[str | None, typer.Option(envvar="TICKBUS_QUEUE", help="Queue to consume.")] = None,
-    host: Annotated[str | None, typer.Option(envvar="TICKBUS_HTTP_HOST", help="Address to serve on.")] = None,
-    port: Annotated[int | None, typer.Option(envvar="TICKBUS_HTTP_PORT", help="Port to serve /metrics on.")] = None,
+    queue: Annotated[
+        str | None, typer.Option(envvar="TICKBUS_QUEUE", help="Queue to consume (default tickbus.aggregator).")
+    ] = None,
+    host: Annotated[
+        str | None, typer.Option(envvar="TICKBUS_HTTP_HOST", help="Address to serve on (default 0.0.0.0: all).")
+    ] = None,
+    port: Annotated[
+        int | None, typer.Option(envvar="TICKBUS_HTTP_PORT", help="Port to serve /metrics on (default 9464).")
+    ] = None,
     namespace: Annotated[
-        str | None, typer.Option(envvar="TICKBUS_NAMESPACE", help="Prefix of the trading metrics.")
+        str | None, typer.Option(envvar="TICKBUS_NAMESPACE", help="Prefix of the trading metrics (default trading).")
     ] = None,
     state_dir: Annotated[
-        str | None, typer.Option(envvar="TICKBUS_STATE_DIR", help="Directory for checkpoints.")
+        str | None,
+        typer.Option(envvar="TICKBUS_STATE_DIR", help="Directory for checkpoints (default none: counts restart at 0)."),
     ] = None,
     log_level: Annotated[
         str | None, typer.Option(envvar="TICKBUS_LOG_LEVEL", help="debug, info, warning, error.")

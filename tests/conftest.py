@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.broker import delete_topology
 from tests.support.process import AggregatorProcess, Names
 
 
@@ -15,9 +16,11 @@ def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
 
 
 @pytest.fixture
-def names() -> Names:
-    """Exchange and queue names no other test uses."""
-    return Names.unique()
+def names() -> Iterator[Names]:
+    """Exchange and queue names no other test uses; what the test declared under them is deleted after it."""
+    unique = Names.unique()
+    yield unique
+    delete_topology(unique)
 
 
 @pytest.fixture

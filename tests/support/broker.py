@@ -6,7 +6,7 @@ from dataclasses import dataclass
 
 import aio_pika
 
-from tests.support.process import AMQP_URL
+from tests.support.process import AMQP_URL, Names
 
 
 @dataclass
@@ -71,3 +71,18 @@ def close_connections(name_prefix: str) -> int:
     for pid in pids:
         rabbitmqctl("close_connection", pid, "closed by a tickbus test")
     return len(pids)
+
+
+async def _delete_topology(names: Names) -> None:
+    connection = await aio_pika.connect(AMQP_URL)
+    async with connection:
+        channel = await connection.channel()
+        for queue in (names.queue, names.dead_letter_queue):
+            await channel.queue_delete(queue)
+        for exchange in (names.exchange, f"{names.exchange}.dead", f"{names.exchange}.unbound"):
+            await channel.exchange_delete(exchange)
+
+
+def delete_topology(names: Names) -> None:
+    """Delete a test's exchanges and queues (deleting what does not exist is fine), so the broker is left clean."""
+    asyncio.run(_delete_topology(names))
