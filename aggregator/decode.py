@@ -6,9 +6,10 @@ from typing import Any
 
 import msgspec
 
-from schemas.events import MAX_BATCH_EVENTS
+from schemas.events import KINDS, MAX_BATCH_EVENTS
 from schemas.labels import LabelCheck
-from schemas.wire import CONTENT_TYPE_ALIASES, CONTENT_TYPE_JSON, MAX_MESSAGE_BYTES, Codec
+from schemas.types import LABEL_MAX_LENGTH, NAME_PATTERN
+from schemas.wire import CONTENT_TYPE_ALIASES, CONTENT_TYPE_JSON, CONTENT_TYPE_MSGPACK, MAX_MESSAGE_BYTES, Codec
 
 _KIND_PATH = re.compile(r"at `\$(\[\d+\])?\.kind`")
 
@@ -46,12 +47,43 @@ def _reason(error: msgspec.MsgspecError) -> str:
     return "malformed"
 
 
+class Envelope(msgspec.Struct):
+    """What can still be read of a refused event: its kind and source, for counting rejections by producer."""
+
+    kind: str = ""
+    source: str = ""
+
+
+_SOURCE = re.compile(NAME_PATTERN)
+
+
 class MessageDecoder:
     """Decodes message bodies with codecs built once per content type."""
 
     def __init__(self, label_check: LabelCheck | None = None) -> None:
         self._codecs = {name: Codec(name) for name in CONTENT_TYPE_ALIASES}
         self._label_check = label_check or LabelCheck()
+        self._envelope_decoders: dict[str, msgspec.json.Decoder[Envelope] | msgspec.msgpack.Decoder[Envelope]] = {
+            CONTENT_TYPE_JSON: msgspec.json.Decoder(Envelope),
+            CONTENT_TYPE_MSGPACK: msgspec.msgpack.Decoder(Envelope),
+        }
+
+    def envelope(self, body: bytes, content_type: str | None) -> tuple[str, str]:
+        """The kind and source of a refused event when they can be read and are well formed, else empty.
+
+        Only known kinds and well-formed source names are returned, so refusals cannot flood the
+        rejection counter with label values.
+        """
+        codec = self.codec(content_type)
+        if codec is None or len(body) > MAX_MESSAGE_BYTES:
+            return "", ""
+        try:
+            envelope = self._envelope_decoders[codec.content_type].decode(body)
+        except msgspec.DecodeError:
+            return "", ""
+        kind = envelope.kind if envelope.kind in KINDS else ""
+        source = envelope.source if len(envelope.source) <= LABEL_MAX_LENGTH and _SOURCE.match(envelope.source) else ""
+        return kind, source
 
     def codec(self, content_type: str | None) -> Codec | None:
         # A producer that sets no content type (a plain shell tool, say) is taken to send JSON.

@@ -114,8 +114,10 @@ class Pipeline:
         if decoded.rejected:
             codec_type = decoded.codec.content_type if decoded.codec else (content_type or "")
             for rejected in decoded.rejected:
+                letter_body = rejected.body or body
+                kind, source = self.decoder.envelope(letter_body, content_type)
                 outcome.dead_letters.append(
-                    DeadLetter(rejected.body or body, codec_type, rejected.reason, rejected.detail, rejected.index)
+                    DeadLetter(letter_body, codec_type, rejected.reason, rejected.detail, rejected.index, kind, source)
                 )
         if events:
             refused = self.ingest.apply(events, self._clock())

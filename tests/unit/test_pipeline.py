@@ -54,3 +54,19 @@ def test_a_flood_of_one_reason_is_logged_once_per_window(caplog: pytest.LogCaptu
     ]
     rejected = pipeline.ingest.self_metrics.events_rejected.series
     assert rejected[("malformed", "", "")] == 50
+
+
+def test_refused_events_are_counted_by_kind_and_source_when_those_can_be_read() -> None:
+    """A producer sending bad events shows up by name in the rejection counter; garbage stays anonymous."""
+    pipeline = _pipeline()
+    bad_signal = json.dumps({"kind": "signal", "ts": time.time(), "source": "strategy-7", "side": "up"}).encode()
+    pipeline.process(bad_signal, "application/json", None)
+    flood = json.dumps({"kind": "x" * 500, "ts": 1.0, "source": "not a name!"}).encode()
+    pipeline.process(flood, "application/json", None)
+    pipeline.process(b"{bad", "application/json", None)
+    rejected = pipeline.ingest.self_metrics.events_rejected.series
+    assert rejected == {
+        ("invalid_event", "signal", "strategy-7"): 1.0,
+        ("unknown_kind", "", ""): 1.0,
+        ("malformed", "", ""): 1.0,
+    }
