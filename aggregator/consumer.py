@@ -96,6 +96,9 @@ class Consumer:
         self.consuming = False
         self._consumer_tag: str | None = None
         self._dead_letter_channel: aio_pika.abc.AbstractChannel | None = None
+        self._letters_in_flight: list[asyncio.Future[None]] = []
+        self._letters_failed: list[tuple[aio_pika.Message, str]] = []
+        self._letter_error: Exception | None = None
 
     @property
     def ready(self) -> bool:
@@ -165,13 +168,14 @@ class Consumer:
         message_id = message.message_id or (message.headers or {}).get(HEADER_ORIGINAL_MESSAGE_ID)
         outcome = self.pipeline.process(message.body, message.content_type, str(message_id) if message_id else None)
         for dead_letter in outcome.dead_letters:
-            await self._publish_dead_letter(message, dead_letter)
+            # Published in the background: a flood of bad input costs no round trip per message. The
+            # commit waits for every confirm before it acks, so no dead letter can be lost.
+            letter = self._dead_letter_message(message, dead_letter)
+            self._letters_in_flight.append(asyncio.ensure_future(self._send_letter(letter, dead_letter.reason)))
         self._last_unacked = message
         self._unacked += 1
 
-    async def _publish_dead_letter(self, message: AbstractIncomingMessage, dead_letter: DeadLetter) -> None:
-        assert self.topology is not None
-        assert self._dead_letter_channel is not None
+    def _dead_letter_message(self, message: AbstractIncomingMessage, dead_letter: DeadLetter) -> aio_pika.Message:
         headers: dict[str, Any] = {
             HEADER_REASON: dead_letter.reason,
             HEADER_DETAIL: dead_letter.detail[:1000],
@@ -180,18 +184,45 @@ class Consumer:
         }
         if dead_letter.index is not None:
             headers[HEADER_BATCH_INDEX] = dead_letter.index
-        exchange = await self._dead_letter_channel.get_exchange(self.amqp.dead_letter_exchange_name, ensure=False)
-        await exchange.publish(
-            aio_pika.Message(
-                dead_letter.body,
-                content_type=dead_letter.content_type or None,
-                headers=headers,
-                delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
-                app_id=message.app_id,
-                timestamp=message.timestamp,
-            ),
-            routing_key=dead_letter.reason,
+        return aio_pika.Message(
+            dead_letter.body,
+            content_type=dead_letter.content_type or None,
+            headers=headers,
+            delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+            app_id=message.app_id,
+            timestamp=message.timestamp,
         )
+
+    async def _send_letter(self, letter: aio_pika.Message, routing_key: str) -> None:
+        try:
+            channel = self._dead_letter_channel
+            if channel is None or channel.is_closed:
+                assert self.connection is not None
+                channel = self._dead_letter_channel = await self.connection.channel(publisher_confirms=True)
+                await declare_topology(channel, self.amqp)
+            exchange = await channel.get_exchange(self.amqp.dead_letter_exchange_name, ensure=False)
+            await exchange.publish(letter, routing_key=routing_key)
+        except Exception as error:  # retried at the next commit; nothing is acked until it goes through
+            self._letters_failed.append((letter, routing_key))
+            self._letter_error = error
+
+    async def _letters_delivered(self) -> bool:
+        """Wait for the dead letters in flight, retry failed ones once; True when none is left undelivered."""
+        for attempt in range(2):
+            if attempt:
+                retry, self._letters_failed = self._letters_failed, []
+                self._letters_in_flight += [asyncio.ensure_future(self._send_letter(*letter)) for letter in retry]
+            in_flight, self._letters_in_flight = self._letters_in_flight, []
+            if in_flight:
+                await asyncio.gather(*in_flight)
+            if not self._letters_failed:
+                return True
+        log.error(
+            "could not dead-letter %d message(s) (%s); not acking until they are published",
+            len(self._letters_failed),
+            self._letter_error,
+        )
+        return False
 
     async def commit(self, wait: bool = False) -> None:
         """Ack every message applied so far, once a checkpoint holding its effect is on disk.
@@ -205,7 +236,7 @@ class Consumer:
                 return
             await self._persisting
         message = self._last_unacked
-        if message is None:
+        if message is None or not await self._letters_delivered():
             return
         self._last_unacked = None
         self._unacked = 0
