@@ -89,10 +89,7 @@ class Pipeline:
         if now - window_start < LOG_WINDOW_SECONDS and window_start:
             self._log_windows[dead_letter.reason] = (window_start, suppressed + 1)
             return
-        if suppressed:
-            log.warning(
-                "%d more dead-lettered for %s in the last %ds", suppressed, dead_letter.reason, LOG_WINDOW_SECONDS
-            )
+        self._summarise(dead_letter.reason, suppressed)
         self._log_windows[dead_letter.reason] = (now, 0)
         log.warning(
             "dead-lettering %s (message %s%s): %s",
@@ -101,6 +98,19 @@ class Pipeline:
             "" if dead_letter.index is None else f", event {dead_letter.index}",
             dead_letter.detail,
         )
+
+    @staticmethod
+    def _summarise(reason: str, suppressed: int) -> None:
+        if suppressed:
+            log.warning("%d more dead-lettered for %s in the last %ds", suppressed, reason, LOG_WINDOW_SECONDS)
+
+    def summarise_logs(self) -> None:
+        """Log the counts held back in windows that have ended (called every second by the service)."""
+        now = time.monotonic()
+        for reason, (window_start, suppressed) in list(self._log_windows.items()):
+            if suppressed and now - window_start >= LOG_WINDOW_SECONDS:
+                self._summarise(reason, suppressed)
+                self._log_windows[reason] = (window_start, 0)
 
     def process(self, body: bytes, content_type: str | None, message_id: str | None) -> Outcome:
         started = time.perf_counter()

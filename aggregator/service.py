@@ -104,6 +104,7 @@ class Aggregator:
         last_depth = 0.0
         while True:
             now = time.time()
+            self.pipeline.summarise_logs()
             expired = self.store.expire_gauges(now, ttl, self.ingest.source_activity)
             self.ingest.forget_silent_sources(now - max(ttl, self.settings.catalog.heartbeat_staleness_seconds))
             if expired:

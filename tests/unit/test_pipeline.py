@@ -70,3 +70,20 @@ def test_refused_events_are_counted_by_kind_and_source_when_those_can_be_read() 
         ("unknown_kind", "", ""): 1.0,
         ("malformed", "", ""): 1.0,
     }
+
+
+def test_held_back_dead_letters_are_summarised_when_the_window_ends(
+    caplog: pytest.LogCaptureFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The count of letters not logged one by one appears once the window is over, even if no more come."""
+    pipeline = _pipeline()
+    with caplog.at_level(logging.WARNING, logger="aggregator.pipeline"):
+        for _ in range(5):
+            pipeline.process(b"{bad", "application/json", None)
+        later = time.monotonic() + 11
+        monkeypatch.setattr(time, "monotonic", lambda: later)
+        pipeline.summarise_logs()
+        pipeline.summarise_logs()
+    assert [record.getMessage() for record in caplog.records][1:] == [
+        "4 more dead-lettered for malformed in the last 10s"
+    ]
