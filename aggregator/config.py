@@ -21,7 +21,7 @@ class ConfigError(ValueError):
 
 
 class _Section(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
-    pass
+    """A table of the config: an unknown key in it is an error that names the key."""
 
 
 class AmqpSettings(_Section):
