@@ -163,7 +163,3 @@ class Checkpointer:
         now = time.time()
         self.metrics.checkpoint_seconds.observe((), time.perf_counter() - started)
         self.metrics.set_gauge(self.metrics.last_checkpoint, now, now)
-
-    async def write(self) -> None:
-        """Snapshot and persist in one go (at shutdown, and in tests)."""
-        await self.persist(self.snapshot())

@@ -12,6 +12,7 @@ from prometheus_client.metrics_core import (
 from prometheus_client.registry import Collector
 
 from aggregator.catalog import SOURCE_UP
+from aggregator.exposition import bucket_label
 from aggregator.ingest import Ingest
 from aggregator.store import AnyFamily, CounterFamily, GaugeFamily
 
@@ -19,10 +20,6 @@ from aggregator.store import AnyFamily, CounterFamily, GaugeFamily
 def _unit(family: AnyFamily) -> str:
     # prometheus_client insists the name ends in the unit; counters carry `_total` after it.
     return family.unit if family.unit and family.name.endswith("_" + family.unit) else ""
-
-
-def _bucket_label(bound: float) -> str:
-    return repr(bound) if bound != int(bound) else f"{bound:.1f}"
 
 
 def family_metric(family: AnyFamily) -> Metric:
@@ -39,7 +36,7 @@ def family_metric(family: AnyFamily) -> Metric:
             gauge.add_metric(key, value)
         return gauge
     histogram = HistogramMetricFamily(family.name, family.help, labels=labels, unit=_unit(family))
-    bounds = [_bucket_label(bound) for bound in family.bounds] + ["+Inf"]
+    bounds = [bucket_label(bound) for bound in family.bounds] + ["+Inf"]
     for key, counts in family.series.items():
         cumulative = 0
         buckets = []

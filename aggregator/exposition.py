@@ -37,7 +37,8 @@ def _number(value: float) -> str:
     return "+Inf" if value > 0 else "-Inf"
 
 
-def _bound(bound: float) -> str:
+def bucket_label(bound: float) -> str:
+    """The `le` label of a bucket bound, as both renderings write it."""
     return repr(float(bound))
 
 
@@ -83,7 +84,7 @@ class FamilyText:
         out: list[str] = []
         append = out.append
         if isinstance(family, HistogramFamily):
-            bounds = [*map(_bound, family.bounds), "+Inf"]
+            bounds = [*map(bucket_label, family.bounds), "+Inf"]
             for key, counts in family.series.items():
                 prefix = prefixes.get(key)
                 if prefix is None:

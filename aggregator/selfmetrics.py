@@ -48,7 +48,8 @@ class SelfMetrics:
         )
         self.series_overflow = add_counter(
             "series_overflow_total",
-            "New label sets folded into the overflow series because the metric hit its series limit.",
+            "Updates folded into the overflow series (one per event whose new label set did not fit the "
+            "metric's series limit).",
             "metric",
         )
         self.checkpoint_failures = add_counter("checkpoint_failures_total", "Checkpoints that failed to write.")

@@ -37,7 +37,6 @@ class Family:
         self.label_names = tuple(label_names)
         self.max_series = max_series
         self.overflow_key: LabelKey = (OVERFLOW_VALUE,) * len(self.label_names)
-        self.folded = 0
         self._on_overflow = on_overflow
         self.series: dict[LabelKey, Any] = {}
         # Bumped by whoever changes the series (once per message, not per update), so the exposition
@@ -50,7 +49,6 @@ class Family:
         if len(self.series) < self.max_series or key == self.overflow_key:
             # Label values repeat across series (source, strategy...): keep one copy of each.
             return tuple(map(sys.intern, key))
-        self.folded += 1
         if self._on_overflow is not None:
             self._on_overflow(self)
         return self.overflow_key
@@ -242,9 +240,6 @@ class Store:
             raise ValueError(f"metric {family.name!r} is defined twice")
         self.families[family.name] = family
         return family
-
-    def series_count(self) -> int:
-        return sum(len(family.series) for family in self.families.values())
 
     def expire_gauges(self, now: float, default_ttl: float, source_activity: Mapping[str, float]) -> int:
         """Drop the gauge series of sources silent for longer than their family's time to live; returns how many."""

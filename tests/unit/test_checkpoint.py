@@ -26,6 +26,10 @@ def _checkpointer(directory: Path) -> tuple[Checkpointer, Ingest, RecentIds]:
     return Checkpointer(directory, ingest.store, recent, ingest.self_metrics), ingest, recent
 
 
+def _write(checkpointer: Checkpointer) -> None:
+    anyio.run(checkpointer.persist, checkpointer.snapshot())
+
+
 def _errors(ingest: Ingest, count: int) -> None:
     ingest.apply([Error(ts=1.0, source="s", component="c", error_type="t")] * count, now=1.0)
 
@@ -61,7 +65,7 @@ def test_write_then_restore_brings_back_counts_and_ids(tmp_path: Path) -> None:
     checkpointer, ingest, recent = _checkpointer(tmp_path)
     _errors(ingest, 5)
     recent.add("m-1")
-    anyio.run(checkpointer.write)
+    _write(checkpointer)
     restored, restored_ingest, restored_recent = _checkpointer(tmp_path)
     result = restored.restore()
     assert result is not None
@@ -74,9 +78,9 @@ def test_damaged_current_falls_back_to_previous(tmp_path: Path) -> None:
     """The previous checkpoint is used when the current one is damaged, and the fallback is reported."""
     checkpointer, ingest, _ = _checkpointer(tmp_path)
     _errors(ingest, 2)
-    anyio.run(checkpointer.write)
+    _write(checkpointer)
     _errors(ingest, 3)
-    anyio.run(checkpointer.write)
+    _write(checkpointer)
     (tmp_path / "checkpoint").write_bytes(b"garbage")
     restored, restored_ingest, _ = _checkpointer(tmp_path)
     result = restored.restore()
@@ -104,7 +108,7 @@ def test_failed_write_is_counted_and_raised(tmp_path: Path) -> None:
     """A write that fails (directory gone) raises OSError and increments the failure counter."""
     checkpointer, ingest, _ = _checkpointer(tmp_path / "gone")
     with pytest.raises(OSError, match="gone"):
-        anyio.run(checkpointer.write)
+        _write(checkpointer)
     assert ingest.self_metrics.checkpoint_failures.series[()] == 1
 
 
