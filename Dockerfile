@@ -1,14 +1,17 @@
 # syntax=docker/dockerfile:1
 # The tickbus aggregator: `docker build -t tickbus-aggregator .` (compose.yaml builds it for you).
 
-# Build the wheel in a throwaway stage, so the runtime image carries no build tools or sources.
+# Build the wheel in a throwaway stage, so the runtime image carries no build tools or sources. Both
+# stages install from the lock (requirements/*.txt, with hashes): the image runs what the suite tested.
 FROM python:3.11-slim AS build
 WORKDIR /src
+COPY requirements/build.txt ./requirements/
+RUN pip install --no-cache-dir --disable-pip-version-check --require-hashes --no-deps -r requirements/build.txt
 COPY pyproject.toml README.md ./
 COPY schemas ./schemas
 COPY producers ./producers
 COPY aggregator ./aggregator
-RUN pip wheel --no-cache-dir --disable-pip-version-check --wheel-dir /wheels .
+RUN pip wheel --no-cache-dir --disable-pip-version-check --no-deps --no-build-isolation --wheel-dir /wheels .
 
 FROM python:3.11-slim
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -20,8 +23,11 @@ RUN groupadd --system --gid 10001 tickbus \
       --shell /usr/sbin/nologin tickbus \
  && mkdir -p /var/lib/tickbus /etc/tickbus \
  && chown tickbus:tickbus /var/lib/tickbus
+COPY requirements/runtime.txt /tmp/requirements.txt
+RUN pip install --no-cache-dir --disable-pip-version-check --require-hashes --no-deps -r /tmp/requirements.txt \
+ && rm /tmp/requirements.txt
 COPY --from=build /wheels /tmp/wheels
-RUN pip install --no-cache-dir --disable-pip-version-check /tmp/wheels/*.whl && rm -rf /tmp/wheels
+RUN pip install --no-cache-dir --disable-pip-version-check --no-deps /tmp/wheels/*.whl && rm -rf /tmp/wheels
 # Checkpoints of the series state: keep this on a volume so that restarts lose nothing.
 VOLUME ["/var/lib/tickbus"]
 USER 10001:10001
