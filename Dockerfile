@@ -11,6 +11,7 @@ COPY pyproject.toml README.md ./
 COPY schemas ./schemas
 COPY producers ./producers
 COPY aggregator ./aggregator
+COPY benchmarks ./benchmarks
 RUN pip wheel --no-cache-dir --disable-pip-version-check --no-deps --no-build-isolation --wheel-dir /wheels .
 
 FROM python:3.11-slim

@@ -1,8 +1,10 @@
 """The metric catalog as Markdown, generated from the catalog itself so the doc can never drift."""
 
 from aggregator.catalog import BUILTIN_CATALOG, SOURCE_UP, MetricSpec
+from aggregator.compiler import full_name
 from aggregator.config import Settings
-from aggregator.ingest import Ingest, full_name
+from aggregator.readview import SERIES_HELP, SERIES_NAME
+from aggregator.selfmetrics import SelfMetrics
 from aggregator.store import HistogramFamily, Store
 from schemas.events import kind_of
 
@@ -60,11 +62,9 @@ def render_catalog(settings: Settings) -> str:
         "|---|---|---|---|",
         f"| `{full_name(namespace, SOURCE_UP.name)}` | gauge | source | {SOURCE_UP.help} "
         f"(`heartbeat_staleness_seconds`, default {settings.catalog.heartbeat_staleness_seconds:g}) |",
-        "| `tickbus_series` | gauge | metric | Series currently held, per metric. |",
+        f"| `{SERIES_NAME}` | gauge | metric | {SERIES_HELP} |",
         "",
     ]
-    ingest = Ingest(settings.catalog, settings.metrics, Store())
-    custom_names = {full_name(namespace, metric.name) for metric in settings.metrics}
     if settings.metrics:
         lines += ["## Custom metrics (from the config)", "", "| metric | type | labels | help |", "|---|---|---|---|"]
         for metric in settings.metrics:
@@ -77,9 +77,9 @@ def render_catalog(settings: Settings) -> str:
         "| metric | type | labels | help |",
         "|---|---|---|---|",
     ]
-    for name, family in ingest.store.families.items():
-        if not name.startswith("tickbus_") or name in custom_names:
-            continue
+    own = Store()
+    SelfMetrics(own)
+    for name, family in own.families.items():
         buckets = f" Buckets: {_buckets(family.bounds)}." if isinstance(family, HistogramFamily) else ""
         lines.append(f"| `{name}` | {family.type} | {', '.join(family.label_names)} | {family.help}{buckets} |")
     lines.append("")

@@ -12,7 +12,7 @@ from typing import Any
 import anyio
 import msgspec
 
-from aggregator.pipeline import RecentIds
+from aggregator.dedup import RecentIds
 from aggregator.selfmetrics import SelfMetrics
 from aggregator.store import Store
 

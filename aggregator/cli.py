@@ -16,18 +16,17 @@ import anyio
 import msgspec
 import typer
 
+from aggregator.amqp.connection import CONNECT_ERRORS, redacted
+from aggregator.amqp.dlq import DeadLetterQueue, ReplayRefused
+from aggregator.amqp.topology import TopologyError
 from aggregator.checkpoint import CheckpointError
-from aggregator.config import DEFAULT_AMQP_URL, AmqpSettings, ConfigError, load_settings
-from aggregator.consumer import CONNECT_ERRORS, redacted
-from aggregator.deadletters import DeadLetters, ReplayRefused
-from aggregator.ingest import Ingest
-from aggregator.store import Store
-from aggregator.topology import TopologyError
+from aggregator.config import AmqpSettings, ConfigError, load_settings
+from aggregator.custom import Declarations
 from schemas.asyncapi import asyncapi_text
 from schemas.events import EVENT_TYPES, KINDS, Event, Metric, kind_of
 from schemas.jsonschema import event_json_schema
 from schemas.labels import LabelCheck
-from schemas.wire import CONTENT_TYPE_JSON, DEFAULT_EXCHANGE, routing_key_for
+from schemas.wire import CONTENT_TYPE_JSON, DEFAULT_AMQP_URL, DEFAULT_EXCHANGE, routing_key_for
 
 T = TypeVar("T")
 
@@ -184,7 +183,7 @@ def emit(
     except (ValueError, msgspec.ValidationError) as error:
         raise _fail(f"invalid {kind} event: {str(error).replace('`$.', '`')}", 2) from None
     if config is not None and isinstance(event, Metric):
-        problem = Ingest(settings.catalog, settings.metrics, Store()).custom.check(event)
+        problem = Declarations(settings.metrics).problem(event)
         if problem is not None:
             raise _fail(f"the aggregator would refuse this event ({problem[0]}): {problem[1]}", 2)
     amqp = settings.amqp
@@ -295,7 +294,7 @@ def bench(
     quick: Annotated[bool, typer.Option(help="Half the volumes: a faster, noisier run.")] = False,
 ) -> None:
     """Benchmark tickbus side by side with its baselines (raw aio-pika, prometheus_client) on the local broker."""
-    from aggregator import bench as benchmarks
+    from benchmarks import harness as benchmarks
 
     def progress(step: str) -> None:
         typer.echo(f"[{time.strftime('%H:%M:%S')}] {step}", err=True)
@@ -327,10 +326,10 @@ def _amqp_settings(config: Path | None, amqp_url: str | None, exchange: str | No
     return settings.amqp
 
 
-def _with_dead_letters(amqp: AmqpSettings, action: Callable[[DeadLetters], Awaitable[T]]) -> T:
+def _with_dlq(amqp: AmqpSettings, action: Callable[[DeadLetterQueue], Awaitable[T]]) -> T:
     async def run() -> T:
-        async with DeadLetters.open(amqp) as dead_letters:
-            return await action(dead_letters)
+        async with DeadLetterQueue.open(amqp) as dlq:
+            return await action(dlq)
 
     try:
         return anyio.run(run)
@@ -353,7 +352,7 @@ def dlq_list(
 ) -> None:
     """List dead letters with their reason, leaving them in the queue."""
     amqp = _amqp_settings(config, amqp_url, None, queue)
-    views = _with_dead_letters(amqp, lambda dead_letters: dead_letters.peek(limit))
+    views = _with_dlq(amqp, lambda dlq: dlq.peek(limit))
     if not views:
         typer.echo(f"{amqp.dead_letter_queue_name}: empty")
         return
@@ -375,7 +374,7 @@ def dlq_show(
 ) -> None:
     """Show one dead letter in full: reason, detail, routing key, message id and body."""
     amqp = _amqp_settings(config, amqp_url, None, queue)
-    views = _with_dead_letters(amqp, lambda dead_letters: dead_letters.peek(position))
+    views = _with_dlq(amqp, lambda dlq: dlq.peek(position))
     if len(views) < position or position < 1:
         raise _fail(f"there is no dead letter #{position} ({len(views)} in the queue)")
     view = views[position - 1]
@@ -398,7 +397,7 @@ def dlq_replay(
     """Publish dead letters back to the exchange (after fixing the config, say); replaying twice counts once."""
     amqp = _amqp_settings(config, amqp_url, exchange, queue)
     try:
-        replayed = _with_dead_letters(amqp, lambda dead_letters: dead_letters.replay(limit, reason))
+        replayed = _with_dlq(amqp, lambda dlq: dlq.replay(limit, reason))
     except ReplayRefused as error:
         raise _fail(str(error)) from None
     typer.echo(f"replayed {replayed} dead letter(s) to exchange {amqp.exchange!r}")
@@ -415,7 +414,7 @@ def dlq_purge(
     amqp = _amqp_settings(config, amqp_url, None, queue)
     if not yes and not typer.confirm(f"Delete every message in {amqp.dead_letter_queue_name!r}?"):
         raise typer.Exit(1)
-    purged = _with_dead_letters(amqp, lambda dead_letters: dead_letters.purge())
+    purged = _with_dlq(amqp, lambda dlq: dlq.purge())
     typer.echo(f"purged {purged} dead letter(s)")
 
 

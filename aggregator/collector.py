@@ -1,7 +1,6 @@
-"""A prometheus_client Collector over the series store, plus the series derived at scrape time."""
+"""A prometheus_client Collector over the store's read view: the reference the fast renderer is tested against."""
 
-import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
@@ -11,9 +10,8 @@ from prometheus_client.metrics_core import (
 )
 from prometheus_client.registry import Collector
 
-from aggregator.catalog import SOURCE_UP
 from aggregator.exposition import bucket_label
-from aggregator.ingest import Ingest
+from aggregator.readview import ReadView
 from aggregator.store import AnyFamily, CounterFamily, GaugeFamily
 
 
@@ -48,30 +46,21 @@ def family_metric(family: AnyFamily) -> Metric:
 
 
 class StoreCollector(Collector):
-    """Exposes every store family, source liveness from heartbeats and the series count per metric.
+    """Exposes every store family and the series derived at scrape time, through prometheus_client.
 
     For a prometheus_client registry of your own (embedding the store in another process). The
     aggregator's /metrics is rendered by aggregator.exposition, which is tested sample for sample
     against this Collector and is 30 to 50 times faster for large stores.
     """
 
-    def __init__(self, ingest: Ingest, clock: Callable[[], float] = time.time) -> None:
-        self._ingest = ingest
-        self._clock = clock
+    def __init__(self, view: ReadView) -> None:
+        self._view = view
 
     def collect(self) -> Iterator[Metric]:
-        store = self._ingest.store
-        for family in list(store.families.values()):
+        for family in self._view.families():
             yield family_metric(family)
-        yield self._source_up()
-        series = GaugeMetricFamily("tickbus_series", "Series currently held, per metric.", labels=["metric"])
-        for family in list(store.families.values()):
-            series.add_metric([family.name], len(family.series))
-        yield series
-
-    def _source_up(self) -> Metric:
-        up = GaugeMetricFamily(self._ingest.source_up_name, SOURCE_UP.help, labels=["source"])
-        stale_before = self._clock() - self._ingest.settings.heartbeat_staleness_seconds
-        for key, updated in list(self._ingest.source_last_seen.updated.items()):
-            up.add_metric(key, 1.0 if updated >= stale_before else 0.0)
-        return up
+        for derived in self._view.derived():
+            gauge = GaugeMetricFamily(derived.name, derived.help, labels=list(derived.label_names))
+            for key, value in derived.samples:
+                gauge.add_metric(key, value)
+            yield gauge

@@ -7,8 +7,8 @@ from typing import Annotated, Any, Literal
 import msgspec
 
 from schemas.types import LABEL_MAX_LENGTH, METRIC_NAME_PATTERN
+from schemas.wire import DEFAULT_AMQP_URL, DEFAULT_EXCHANGE
 
-DEFAULT_AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 RESERVED_LABELS = frozenset({"source", "le", "quantile"})
 
 PositiveSeconds = Annotated[float, msgspec.Meta(gt=0)]
@@ -28,7 +28,7 @@ class AmqpSettings(_Section):
     """Where to consume from and the topology the aggregator declares."""
 
     url: str = DEFAULT_AMQP_URL
-    exchange: str = "metrics"
+    exchange: str = DEFAULT_EXCHANGE
     queue: str = "tickbus.aggregator"
     # Empty: derived from the exchange and queue names (`<exchange>.dead`, `<queue>.dead`).
     dead_letter_exchange: str = ""

@@ -1,60 +1,70 @@
-"""Turning a message body into events: one event or a batch, JSON or MessagePack, with reasons for what fails."""
+"""Turning a message body into events: one event or a batch, JSON or MessagePack, with a refusal for what fails."""
 
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import msgspec
 
-from schemas.events import KINDS, MAX_BATCH_EVENTS
+from aggregator.refusal import Refusal
+from schemas.events import KINDS, MAX_BATCH_EVENTS, kind_of
 from schemas.labels import LabelCheck
 from schemas.types import LABEL_MAX_LENGTH, NAME_PATTERN
-from schemas.wire import CONTENT_TYPE_ALIASES, CONTENT_TYPE_JSON, CONTENT_TYPE_MSGPACK, MAX_MESSAGE_BYTES, Codec
+from schemas.wire import CONTENT_TYPE_ALIASES, CONTENT_TYPE_JSON, MAX_MESSAGE_BYTES, Codec, Reason
 
 _KIND_PATH = re.compile(r"at `\$(\[\d+\])?\.kind`")
-
-
-@dataclass(frozen=True)
-class Rejected:
-    """A whole message, or one event of a batch (`index`), that could not be decoded."""
-
-    reason: str
-    detail: str
-    index: int | None = None
-    body: bytes = b""
+_SOURCE = re.compile(NAME_PATTERN)
 
 
 @dataclass
 class Decoded:
-    """The events of a message that decoded, and what did not."""
+    """The events of a message that decoded, where each stood in it, and the refusals for the rest."""
 
     events: list[Any] = field(default_factory=list)
-    rejected: list[Rejected] = field(default_factory=list)
+    refusals: list[Refusal] = field(default_factory=list)
     codec: Codec | None = None
-    # Where each event stood in the message, when some were rejected (else its index in `events`).
+    # Whether the body was a batch (an array): then a refused event is dead-lettered alone, with its position.
+    batch: bool = False
+    # Each event's position in the batch, when some were refused (else its index in `events`).
     positions: list[int] | None = None
 
-    def position(self, index: int) -> int:
+    def position(self, index: int) -> int | None:
+        """Where `events[index]` stood in the message: its batch position, or None for a single event."""
+        if not self.batch:
+            return None
         return index if self.positions is None else self.positions[index]
 
+    def refuse(self, refused: Sequence[tuple[int, Reason, str]]) -> None:
+        """Take the events at these indexes out of `events`, each as a refusal at its position in the message."""
+        assert self.codec is not None
+        gone = {index for index, _, _ in refused}
+        for index, reason, detail in refused:
+            event = self.events[index]
+            position = self.position(index)
+            body = self.codec.encode([event]) if position is not None else b""
+            self.refusals.append(
+                Refusal(reason, detail, position, body, self.codec.content_type, kind_of(type(event)), event.source)
+            )
+        kept = [index for index in range(len(self.events)) if index not in gone]
+        self.positions = [index if self.positions is None else self.positions[index] for index in kept]
+        self.events = [self.events[index] for index in kept]
 
-def _reason(error: msgspec.MsgspecError) -> str:
+
+def _reason(error: msgspec.MsgspecError) -> Reason:
     if isinstance(error, msgspec.ValidationError):
         message = str(error)
         if _KIND_PATH.search(message) or "missing required field `kind`" in message:
-            return "unknown_kind"
-        return "invalid_event"
-    return "malformed"
+            return Reason.UNKNOWN_KIND
+        return Reason.INVALID_EVENT
+    return Reason.MALFORMED
 
 
 class Envelope(msgspec.Struct):
-    """What can still be read of a refused event: its kind and source, for counting rejections by producer."""
+    """What can still be read of a refused event: its kind and source, for counting refusals by producer."""
 
     kind: str = ""
     source: str = ""
-
-
-_SOURCE = re.compile(NAME_PATTERN)
 
 
 class MessageDecoder:
@@ -63,81 +73,96 @@ class MessageDecoder:
     def __init__(self, label_check: LabelCheck | None = None) -> None:
         self._codecs = {name: Codec(name) for name in CONTENT_TYPE_ALIASES}
         self._label_check = label_check or LabelCheck()
-        self._envelope_decoders: dict[str, msgspec.json.Decoder[Envelope] | msgspec.msgpack.Decoder[Envelope]] = {
-            CONTENT_TYPE_JSON: msgspec.json.Decoder(Envelope),
-            CONTENT_TYPE_MSGPACK: msgspec.msgpack.Decoder(Envelope),
+        self._envelope_decoders = {
+            codec.content_type: (
+                msgspec.json.Decoder(Envelope)
+                if codec.content_type == CONTENT_TYPE_JSON
+                else msgspec.msgpack.Decoder(Envelope)
+            )
+            for codec in self._codecs.values()
         }
-
-    def envelope(self, body: bytes, content_type: str | None) -> tuple[str, str]:
-        """The kind and source of a refused event when they can be read and are well formed, else empty.
-
-        Only known kinds and well-formed source names are returned, so refusals cannot flood the
-        rejection counter with label values.
-        """
-        codec = self.codec(content_type)
-        if codec is None or len(body) > MAX_MESSAGE_BYTES:
-            return "", ""
-        try:
-            envelope = self._envelope_decoders[codec.content_type].decode(body)
-        except msgspec.DecodeError:
-            return "", ""
-        kind = envelope.kind if envelope.kind in KINDS else ""
-        source = envelope.source if len(envelope.source) <= LABEL_MAX_LENGTH and _SOURCE.match(envelope.source) else ""
-        return kind, source
 
     def codec(self, content_type: str | None) -> Codec | None:
         # A producer that sets no content type (a plain shell tool, say) is taken to send JSON.
         return self._codecs.get((content_type or CONTENT_TYPE_JSON).split(";")[0].strip().lower())
 
+    def _refusal(
+        self, reason: Reason, detail: str, codec: Codec | None, body: bytes, position: int | None = None
+    ) -> Refusal:
+        """A refusal of `body` (the whole message, or one event of a batch at `position`)."""
+        kind = source = ""
+        if codec is not None and len(body) <= MAX_MESSAGE_BYTES:
+            try:
+                envelope = self._envelope_decoders[codec.content_type].decode(body)
+            except msgspec.DecodeError:
+                pass
+            else:
+                # Only known kinds and well-formed names: refusals cannot flood the counter with label values.
+                kind = envelope.kind if envelope.kind in KINDS else ""
+                source = envelope.source
+                if len(source) > LABEL_MAX_LENGTH or not _SOURCE.match(source):
+                    source = ""
+        return Refusal(
+            reason,
+            detail,
+            position,
+            body if position is not None else b"",
+            codec.content_type if codec is not None else "",
+            kind,
+            source,
+        )
+
     def decode(self, body: bytes, content_type: str | None) -> Decoded:
         codec = self.codec(content_type)
         if codec is None:
-            return Decoded(rejected=[Rejected("unsupported_content_type", f"content type {content_type!r}")])
-        if len(body) > MAX_MESSAGE_BYTES:
             return Decoded(
-                rejected=[Rejected("too_large", f"{len(body)} bytes, limit {MAX_MESSAGE_BYTES}")], codec=codec
+                refusals=[Refusal(Reason.UNSUPPORTED_CONTENT_TYPE, f"content type {content_type!r}", content_type="")]
             )
+        if len(body) > MAX_MESSAGE_BYTES:
+            detail = f"{len(body)} bytes, limit {MAX_MESSAGE_BYTES}"
+            return Decoded(refusals=[Refusal(Reason.TOO_LARGE, detail, content_type=codec.content_type)], codec=codec)
         try:
             decoded = codec.message_decoder.decode(body)
         except msgspec.ValidationError as error:
             try:
                 raw_events = codec.raw_list_decoder.decode(body)
             except msgspec.DecodeError:
-                return Decoded(rejected=[Rejected(_reason(error), str(error))], codec=codec)
+                return Decoded(refusals=[self._refusal(_reason(error), str(error), codec, body)], codec=codec)
             return self._decode_each(raw_events, codec)
         except msgspec.DecodeError as error:
-            return Decoded(rejected=[Rejected("malformed", str(error))], codec=codec)
-        events = decoded if isinstance(decoded, list) else [decoded]
+            return Decoded(refusals=[self._refusal(Reason.MALFORMED, str(error), codec, body)], codec=codec)
+        batch = isinstance(decoded, list)
+        events: list[Any] = decoded if isinstance(decoded, list) else [decoded]
         problem = self._label_check.problem
         if all(problem(event) is None for event in events):
-            return Decoded(events=events, codec=codec)
-        single = not isinstance(decoded, list)
-        result = Decoded(codec=codec, positions=[])
+            return Decoded(events=events, codec=codec, batch=batch)
+        result = Decoded(codec=codec, batch=batch, positions=[])
         for index, event in enumerate(events):
-            self._keep_or_reject(result, event, index, body if single else codec.encode([event]), single)
+            self._keep_or_refuse(result, event, index, codec.encode([event]) if batch else body)
         return result
 
-    def _keep_or_reject(self, result: Decoded, event: Any, index: int, raw: bytes, single: bool) -> None:
+    def _keep_or_refuse(self, result: Decoded, event: Any, index: int, raw: bytes) -> None:
         detail = self._label_check.problem(event)
         if detail is None:
             result.events.append(event)
             assert result.positions is not None
             result.positions.append(index)
         else:
-            result.rejected.append(Rejected("invalid_event", detail, None if single else index, raw))
+            position = index if result.batch else None
+            result.refusals.append(self._refusal(Reason.INVALID_EVENT, detail, result.codec, raw, position))
 
     def _decode_each(self, raw_events: list[msgspec.Raw], codec: Codec) -> Decoded:
-        """A batch that failed as a whole: keep its good events, reject the bad ones one by one."""
-        result = Decoded(codec=codec, positions=[])
+        """A batch that failed as a whole: keep its good events, refuse the bad ones one by one."""
+        result = Decoded(codec=codec, batch=True, positions=[])
         if not raw_events or len(raw_events) > MAX_BATCH_EVENTS:
             detail = f"a batch holds 1 to {MAX_BATCH_EVENTS} events, this one {len(raw_events)}"
-            result.rejected.append(Rejected("invalid_batch", detail))
+            result.refusals.append(Refusal(Reason.INVALID_BATCH, detail, content_type=codec.content_type))
             return result
         for index, raw in enumerate(raw_events):
             try:
                 event = codec.event_decoder.decode(raw)
             except msgspec.DecodeError as error:
-                result.rejected.append(Rejected(_reason(error), str(error), index, bytes(raw)))
+                result.refusals.append(self._refusal(_reason(error), str(error), codec, bytes(raw), index))
                 continue
-            self._keep_or_reject(result, event, index, bytes(raw), single=False)
+            self._keep_or_refuse(result, event, index, bytes(raw))
         return result

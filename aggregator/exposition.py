@@ -2,11 +2,10 @@
 
 import math
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
-from aggregator.catalog import SOURCE_UP
-from aggregator.ingest import Ingest
+from aggregator.readview import DerivedGauge, ReadView
 from aggregator.store import AnyFamily, CounterFamily, GaugeFamily, HistogramFamily, LabelKey
 
 CONTENT_TYPE_TEXT = "text/plain; version=0.0.4; charset=utf-8"
@@ -115,11 +114,8 @@ class FamilyText:
 class Exposition:
     """The /metrics body for the whole store, plus the series derived at scrape time."""
 
-    def __init__(
-        self, ingest: Ingest, clock: Callable[[], float] = time.time, min_interval: float = MIN_RENDER_INTERVAL
-    ) -> None:
-        self._ingest = ingest
-        self._clock = clock
+    def __init__(self, view: ReadView, min_interval: float = MIN_RENDER_INTERVAL) -> None:
+        self._view = view
         self._texts: dict[str, FamilyText] = {}
         self._min_interval = min_interval
         # format -> (monotonic time rendered, body)
@@ -136,31 +132,20 @@ class Exposition:
         return body
 
     def _render(self, openmetrics: bool) -> bytes:
-        families = self._ingest.store.families
         texts = self._texts
         parts = []
-        for name, family in families.items():
-            text = texts.get(name)
+        for family in self._view.families():
+            text = texts.get(family.name)
             if text is None or text.family is not family:
-                text = texts[name] = FamilyText(family)
+                text = texts[family.name] = FamilyText(family)
             parts.append(text.text(openmetrics))
-        parts.append(self._source_up())
-        parts.append(self._series_counts(families))
+        parts += map(_derived_text, self._view.derived())
         if openmetrics:
             parts.append("# EOF\n")
         return "".join(parts).encode()
 
-    def _source_up(self) -> str:
-        ingest = self._ingest
-        name = ingest.source_up_name
-        stale_before = self._clock() - ingest.settings.heartbeat_staleness_seconds
-        lines = [f"# HELP {name} {SOURCE_UP.help}\n# TYPE {name} gauge\n"]
-        for key, updated in ingest.source_last_seen.updated.items():  # the heartbeat gauge's arrival times
-            lines.append(f'{name}{{source="{_escape_label(key[0])}"}} {1.0 if updated >= stale_before else 0.0}\n')
-        return "".join(lines)
 
-    @staticmethod
-    def _series_counts(families: dict[str, AnyFamily]) -> str:
-        lines = ["# HELP tickbus_series Series currently held, per metric.\n# TYPE tickbus_series gauge\n"]
-        lines += [f'tickbus_series{{metric="{name}"}} {float(len(f.series))}\n' for name, f in families.items()]
-        return "".join(lines)
+def _derived_text(gauge: DerivedGauge) -> str:
+    lines = [f"# HELP {gauge.name} {_escape_help(gauge.help)}\n# TYPE {gauge.name} gauge\n"]
+    lines += [f"{gauge.name}{_labels(gauge.label_names, key)} {_number(value)}\n" for key, value in gauge.samples]
+    return "".join(lines)

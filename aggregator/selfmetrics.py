@@ -1,9 +1,11 @@
 """The aggregator's own metrics: what it received, rejected, folded, checkpointed and how fresh it is."""
 
-from collections.abc import Callable
+import logging
 
 from aggregator.catalog import LATENCY_BUCKETS
-from aggregator.store import CounterFamily, Family, GaugeFamily, HistogramFamily, Store
+from aggregator.store import OVERFLOW_VALUE, CounterFamily, Family, GaugeFamily, HistogramFamily, Store
+
+log = logging.getLogger(__name__)
 
 PREFIX = "tickbus"
 BATCH_SIZE_BUCKETS = (1.0, 2.0, 5.0, 10.0, 20.0, 50.0, 100.0, 200.0, 500.0, 1000.0, 2000.0, 5000.0, 10000.0)
@@ -11,11 +13,16 @@ AGE_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5
 
 
 class SelfMetrics:
-    """Families under the `tickbus_` prefix, registered in the same store as the catalog's."""
+    """Families under the `tickbus_` prefix, registered in the same store as the catalog's.
 
-    def __init__(self, store: Store, on_overflow: Callable[[Family], None] | None = None) -> None:
+    Built once by the service and passed to whatever counts: the pipeline, the ingest, the checkpointer.
+    """
+
+    def __init__(self, store: Store) -> None:
+        self._overflow_logged: set[str] = set()
+
         def add_counter(name: str, help_text: str, *labels: str) -> CounterFamily:
-            family = CounterFamily(f"{PREFIX}_{name}", help_text, labels, on_overflow=on_overflow)
+            family = CounterFamily(f"{PREFIX}_{name}", help_text, labels, on_overflow=self.count_overflow)
             family.volatile = True
             store.add(family)
             return family
@@ -82,3 +89,17 @@ class SelfMetrics:
 
     def set_gauge(self, family: GaugeFamily, value: float, now: float) -> None:
         family.set((), value, now, now)
+
+    def count_overflow(self, family: Family) -> None:
+        """A family folded a new label set into its overflow series: count it, and say so once per family."""
+        if family is self.series_overflow:
+            return
+        self.series_overflow.inc((family.name,))
+        if family.name not in self._overflow_logged:
+            self._overflow_logged.add(family.name)
+            log.warning(
+                "metric %s reached its limit of %d series; new label sets fold into the %s series",
+                family.name,
+                family.max_series,
+                OVERFLOW_VALUE,
+            )

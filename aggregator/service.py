@@ -9,13 +9,16 @@ import anyio
 from prometheus_client import GCCollector, PlatformCollector, ProcessCollector
 from prometheus_client.registry import CollectorRegistry
 
+from aggregator.amqp.consumer import Consumer
 from aggregator.checkpoint import Checkpointer
 from aggregator.config import Settings
-from aggregator.consumer import Consumer
+from aggregator.dedup import RecentIds
 from aggregator.exposition import Exposition
 from aggregator.http import make_app, start_http
 from aggregator.ingest import Ingest
-from aggregator.pipeline import Pipeline, RecentIds
+from aggregator.pipeline import Pipeline
+from aggregator.readview import ReadView
+from aggregator.selfmetrics import SelfMetrics
 from aggregator.store import Store
 
 log = logging.getLogger(__name__)
@@ -30,10 +33,11 @@ class Aggregator:
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
         self.store = Store()
-        self.ingest = Ingest(settings.catalog, settings.metrics, self.store)
+        self.self_metrics = SelfMetrics(self.store)
+        self.ingest = Ingest(settings.catalog, settings.metrics, self.store, self.self_metrics)
         self.recent_ids = RecentIds(settings.state.dedup_window)
         self.pipeline = Pipeline(self.ingest, self.recent_ids)
-        self.exposition = Exposition(self.ingest)
+        self.exposition = Exposition(ReadView(self.store, self.ingest.sources))
         # The aggregator's own process metrics (CPU, memory, file descriptors, GC) come from prometheus_client.
         self.registry = CollectorRegistry(auto_describe=True)
         ProcessCollector(registry=self.registry)
@@ -41,9 +45,7 @@ class Aggregator:
         GCCollector(registry=self.registry)
         self.checkpointer: Checkpointer | None = None
         if settings.state.dir:
-            self.checkpointer = Checkpointer(
-                Path(settings.state.dir), self.store, self.recent_ids, self.ingest.self_metrics
-            )
+            self.checkpointer = Checkpointer(Path(settings.state.dir), self.store, self.recent_ids, self.self_metrics)
             self.checkpointer.restore()
         self.consumer = Consumer(
             settings.amqp,
@@ -51,7 +53,7 @@ class Aggregator:
             durability=self.checkpointer,
             commit_interval=settings.state.checkpoint_interval_seconds,
         )
-        metrics, now = self.ingest.self_metrics, time.time()
+        metrics, now = self.self_metrics, time.time()
         metrics.set_gauge(metrics.start_time, now, now)
         metrics.set_gauge(metrics.consumer_connected, 0.0, now)  # exists, at 0, before the first connection
 
@@ -99,14 +101,12 @@ class Aggregator:
                 return
 
     async def _maintain(self) -> None:
-        metrics = self.ingest.self_metrics
-        ttl = self.settings.catalog.gauge_ttl_seconds
+        metrics = self.self_metrics
         last_depth = 0.0
         while True:
             now = time.time()
-            self.pipeline.summarise_logs()
-            expired = self.store.expire_gauges(now, ttl, self.ingest.source_activity)
-            self.ingest.forget_silent_sources(now - max(ttl, self.settings.catalog.heartbeat_staleness_seconds))
+            self.pipeline.refusal_log.summarise()
+            expired = self.ingest.sources.expire(self.store, now)
             if expired:
                 metrics.expired_series.inc((), expired)
             metrics.set_gauge(metrics.consumer_connected, 1.0 if self.consumer.ready else 0.0, now)

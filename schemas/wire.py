@@ -1,5 +1,6 @@
-"""The wire format: exchange, routing keys, content types, headers and the codecs for them."""
+"""The wire format: exchange, routing keys, content types, headers, refusal reasons and the codecs."""
 
+import enum
 from collections.abc import Sequence
 from typing import Final
 
@@ -7,6 +8,7 @@ import msgspec
 
 from schemas.events import MAX_BATCH_EVENTS, Batch, Event, EventBase
 
+DEFAULT_AMQP_URL: Final = "amqp://guest:guest@127.0.0.1:5672/"
 DEFAULT_EXCHANGE: Final = "metrics"
 BATCH_ROUTING_KEY: Final = "batch"
 
@@ -33,26 +35,47 @@ HEADER_ORIGINAL_MESSAGE_ID: Final = "x-tickbus-message-id"
 HEADER_BATCH_INDEX: Final = "x-tickbus-batch-index"
 
 
-# Every reason the aggregator can put in the x-tickbus-reason header of a dead letter.
-REJECTION_REASONS: Final[dict[str, str]] = {
-    "unsupported_content_type": "The content type is neither JSON nor MessagePack (nor an alias of them).",
-    "too_large": f"The body is larger than {MAX_MESSAGE_BYTES} bytes; it is rejected unread.",
-    "malformed": "The body is not parseable JSON or MessagePack.",
-    "unknown_kind": "The event has no `kind` field, or one the aggregator does not know.",
-    "invalid_event": (
+class Reason(enum.StrEnum):
+    """Why the aggregator refused a message or an event: the x-tickbus-reason of its dead letter.
+
+    The one vocabulary of refusal: the aggregator's code, the dead-letter headers, the `reason`
+    label of `tickbus_events_rejected_total` and docs/wire-format.md all take it from here.
+    """
+
+    UNSUPPORTED_CONTENT_TYPE = "unsupported_content_type"
+    TOO_LARGE = "too_large"
+    MALFORMED = "malformed"
+    UNKNOWN_KIND = "unknown_kind"
+    INVALID_EVENT = "invalid_event"
+    INVALID_BATCH = "invalid_batch"
+    UNDECLARED_METRIC = "undeclared_metric"
+    LABEL_MISMATCH = "label_mismatch"
+    NEGATIVE_INCREMENT = "negative_increment"
+    NEGATIVE_OBSERVATION = "negative_observation"
+    FUTURE_TIMESTAMP = "future_timestamp"
+
+
+REASON_MEANINGS: Final[dict[Reason, str]] = {
+    Reason.UNSUPPORTED_CONTENT_TYPE: "The content type is neither JSON nor MessagePack (nor an alias of them).",
+    Reason.TOO_LARGE: f"The body is larger than {MAX_MESSAGE_BYTES} bytes; it is rejected unread.",
+    Reason.MALFORMED: "The body is not parseable JSON or MessagePack.",
+    Reason.UNKNOWN_KIND: "The event has no `kind` field, or one the aggregator does not know.",
+    Reason.INVALID_EVENT: (
         "The event breaks the schema: a required field missing, a wrong type, a value out of range, "
         "a label value too long or with characters outside its pattern."
     ),
-    "invalid_batch": f"A batch array is empty or holds more than {MAX_BATCH_EVENTS} events.",
-    "undeclared_metric": "A `metric` event names a custom metric the aggregator's config does not declare.",
-    "label_mismatch": "A `metric` event's label names differ from the ones its declaration lists.",
-    "negative_increment": "A `metric` event for a counter carries a negative value.",
-    "negative_observation": "A `metric` event for a histogram carries a negative value (put a sign in a label).",
-    "future_timestamp": (
+    Reason.INVALID_BATCH: f"A batch array is empty or holds more than {MAX_BATCH_EVENTS} events.",
+    Reason.UNDECLARED_METRIC: "A `metric` event names a custom metric the aggregator's config does not declare.",
+    Reason.LABEL_MISMATCH: "A `metric` event's label names differ from the ones its declaration lists.",
+    Reason.NEGATIVE_INCREMENT: "A `metric` event for a counter carries a negative value.",
+    Reason.NEGATIVE_OBSERVATION: "A `metric` event for a histogram carries a negative value (put a sign in a label).",
+    Reason.FUTURE_TIMESTAMP: (
         "The event's `ts` is further ahead of the aggregator's clock than `max_clock_skew_seconds` "
         "(default 300): the producer's clock is wrong (or sends milliseconds)."
     ),
 }
+# Kept for readers of the 1.x contract: reason -> meaning.
+REJECTION_REASONS: Final[dict[str, str]] = {str(reason): meaning for reason, meaning in REASON_MEANINGS.items()}
 
 
 def routing_key_for(events: Sequence[EventBase]) -> str:

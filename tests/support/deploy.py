@@ -10,6 +10,8 @@ import yaml
 
 from aggregator.config import load_settings
 from aggregator.ingest import Ingest
+from aggregator.readview import SERIES_NAME
+from aggregator.selfmetrics import SelfMetrics
 from aggregator.store import HistogramFamily, Store
 
 REPO = Path(__file__).resolve().parents[2]
@@ -222,7 +224,7 @@ def aggregator_families(config: Path = AGGREGATOR_CONFIG) -> tuple[set[str], set
     """(every family the aggregator serves with this config, the histograms among them), from the code itself."""
     settings = load_settings(config)
     store = Store()
-    ingest = Ingest(settings.catalog, settings.metrics, store)
-    names = set(store.families) | {ingest.source_up_name, "tickbus_series"}
+    ingest = Ingest(settings.catalog, settings.metrics, store, SelfMetrics(store))
+    names = set(store.families) | {ingest.sources.source_up_name, SERIES_NAME}
     histograms = {name for name, family in store.families.items() if isinstance(family, HistogramFamily)}
     return names, histograms

@@ -14,14 +14,14 @@ from aggregator.checkpoint import (
     encode_checkpoint,
 )
 from aggregator.config import CatalogSettings
+from aggregator.dedup import RecentIds
 from aggregator.ingest import Ingest
-from aggregator.pipeline import RecentIds
-from aggregator.store import Store
 from schemas.events import Error
+from tests.support.engine import make_ingest
 
 
 def _checkpointer(directory: Path) -> tuple[Checkpointer, Ingest, RecentIds]:
-    ingest = Ingest(CatalogSettings(), [], Store())
+    ingest = make_ingest(CatalogSettings())
     recent = RecentIds(10)
     return Checkpointer(directory, ingest.store, recent, ingest.self_metrics), ingest, recent
 

@@ -7,15 +7,15 @@ from prometheus_client.registry import CollectorRegistry
 from aggregator.collector import StoreCollector
 from aggregator.config import CatalogSettings
 from aggregator.ingest import Ingest
-from aggregator.store import Store
 from schemas.events import Heartbeat, Order
+from tests.support.engine import make_ingest, read_view
 from tests.support.scrape import parse, value
 
 
 def _registry(clock_value: float) -> tuple[CollectorRegistry, Ingest]:
-    ingest = Ingest(CatalogSettings(heartbeat_staleness_seconds=30), [], Store())
+    ingest = make_ingest(CatalogSettings(heartbeat_staleness_seconds=30))
     registry = CollectorRegistry()
-    registry.register(StoreCollector(ingest, clock=lambda: clock_value))
+    registry.register(StoreCollector(read_view(ingest, lambda: clock_value)))
     return registry, ingest
 
 

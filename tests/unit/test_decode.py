@@ -31,7 +31,7 @@ def test_single_event_and_batch_decode_in_both_codecs(decoder: MessageDecoder, c
     order = {"kind": "order", "ts": 1.0e9, "source": "s", "symbol": "X", "side": "sell", "status": "filled"}
     batch = decoder.decode(_encode([_signal(), order], content_type), content_type)
     assert [type(event) for event in batch.events] == [Signal, Order]
-    assert batch.rejected == []
+    assert batch.refusals == []
 
 
 def test_missing_content_type_is_taken_as_json(decoder: MessageDecoder) -> None:
@@ -60,15 +60,15 @@ def test_each_failure_has_its_reason(decoder: MessageDecoder, body: bytes, conte
     """Every way a body can be wrong maps to one named reason, and nothing is applied."""
     decoded = decoder.decode(body, content_type)
     assert decoded.events == []
-    assert [rejected.reason for rejected in decoded.rejected] == [reason]
-    assert decoded.rejected[0].detail
+    assert [rejected.reason for rejected in decoded.refusals] == [reason]
+    assert decoded.refusals[0].detail
 
 
 def test_msgpack_nan_is_rejected(decoder: MessageDecoder) -> None:
     """MessagePack can carry NaN and infinity; the bounds on every float refuse them."""
     for bad in (float("nan"), float("inf")):
         decoded = decoder.decode(msgspec.msgpack.encode(_signal(confidence=bad)), "application/msgpack")
-        assert [rejected.reason for rejected in decoded.rejected] == ["invalid_event"]
+        assert [rejected.reason for rejected in decoded.refusals] == ["invalid_event"]
 
 
 def test_a_bad_event_in_a_batch_rejects_only_itself(decoder: MessageDecoder) -> None:
@@ -76,8 +76,8 @@ def test_a_bad_event_in_a_batch_rejects_only_itself(decoder: MessageDecoder) -> 
     body = json.dumps([_signal(), _signal(side="up"), _signal(), {"kind": "nope"}]).encode()
     decoded = decoder.decode(body, "application/json")
     assert len(decoded.events) == 2
-    assert [(r.index, r.reason) for r in decoded.rejected] == [(1, "invalid_event"), (3, "unknown_kind")]
-    assert json.loads(decoded.rejected[0].body)["side"] == "up"
+    assert [(r.position, r.reason) for r in decoded.refusals] == [(1, "invalid_event"), (3, "unknown_kind")]
+    assert json.loads(decoded.refusals[0].body)["side"] == "up"
 
 
 def test_unknown_fields_are_ignored_for_forward_compatibility(decoder: MessageDecoder) -> None:
@@ -98,8 +98,8 @@ def test_label_charset_is_checked_for_every_label_like_field(decoder: MessageDec
     for event in bad:
         decoded = decoder.decode(json.dumps(event).encode(), "application/json")
         assert decoded.events == [], event
-        assert [rejected.reason for rejected in decoded.rejected] == ["invalid_event"]
-    assert "`source`" in decoder.decode(json.dumps(bad[0]).encode(), "application/json").rejected[0].detail
+        assert [rejected.reason for rejected in decoded.refusals] == ["invalid_event"]
+    assert "`source`" in decoder.decode(json.dumps(bad[0]).encode(), "application/json").refusals[0].detail
 
 
 def test_a_bad_label_in_a_batch_keeps_the_original_position(decoder: MessageDecoder) -> None:
@@ -107,7 +107,7 @@ def test_a_bad_label_in_a_batch_keeps_the_original_position(decoder: MessageDeco
     body = json.dumps([_signal(), _signal(side="up"), _signal(symbol="a|b"), _signal()]).encode()
     decoded = decoder.decode(body, "application/json")
     assert len(decoded.events) == 2
-    assert [(r.index, r.reason) for r in decoded.rejected] == [(1, "invalid_event"), (2, "invalid_event")]
+    assert [(r.position, r.reason) for r in decoded.refusals] == [(1, "invalid_event"), (2, "invalid_event")]
     assert [decoded.position(index) for index in range(2)] == [0, 3]
     good_only = decoder.decode(json.dumps([_signal(), _signal(symbol="a|b")]).encode(), "application/json")
-    assert [(r.index, json.loads(r.body)["symbol"]) for r in good_only.rejected] == [(1, "a|b")]
+    assert [(r.position, json.loads(r.body)["symbol"]) for r in good_only.refusals] == [(1, "a|b")]

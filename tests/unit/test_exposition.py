@@ -12,8 +12,8 @@ from aggregator.collector import StoreCollector
 from aggregator.config import CatalogSettings, CustomMetric
 from aggregator.exposition import Exposition, wants_openmetrics
 from aggregator.ingest import Ingest
-from aggregator.store import Store
 from schemas.events import Error, Heartbeat, Metric, Order, Position, Prediction, Signal
+from tests.support.engine import make_ingest, read_view
 from tests.support.scenario import desk_events
 from tests.support.scrape import Samples, parse, value
 
@@ -21,7 +21,7 @@ from tests.support.scrape import Samples, parse, value
 def _ingest() -> Ingest:
     custom = [CustomMetric(name="lag_seconds", type="histogram", help='Lag with "quotes" and \\ backslash.',
                            buckets=[0.1, 1.0], labels=["feed"])]  # fmt: skip
-    return Ingest(CatalogSettings(), custom, Store())
+    return make_ingest(CatalogSettings(), custom)
 
 
 def _random_events(rng: random.Random, count: int) -> list[object]:
@@ -46,7 +46,7 @@ def _random_events(rng: random.Random, count: int) -> list[object]:
 
 def _reference(ingest: Ingest, clock: float) -> Samples:
     registry = CollectorRegistry()
-    registry.register(StoreCollector(ingest, clock=lambda: clock))
+    registry.register(StoreCollector(read_view(ingest, lambda: clock)))
     return parse(generate_latest(registry).decode())
 
 
@@ -64,7 +64,7 @@ def test_fast_renderer_matches_prometheus_client_in_both_formats(seed: int) -> N
     ingest = _ingest()
     ingest.apply(_random_events(random.Random(seed), 50), now=time.time())
     clock = time.time()
-    exposition = Exposition(ingest, clock=lambda: clock)
+    exposition = Exposition(read_view(ingest, lambda: clock))
     reference = _reference(ingest, clock)
     assert parse(exposition.render().decode()) == reference
     openmetrics = exposition.render(openmetrics=True).decode()
@@ -75,8 +75,8 @@ def test_fast_renderer_matches_prometheus_client_in_both_formats(seed: int) -> N
 
 def test_cached_families_are_rerendered_after_a_change() -> None:
     """A scrape after an update shows the new value; an unchanged family's text is reused as is."""
-    ingest = Ingest(CatalogSettings(), [], Store())
-    exposition = Exposition(ingest, min_interval=0)
+    ingest = make_ingest()
+    exposition = Exposition(read_view(ingest), min_interval=0)
     error = Error(ts=1.0, source="e", component="c", error_type="t")
     labels = {"source": "e", "component": "c", "error_type": "t", "severity": "error", "symbol": ""}
     ingest.apply([error], now=1.0)
@@ -89,10 +89,10 @@ def test_cached_families_are_rerendered_after_a_change() -> None:
 
 def test_desk_scenario_renders_the_same_as_the_reference() -> None:
     """The scenario every producer sends renders identically through both paths."""
-    ingest = Ingest(CatalogSettings(), [], Store())
+    ingest = make_ingest()
     ingest.apply(desk_events("d")[:-2], now=time.time())
     clock = time.time()
-    assert parse(Exposition(ingest, clock=lambda: clock).render().decode()) == _reference(ingest, clock)
+    assert parse(Exposition(read_view(ingest, lambda: clock)).render().decode()) == _reference(ingest, clock)
 
 
 @pytest.mark.parametrize(
@@ -111,8 +111,8 @@ def test_content_negotiation(accept: str, openmetrics: bool) -> None:
 
 def test_scrapes_within_the_minimum_interval_share_one_rendering() -> None:
     """A scrape storm reuses the body rendered moments ago; once the window passes, changes show."""
-    ingest = Ingest(CatalogSettings(), [], Store())
-    exposition = Exposition(ingest, min_interval=0.2)
+    ingest = make_ingest()
+    exposition = Exposition(read_view(ingest), min_interval=0.2)
     error = Error(ts=1.0, source="e", component="c", error_type="t")
     labels = {"source": "e", "component": "c", "error_type": "t", "severity": "error", "symbol": ""}
     first = exposition.render()

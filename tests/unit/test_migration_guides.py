@@ -8,10 +8,12 @@ import msgspec
 import pytest
 
 from aggregator.cli import parse_assignments
+from aggregator.compiler import full_name
 from aggregator.config import load_settings
-from aggregator.ingest import Ingest, full_name
-from aggregator.store import HistogramFamily, Store
+from aggregator.ingest import Ingest
+from aggregator.store import HistogramFamily
 from schemas.events import Event
+from tests.support.engine import make_ingest
 from tests.support.migrations import (
     GUIDES,
     PROPOSALS,
@@ -29,7 +31,7 @@ SOURCE_UP = "trading_source_up"
 
 def _ingest(migration: Migration) -> Ingest:
     settings = load_settings(migration.config)
-    return Ingest(settings.catalog, settings.metrics, Store())
+    return make_ingest(settings.catalog, settings.metrics)
 
 
 def _sample_names(ingest: Ingest, family_names: set[str]) -> set[str]:

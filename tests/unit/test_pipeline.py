@@ -7,13 +7,13 @@ import time
 import pytest
 
 from aggregator.config import CatalogSettings
-from aggregator.ingest import Ingest
-from aggregator.pipeline import Pipeline, RecentIds
-from aggregator.store import Store
+from aggregator.dedup import RecentIds
+from aggregator.pipeline import Pipeline
+from tests.support.engine import make_ingest, make_pipeline
 
 
 def _pipeline() -> Pipeline:
-    return Pipeline(Ingest(CatalogSettings(), [], Store()), RecentIds(3))
+    return make_pipeline(window=3)
 
 
 def _error_body(source: str = "s") -> bytes:
@@ -37,14 +37,14 @@ def test_a_message_with_nothing_applied_is_not_remembered() -> None:
     """A wholly rejected message can be replayed under the same id once the cause is fixed."""
     pipeline = _pipeline()
     outcome = pipeline.process(b"{bad", "application/json", "x")
-    assert [letter.reason for letter in outcome.dead_letters] == ["malformed"]
+    assert [letter.reason for letter in outcome.refusals] == ["malformed"]
     assert "x" not in pipeline.recent_ids
 
 
 def test_a_flood_of_one_reason_is_logged_once_per_window(caplog: pytest.LogCaptureFixture) -> None:
     """Every dead letter is counted, but 50 of the same reason make one log line, not 50."""
     pipeline = _pipeline()
-    with caplog.at_level(logging.WARNING, logger="aggregator.pipeline"):
+    with caplog.at_level(logging.WARNING, logger="aggregator.refusal"):
         for _ in range(50):
             pipeline.process(b"{bad", "application/json", None)
         pipeline.process(b"\x00", "text/csv", None)
@@ -77,13 +77,27 @@ def test_held_back_dead_letters_are_summarised_when_the_window_ends(
 ) -> None:
     """The count of letters not logged one by one appears once the window is over, even if no more come."""
     pipeline = _pipeline()
-    with caplog.at_level(logging.WARNING, logger="aggregator.pipeline"):
+    with caplog.at_level(logging.WARNING, logger="aggregator.refusal"):
         for _ in range(5):
             pipeline.process(b"{bad", "application/json", None)
         later = time.monotonic() + 11
         monkeypatch.setattr(time, "monotonic", lambda: later)
-        pipeline.summarise_logs()
-        pipeline.summarise_logs()
+        pipeline.refusal_log.summarise()
+        pipeline.refusal_log.summarise()
     assert [record.getMessage() for record in caplog.records][1:] == [
         "4 more dead-lettered for malformed in the last 10s"
     ]
+
+
+def test_an_event_from_the_future_is_refused_and_changes_nothing() -> None:
+    """A producer clock an hour ahead would pin gauges; such events are refused with a reason."""
+    now = 1_000_000.0
+    pipeline = Pipeline(make_ingest(CatalogSettings(namespace="desk")), RecentIds(3), clock=lambda: now)
+    ahead = {"kind": "position", "ts": now + 3_600, "source": "skewed", "symbol": "X", "quantity": 5.0}
+    fine = {"kind": "position", "ts": now, "source": "ok", "symbol": "X", "quantity": 1.0}
+    outcome = pipeline.process(json.dumps([ahead, fine]).encode(), "application/json", None)
+    assert [(r.position, r.reason) for r in outcome.refusals] == [(0, "future_timestamp")]
+    assert "ahead of the aggregator's clock" in outcome.refusals[0].detail
+    ingest = pipeline.ingest
+    assert set(ingest.store.families["desk_position_quantity"].series) == {("ok", "", "", "X")}
+    assert ("position", "skewed") not in ingest.self_metrics.events_received.series

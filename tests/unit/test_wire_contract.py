@@ -15,9 +15,7 @@ import jsonschema
 import pytest
 
 from aggregator.config import CatalogSettings, CustomMetric, load_settings
-from aggregator.ingest import Ingest
-from aggregator.pipeline import Pipeline, RecentIds
-from aggregator.store import Store
+from aggregator.pipeline import Pipeline
 from schemas.asyncapi import DEAD_LETTER_CHANNEL, asyncapi_document, asyncapi_text
 from schemas.events import KINDS, MAX_BATCH_EVENTS
 from schemas.jsonschema import event_json_schema
@@ -31,8 +29,11 @@ from schemas.wire import (
     HEADER_ORIGINAL_ROUTING_KEY,
     HEADER_REASON,
     MAX_MESSAGE_BYTES,
+    REASON_MEANINGS,
     REJECTION_REASONS,
+    Reason,
 )
+from tests.support.engine import make_ingest, make_pipeline
 from tests.support.scenario import DESK_CONFIG, DESK_EVENTS
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -66,7 +67,7 @@ def _pipeline() -> Pipeline:
     """The real decode-and-apply path, with the desk's custom metrics and a histogram."""
     histogram = CustomMetric(name="fill_size", type="histogram", help="Fill sizes.", buckets=[1.0, 10.0])
     custom = [*load_settings(DESK_CONFIG).metrics, histogram]
-    return Pipeline(Ingest(CatalogSettings(), custom, Store()), RecentIds(100))
+    return make_pipeline(make_ingest(CatalogSettings(), custom))
 
 
 # --- JSON Schema ---------------------------------------------------------------------------------------------
@@ -116,7 +117,7 @@ def test_what_the_schema_refuses_the_aggregator_rejects(body: Any, reason: str) 
     assert not jsonschema.Draft202012Validator(_committed_json_schema()).is_valid(body)
     outcome = _pipeline().process(json.dumps(body).encode(), "application/json", None)
     assert outcome.applied == 0
-    assert {dead.reason for dead in outcome.dead_letters} == {reason}
+    assert {dead.reason for dead in outcome.refusals} == {reason}
 
 
 def test_unknown_fields_are_valid_and_ignored() -> None:
@@ -127,7 +128,7 @@ def test_unknown_fields_are_valid_and_ignored() -> None:
         assert definition.get("additionalProperties", True) is not False
     outcome = _pipeline().process(json.dumps(event).encode(), "application/json", None)
     assert outcome.applied == 1
-    assert outcome.dead_letters == []
+    assert outcome.refusals == []
 
 
 def test_added_fields_are_optional_in_every_kind() -> None:
@@ -286,34 +287,30 @@ def test_every_documented_reason_is_one_the_aggregator_gives() -> None:
     assert sorted(inputs) == sorted(REJECTION_REASONS)
     for reason, (body, content_type) in inputs.items():
         outcome = _pipeline().process(body, content_type, None)
-        assert [dead.reason for dead in outcome.dead_letters] == [reason], reason
+        assert [dead.reason for dead in outcome.refusals] == [reason], reason
 
 
-def _reasons_in_aggregator_source() -> set[str]:
-    """String reasons the aggregator's code can give: Rejected("...") and `return "..."` in decode and ingest."""
-    found: set[str] = set()
-    for module in ("decode.py", "ingest.py", "pipeline.py"):
-        tree = ast.parse((ROOT / "aggregator" / module).read_text())
-        for node in ast.walk(tree):
-            value: ast.expr | None = None
-            if isinstance(node, ast.Call) and getattr(node.func, "id", "") in {"Rejected", "EventRejection"}:
-                value = node.args[0] if node.args else None
-            elif isinstance(node, ast.Return) and node.value is not None:
-                value = node.value.elts[0] if isinstance(node.value, ast.Tuple) and node.value.elts else node.value
-            if (
-                isinstance(value, ast.Constant)
-                and isinstance(value.value, str)
-                and re.fullmatch(r"[a-z]+(_[a-z]+)*", value.value)
-            ):
-                found.add(value.value)
-    return found
+def _reasons_in_aggregator_source() -> tuple[set[str], set[str]]:
+    """Reasons the aggregator's code gives (`Reason.X`), and reason names it spells as bare strings."""
+    given: set[str] = set()
+    spelled: set[str] = set()
+    values = {reason.value for reason in Reason}
+    for module in (ROOT / "aggregator").rglob("*.py"):
+        for node in ast.walk(ast.parse(module.read_text())):
+            if isinstance(node, ast.Attribute) and getattr(node.value, "id", "") == "Reason":
+                given.add(Reason[node.attr].value)
+            elif isinstance(node, ast.Constant) and node.value in values:
+                spelled.add(f"{module.name}: {node.value}")
+    return given, spelled
 
 
 def test_the_aggregator_gives_no_undocumented_reason() -> None:
-    """Every reason string in the aggregator's decoder and ingest is documented (add new ones to the contract)."""
-    in_source = _reasons_in_aggregator_source()
-    assert len(in_source) >= 8
-    assert in_source <= set(REJECTION_REASONS), in_source - set(REJECTION_REASONS)
+    """Every reason the aggregator gives comes from the one vocabulary, and each one there is documented."""
+    given, spelled = _reasons_in_aggregator_source()
+    assert len(given) >= 8
+    assert given <= set(REJECTION_REASONS), given - set(REJECTION_REASONS)
+    assert spelled == set(), "spell reasons as Reason members, not strings"
+    assert set(REASON_MEANINGS) == set(Reason)
 
 
 # --- the prose and the shell producer ---------------------------------------------------------------------------

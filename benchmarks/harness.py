@@ -28,12 +28,15 @@ from prometheus_client.exposition import generate_latest
 from prometheus_client.parser import text_string_to_metric_families
 from prometheus_client.registry import CollectorRegistry
 
+from aggregator.amqp.topology import queue_arguments
 from aggregator.catalog import BUILTIN_CATALOG, MetricType
+from aggregator.compiler import Feed
 from aggregator.config import AmqpSettings, CatalogSettings
 from aggregator.exposition import Exposition
-from aggregator.ingest import Ingest, spec_getters
+from aggregator.ingest import Ingest
+from aggregator.readview import ReadView
+from aggregator.selfmetrics import SelfMetrics
 from aggregator.store import CounterFamily, HistogramFamily, Store
-from aggregator.topology import queue_arguments
 from producers.emitter import Emitter, EmitterSettings
 from schemas.events import Error, EventBase, Order, Position, Prediction, Signal
 from schemas.wire import Codec
@@ -142,7 +145,8 @@ class PrometheusClientMirror:
                 self._updates.setdefault(event_type, []).append(self._updater(spec))
 
     def _updater(self, spec: Any) -> Callable[[Any], None]:
-        labels_of, value_of = spec_getters(spec)
+        feed = Feed.of(spec)
+        labels_of, value_of = feed.labels_of, feed.value
         names = list(spec.labels)
         name = f"trading_{spec.name}"
         metric: Any
@@ -447,7 +451,8 @@ def bench_emit(url: str, count: int, progress: Progress) -> list[Figure]:
 
 
 def _counter_store(series: int) -> tuple[Ingest, list[tuple[str, str, str, str, str]]]:
-    ingest = Ingest(CatalogSettings(max_series_per_metric=series * 2), [], Store())
+    store = Store()
+    ingest = Ingest(CatalogSettings(max_series_per_metric=series * 2), [], store, SelfMetrics(store))
     family = ingest.store.families["trading_errors_total"]
     assert isinstance(family, CounterFamily)
     keys = [("bench", f"component{index % 100}", f"type{index // 100}", "error", f"SYM{index % 50}")
@@ -460,7 +465,7 @@ def _counter_store(series: int) -> tuple[Ingest, list[tuple[str, str, str, str, 
 def bench_render(series: int, progress: Progress) -> Figure:
     progress(f"/metrics render of {series} series vs prometheus_client generate_latest")
     ingest, keys = _counter_store(series)
-    exposition = Exposition(ingest, min_interval=0)
+    exposition = Exposition(ReadView(ingest.store, ingest.sources), min_interval=0)
     exposition.render()  # the first scrape builds the per-series prefixes
     family = ingest.store.families["trading_errors_total"]
     rounds = 5

@@ -1,4 +1,4 @@
-"""Operating on the dead-letter queue: list, show, replay and purge what the aggregator refused."""
+"""The operator's dead-letter queue tool: list, show, replay and purge what the aggregator refused."""
 
 import uuid
 from collections.abc import AsyncIterator
@@ -13,6 +13,7 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
 
 from aggregator.config import AmqpSettings
 from schemas.wire import (
+    CONTENT_TYPE_ALIASES,
     CONTENT_TYPE_MSGPACK,
     HEADER_BATCH_INDEX,
     HEADER_DETAIL,
@@ -37,7 +38,7 @@ class DeadLetterView:
 
     def body_text(self) -> str:
         """The body as readable text: MessagePack shown as JSON, anything else as UTF-8 (replacing bad bytes)."""
-        if self.content_type in ("application/msgpack", "application/x-msgpack", CONTENT_TYPE_MSGPACK):
+        if CONTENT_TYPE_ALIASES.get(self.content_type) == CONTENT_TYPE_MSGPACK:
             try:
                 return msgspec.json.encode(msgspec.msgpack.decode(self.body)).decode()
             except (msgspec.DecodeError, TypeError):
@@ -72,8 +73,8 @@ class ReplayRefused(RuntimeError):
     """A replayed letter could not be routed: it is left in the dead-letter queue."""
 
 
-class DeadLetters:
-    """The dead-letter queue of one aggregator's topology."""
+class DeadLetterQueue:
+    """The dead-letter queue of one aggregator's topology, as an operator works on it."""
 
     def __init__(self, channel: AbstractChannel, queue: AbstractQueue, amqp: AmqpSettings) -> None:
         self._channel = channel
@@ -82,7 +83,7 @@ class DeadLetters:
 
     @classmethod
     @asynccontextmanager
-    async def open(cls, amqp: AmqpSettings) -> AsyncIterator["DeadLetters"]:
+    async def open(cls, amqp: AmqpSettings) -> AsyncIterator["DeadLetterQueue"]:
         connection = await aio_pika.connect(amqp.url, timeout=10)
         async with connection:
             channel = await connection.channel(publisher_confirms=True, on_return_raises=True)

@@ -1,0 +1,146 @@
+"""Consuming the aggregator's queue: messages applied one at a time in delivery order, acked by the ledger."""
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import aiormq
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
+from aio_pika.exceptions import ChannelInvalidStateError
+
+from aggregator.amqp.connection import connect_with_retry, describe, redacted
+from aggregator.amqp.deadletter import DeadLetterPublisher
+from aggregator.amqp.ledger import AckLedger, Durability
+from aggregator.amqp.topology import Topology, TopologyError, declare_topology
+from aggregator.config import AmqpSettings
+from aggregator.pipeline import Pipeline
+from schemas.wire import HEADER_ORIGINAL_MESSAGE_ID
+
+log = logging.getLogger(__name__)
+
+_TICK = object()
+_STOP = object()
+
+
+class Consumer:
+    """Owns the connection and the inbox: feeds messages through the pipeline, hands them to the ack ledger."""
+
+    def __init__(
+        self,
+        amqp: AmqpSettings,
+        pipeline: Pipeline,
+        durability: Durability | None = None,
+        commit_interval: float = 0.2,
+    ) -> None:
+        self.amqp = amqp
+        self.pipeline = pipeline
+        self._commit_interval = commit_interval
+        self.letters = DeadLetterPublisher(self._open_dead_letter_channel, amqp.dead_letter_exchange_name)
+        # Ack at the latest once half the prefetch window waits, so the broker never stalls on us.
+        self.ledger = AckLedger(self.letters, durability, commit_every=max(1, amqp.prefetch // 2))
+        self._inbox: asyncio.Queue[Any] = asyncio.Queue()
+        self.connection: AbstractRobustConnection | None = None
+        self.topology: Topology | None = None
+        self.consuming = False
+        self._consumer_tag: str | None = None
+
+    @property
+    def ready(self) -> bool:
+        return self.consuming and self.connection is not None and not self.connection.is_closed
+
+    async def start(self) -> None:
+        """Connect, declare the topology and start consuming."""
+        connection = await connect_with_retry(self.amqp)
+        self.connection = connection
+        connection.close_callbacks.add(self._on_connection_lost)
+        connection.reconnect_callbacks.add(self._on_reconnected)
+        channel = await connection.channel()
+        await channel.set_qos(prefetch_count=self.amqp.prefetch)
+        try:
+            self.topology = await declare_topology(channel, self.amqp)
+        except TopologyError:
+            await connection.close()  # nothing left pending behind the error the user sees
+            raise
+        self._consumer_tag = await self.topology.queue.consume(self._on_message)
+        self.consuming = True
+        log.info(
+            "consuming queue %r bound to exchange %r at %s",
+            self.amqp.queue,
+            self.amqp.exchange,
+            redacted(self.amqp.url),
+        )
+
+    async def _open_dead_letter_channel(self) -> AbstractChannel:
+        assert self.connection is not None
+        channel = await self.connection.channel(publisher_confirms=True)
+        await declare_topology(channel, self.amqp)
+        return channel
+
+    def _on_connection_lost(self, *_: Any) -> None:
+        if self.consuming:
+            log.warning("lost the connection to RabbitMQ; reconnecting")
+        self.consuming = False
+
+    def _on_reconnected(self, *_: Any) -> None:
+        log.info("reconnected to RabbitMQ; consuming again")
+        self.consuming = True
+
+    async def _on_message(self, message: AbstractIncomingMessage) -> None:
+        self._inbox.put_nowait(message)
+
+    async def run(self) -> None:
+        """Process the inbox one message at a time, in delivery order, until `stop_consuming` asks to end."""
+        ticker = asyncio.create_task(self._tick())
+        ledger = self.ledger
+        try:
+            while True:
+                item = await self._inbox.get()
+                if item is _STOP:
+                    return
+                if item is _TICK:
+                    if ledger.unacked and time.monotonic() - ledger.last_commit >= self._commit_interval:
+                        await ledger.commit()
+                    continue
+                self._handle(item)
+                if not ledger.failure and (
+                    ledger.unacked >= ledger.commit_every or (not ledger.durable and self._inbox.empty())
+                ):
+                    await ledger.commit()
+        finally:
+            ticker.cancel()
+
+    async def _tick(self) -> None:
+        while True:
+            await asyncio.sleep(self._commit_interval)
+            self._inbox.put_nowait(_TICK)
+
+    def _handle(self, message: AbstractIncomingMessage) -> None:
+        message_id = message.message_id or (message.headers or {}).get(HEADER_ORIGINAL_MESSAGE_ID)
+        outcome = self.pipeline.process(message.body, message.content_type, str(message_id) if message_id else None)
+        for refusal in outcome.refusals:
+            self.letters.publish(message, refusal)
+        self.ledger.applied(message)
+
+    async def queue_depth(self) -> int | None:
+        if self.topology is None or not self.ready:
+            return None
+        # Redeclaring with the same arguments is idempotent and reports the message count.
+        declared = await self.topology.queue.declare()
+        return int(declared.message_count or 0)
+
+    async def stop_consuming(self) -> None:
+        """Ask the broker for no more messages; `run` then drains what was delivered and returns."""
+        if self.topology is not None and self._consumer_tag is not None and self.ready:
+            try:
+                await self.topology.queue.cancel(self._consumer_tag)
+            except (aiormq.exceptions.AMQPError, ChannelInvalidStateError) as error:
+                log.info("could not cancel the consumer cleanly: %s", describe(error))
+        self.consuming = False
+        self._inbox.put_nowait(_STOP)
+
+    async def close(self) -> None:
+        """Commit and ack what was applied, then close the connection."""
+        await self.ledger.commit(wait=True)
+        if self.connection is not None:
+            await self.connection.close()

@@ -1,0 +1,91 @@
+"""Publishing refusals to the dead-letter exchange in the background, confirmed before anything is acked."""
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aio_pika
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
+
+from aggregator.amqp.connection import describe
+from aggregator.refusal import Refusal
+from schemas.wire import (
+    HEADER_BATCH_INDEX,
+    HEADER_DETAIL,
+    HEADER_ORIGINAL_MESSAGE_ID,
+    HEADER_ORIGINAL_ROUTING_KEY,
+    HEADER_REASON,
+)
+
+log = logging.getLogger(__name__)
+DETAIL_MAX_CHARACTERS = 1000
+
+
+def dead_letter(message: AbstractIncomingMessage, refusal: Refusal) -> aio_pika.Message:
+    """The dead letter for a refusal of (part of) `message`: the refused body, why, and where it came from."""
+    headers: dict[str, Any] = {
+        HEADER_REASON: str(refusal.reason),
+        HEADER_DETAIL: refusal.detail[:DETAIL_MAX_CHARACTERS],
+        HEADER_ORIGINAL_ROUTING_KEY: message.routing_key or "",
+        HEADER_ORIGINAL_MESSAGE_ID: message.message_id or "",
+    }
+    if refusal.position is not None:
+        headers[HEADER_BATCH_INDEX] = refusal.position
+    return aio_pika.Message(
+        refusal.body or message.body,
+        content_type=refusal.content_type or message.content_type or None,
+        headers=headers,
+        delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
+        app_id=message.app_id,
+        timestamp=message.timestamp,
+    )
+
+
+class DeadLetterPublisher:
+    """Publishes dead letters without waiting for each confirm; `delivered()` waits for all of them.
+
+    A flood of bad input then costs no round trip per message, and the ack ledger asks `delivered()`
+    before it acks, so no dead letter can be lost: a publish that failed is retried, and until it goes
+    through nothing is acked (the broker redelivers, and the refusal is made again).
+    """
+
+    def __init__(self, open_channel: Callable[[], Awaitable[AbstractChannel]], exchange_name: str) -> None:
+        self._open_channel = open_channel
+        self._exchange_name = exchange_name
+        self._channel: AbstractChannel | None = None
+        self._in_flight: list[asyncio.Future[None]] = []
+        self._failed: list[tuple[aio_pika.Message, str]] = []
+        self._error: BaseException | None = None
+
+    def publish(self, message: AbstractIncomingMessage, refusal: Refusal) -> None:
+        letter = dead_letter(message, refusal)
+        self._in_flight.append(asyncio.ensure_future(self._send(letter, str(refusal.reason))))
+
+    async def _send(self, letter: aio_pika.Message, routing_key: str) -> None:
+        try:
+            if self._channel is None or self._channel.is_closed:
+                self._channel = await self._open_channel()
+            exchange = await self._channel.get_exchange(self._exchange_name, ensure=False)
+            await exchange.publish(letter, routing_key=routing_key)
+        except Exception as error:  # retried by delivered(); nothing is acked until it goes through
+            self._failed.append((letter, routing_key))
+            self._error = error
+
+    async def delivered(self) -> bool:
+        """Wait for the dead letters in flight, retry failed ones once; True when none is left undelivered."""
+        for attempt in range(2):
+            if attempt:
+                retry, self._failed = self._failed, []
+                self._in_flight += [asyncio.ensure_future(self._send(*letter)) for letter in retry]
+            in_flight, self._in_flight = self._in_flight, []
+            if in_flight:
+                await asyncio.gather(*in_flight)
+            if not self._failed:
+                return True
+        log.error(
+            "could not dead-letter %d message(s) (%s); not acking until they are published",
+            len(self._failed),
+            describe(self._error),
+        )
+        return False
