@@ -48,6 +48,13 @@ Exchange = Annotated[
 ]
 
 
+def _print_or_write(text: str, output: Path | None) -> None:
+    if output is None:
+        typer.echo(text, nl=False)
+    else:
+        output.write_text(text, encoding="utf-8")
+
+
 def _fail(message: str, code: int = 1) -> typer.Exit:
     typer.echo(f"error: {message}", err=True)
     return typer.Exit(code)
@@ -258,10 +265,7 @@ def schema(
 ) -> None:
     """Print the JSON Schema of every event (or the AsyncAPI document), for producers in other languages."""
     text = asyncapi_text() if asyncapi else json.dumps(event_json_schema(), indent=2, sort_keys=True) + "\n"
-    if output is None:
-        typer.echo(text, nl=False)
-    else:
-        output.write_text(text, encoding="utf-8")
+    _print_or_write(text, output)
 
 
 @app.command(epilog="Example:  aggregator catalog --output docs/metrics.md")
@@ -279,10 +283,7 @@ def catalog(
     except ConfigError as error:
         raise _fail(str(error), 2) from None
     text = render_catalog(settings)
-    if output is None:
-        typer.echo(text, nl=False)
-    else:
-        output.write_text(text, encoding="utf-8")
+    _print_or_write(text, output)
 
 
 @app.command(epilog="Example:  aggregator bench --output bench-results.json")

@@ -87,3 +87,25 @@ def test_the_image_and_the_install_script_install_from_the_lock_with_hashes() ->
     assert "--require-hashes" in install
     assert "requirements/runtime.txt" in install
     assert "requirements/dev.txt" in install
+
+
+def test_pre_commit_runs_the_locked_ruff_and_mypy() -> None:
+    """.pre-commit-config.yaml is valid and its hooks are the lock's ruff and mypy, as CI runs them."""
+    import subprocess
+
+    import yaml
+
+    config = ROOT / ".pre-commit-config.yaml"
+    result = subprocess.run(
+        [str(ROOT / ".venv" / "bin" / "pre-commit"), "validate-config", str(config)],
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    assert result.returncode == 0, result.stdout + result.stderr
+    entries = [hook["entry"] for repo in yaml.safe_load(config.read_text())["repos"] for hook in repo["hooks"]]
+    assert entries == [
+        ".venv/bin/ruff check --force-exclude",
+        ".venv/bin/ruff format --check --force-exclude",
+        ".venv/bin/mypy",
+    ]
