@@ -12,6 +12,7 @@ from typing import Any
 import anyio
 import msgspec
 
+from aggregator.blackbox import BlackBox
 from aggregator.dedup import RecentIds
 from aggregator.selfmetrics import SelfMetrics
 from aggregator.store import Store
@@ -98,12 +99,31 @@ class Restored:
 class Checkpointer:
     """Owns the state directory: restores the newest good checkpoint and writes new ones atomically."""
 
-    def __init__(self, directory: Path, store: Store, recent_ids: RecentIds, metrics: SelfMetrics) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        store: Store,
+        recent_ids: RecentIds,
+        metrics: SelfMetrics,
+        blackbox: BlackBox | None = None,
+    ) -> None:
         self.directory = directory
         self.store = store
         self.recent_ids = recent_ids
         self.metrics = metrics
+        # Failures after the last good checkpoint are kept here, so the counter never goes backwards.
+        self.blackbox = blackbox
         self.sequence = 0
+
+    def _reconcile_failures(self) -> None:
+        if self.blackbox is None:
+            return
+        failures = self.metrics.checkpoint_failures
+        restored = failures.series.get((), 0.0)
+        kept = float(self.blackbox.checkpoint_failures)
+        if kept > restored:
+            failures.series[()] = kept
+        self.blackbox.count_checkpoint_failure(int(max(kept, restored)))
 
     def restore(self) -> Restored | None:
         """Load the current checkpoint, or the previous one if the current is damaged; None if there is none."""
@@ -136,6 +156,7 @@ class Checkpointer:
                 )
             else:
                 log.info("restored checkpoint %s (sequence %d)", path, snapshot.sequence)
+            self._reconcile_failures()
             return Restored(path, snapshot.sequence, snapshot.written_at, fell_back)
         if problems:
             raise CheckpointError(
@@ -143,6 +164,7 @@ class Checkpointer:
                 f"{self.directory} ({'; '.join(problems)}). Starting empty would lose every count: move the "
                 "files aside to start from zero on purpose."
             )
+        self._reconcile_failures()
         return None
 
     def snapshot(self) -> bytes:
@@ -158,7 +180,10 @@ class Checkpointer:
         try:
             await anyio.to_thread.run_sync(_write_durably, self.directory, data)
         except OSError:
-            self.metrics.checkpoint_failures.inc(())
+            failures = self.metrics.checkpoint_failures
+            failures.inc(())
+            if self.blackbox is not None:
+                self.blackbox.count_checkpoint_failure(int(failures.series[()]))
             raise
         now = time.time()
         self.metrics.checkpoint_seconds.observe((), time.perf_counter() - started)

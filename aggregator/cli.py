@@ -86,10 +86,20 @@ def run(
     log_level: Annotated[
         str | None, typer.Option(envvar="TICKBUS_LOG_LEVEL", help="debug, info, warning, error.")
     ] = None,
+    crash_on_body: Annotated[
+        str | None,
+        typer.Option(
+            envvar="TICKBUS_CRASH_ON_BODY",
+            hidden=True,
+            help="Fault injection for drills: die (SIGKILL) when a message body holds this text.",
+        ),
+    ] = None,
 ) -> None:
     """Consume metric events from RabbitMQ and serve them on /metrics (plus /healthz and /readyz).
 
     Settings come from defaults, then the --config file, then flags and TICKBUS_* environment variables.
+    SIGHUP reloads the config file: custom metrics, limits and the log level change live.
+    Exits 1 if it stopped without committing what it applied (the broker redelivers it).
     """
     from aggregator.service import Aggregator
 
@@ -111,15 +121,19 @@ def run(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
     try:
-        aggregator = Aggregator(settings)
+        aggregator = Aggregator(
+            settings,
+            load_settings=lambda: load_settings(config, overrides),
+            crash_marker=crash_on_body.encode() if crash_on_body else None,
+        )
     except ValueError as error:
         raise _fail(f"invalid configuration: {error}", 2) from None
     except CheckpointError as error:
         raise _fail(str(error)) from None
     try:
-        anyio.run(aggregator.run)
+        committed = anyio.run(aggregator.run)
     except KeyboardInterrupt:
-        pass
+        committed = True
     except BaseException as raised:
         # Task groups wrap what a task raised; a user needs the one line that says what is wrong.
         cause = _innermost(raised)
@@ -128,6 +142,8 @@ def run(
         if isinstance(cause, OSError) and not isinstance(cause, ConnectionError):
             raise _fail(f"cannot serve on {settings.http.host}:{settings.http.port}: {cause}") from None
         raise
+    if not committed:
+        raise typer.Exit(1)
 
 
 def _innermost(error: BaseException) -> BaseException:

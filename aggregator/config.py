@@ -36,8 +36,10 @@ class AmqpSettings(_Section):
     binding_keys: list[str] = msgspec.field(default_factory=lambda: ["#"])
     prefetch: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 2000
     queue_type: Literal["classic", "quorum"] = "classic"
-    # Quorum queues only: deliveries after which the broker dead-letters a message.
-    delivery_limit: Annotated[int, msgspec.Meta(ge=1)] = 5
+    # Quorum queues only: deliveries after which the broker dead-letters a message. Well above what a
+    # crash loop reaches before the poison breaker (state.poison_after) sets the culprit aside, so the
+    # broker never dead-letters a backlog of good messages delivered during crashes.
+    delivery_limit: Annotated[int, msgspec.Meta(ge=1)] = 100
     reconnect_max_seconds: PositiveSeconds = 30.0
 
     def __post_init__(self) -> None:
@@ -82,6 +84,8 @@ class StateSettings(_Section):
     checkpoint_interval_seconds: PositiveSeconds = 0.2
     # Message ids remembered so that redeliveries and producer retries count once.
     dedup_window: Annotated[int, msgspec.Meta(ge=0)] = 50_000
+    # A message the aggregator was processing when it died this many times is set aside as poison.
+    poison_after: Annotated[int, msgspec.Meta(ge=1)] = 2
 
 
 class CustomMetric(_Section):

@@ -65,15 +65,56 @@ class CustomMetrics:
         on_overflow: Callable[[Family], None],
         reserved: set[str],
     ) -> None:
+        self._store = store
+        self._namespace = namespace
+        self.max_series = max_series
+        self._on_overflow = on_overflow
+        self._reserved = reserved
         self.declarations = Declarations(declared)
         self.families: dict[str, AnyFamily] = {}
         self._label_names: dict[str, tuple[str, ...]] = {}
         for metric in declared:
-            name = full_name(namespace, metric.name)
-            if name in reserved:
+            self._add(metric)
+
+    def _add(self, metric: CustomMetric) -> None:
+        name = full_name(self._namespace, metric.name)
+        if name in self._reserved:
+            raise ValueError(f"custom metric {metric.name!r} has the name of the built-in metric {name}")
+        family = make_family(spec_of(metric), name, self.max_series, self._on_overflow)
+        self.families[metric.name] = self._store.add(family)
+        self._label_names[metric.name] = tuple(metric.labels)
+
+    def _remove(self, name: str) -> int:
+        family = self.families.pop(name)
+        del self._label_names[name]
+        self._store.remove(family.name)
+        return len(family.series)
+
+    def update(self, declared: Sequence[CustomMetric]) -> list[str]:
+        """Bring the families in line with new declarations (a reload); returns what changed, for the log.
+
+        A metric whose declaration changed starts again without series: its old ones cannot be served
+        under the new definition (as when a checkpoint is restored under a changed config).
+        """
+        for metric in declared:
+            name = full_name(self._namespace, metric.name)
+            if name in self._reserved:
                 raise ValueError(f"custom metric {metric.name!r} has the name of the built-in metric {name}")
-            self.families[metric.name] = store.add(make_family(spec_of(metric), name, max_series, on_overflow))
-            self._label_names[metric.name] = tuple(metric.labels)
+        old = self.declarations.by_name
+        new = {metric.name: metric for metric in declared}
+        changes = []
+        for name in [name for name in old if name not in new]:
+            changes.append(f"custom metric {name} removed ({self._remove(name)} series dropped)")
+        for name, metric in new.items():
+            if name not in old:
+                self._add(metric)
+                changes.append(f"custom metric {name} added")
+            elif old[name] != metric:
+                dropped = self._remove(name)
+                self._add(metric)
+                changes.append(f"custom metric {name} changed ({dropped} series dropped)")
+        self.declarations = Declarations(declared)
+        return changes
 
     def problem(self, event: Metric) -> Problem | None:
         return self.declarations.problem(event)

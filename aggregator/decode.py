@@ -1,6 +1,7 @@
 """Turning a message body into events: one event or a batch, JSON or MessagePack, with a refusal for what fails."""
 
 import re
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -14,6 +15,8 @@ from schemas.types import LABEL_MAX_LENGTH, NAME_PATTERN
 from schemas.wire import CONTENT_TYPE_ALIASES, CONTENT_TYPE_JSON, MAX_MESSAGE_BYTES, Codec, Reason
 
 _KIND_PATH = re.compile(r"at `\$(\[\d+\])?\.kind`")
+# msgspec's words for a `ts` past the schema's bound (2100-01-01): a clock far off, or milliseconds.
+_TS_TOO_LATE = re.compile(r"Expected `float` < [0-9.e+]+ - at `\$(\[\d+\])?\.ts`")
 _SOURCE = re.compile(NAME_PATTERN)
 
 
@@ -56,8 +59,18 @@ def _reason(error: msgspec.MsgspecError) -> Reason:
         message = str(error)
         if _KIND_PATH.search(message) or "missing required field `kind`" in message:
             return Reason.UNKNOWN_KIND
+        if _TS_TOO_LATE.search(message):
+            return Reason.FUTURE_TIMESTAMP
         return Reason.INVALID_EVENT
     return Reason.MALFORMED
+
+
+def _too_deep(codec: Codec) -> Refusal:
+    detail = (
+        f"nested deeper than the decoder follows (Python's recursion limit, {sys.getrecursionlimit()}); "
+        "events nest 3 levels"
+    )
+    return Refusal(Reason.TOO_DEEP, detail, content_type=codec.content_type)
 
 
 class Envelope(msgspec.Struct):
@@ -94,7 +107,7 @@ class MessageDecoder:
         if codec is not None and len(body) <= MAX_MESSAGE_BYTES:
             try:
                 envelope = self._envelope_decoders[codec.content_type].decode(body)
-            except msgspec.DecodeError:
+            except (msgspec.DecodeError, RecursionError):
                 pass
             else:
                 # Only known kinds and well-formed names: refusals cannot flood the counter with label values.
@@ -124,13 +137,11 @@ class MessageDecoder:
         try:
             decoded = codec.message_decoder.decode(body)
         except msgspec.ValidationError as error:
-            try:
-                raw_events = codec.raw_list_decoder.decode(body)
-            except msgspec.DecodeError:
-                return Decoded(refusals=[self._refusal(_reason(error), str(error), codec, body)], codec=codec)
-            return self._decode_each(raw_events, codec)
+            return self._decode_apart(body, codec, error)
         except msgspec.DecodeError as error:
             return Decoded(refusals=[self._refusal(Reason.MALFORMED, str(error), codec, body)], codec=codec)
+        except RecursionError:
+            return Decoded(refusals=[_too_deep(codec)], codec=codec)
         batch = isinstance(decoded, list)
         events: list[Any] = decoded if isinstance(decoded, list) else [decoded]
         problem = self._label_check.problem
@@ -140,6 +151,26 @@ class MessageDecoder:
         for index, event in enumerate(events):
             self._keep_or_refuse(result, event, index, codec.encode([event]) if batch else body)
         return result
+
+    def _decode_apart(self, body: bytes, codec: Codec, error: msgspec.ValidationError) -> Decoded:
+        """A body that is not a valid event or batch as a whole: a batch's good events are kept."""
+        try:
+            raw_events = codec.raw_list_decoder.decode(body)
+        except msgspec.ValidationError:
+            # Parseable, but not an array: one bad event, unless the body is not this content type at all
+            # (JSON sent as MessagePack reads as a number followed by garbage).
+            try:
+                codec.any_decoder.decode(body)
+            except msgspec.DecodeError as parse_error:
+                return Decoded(refusals=[self._refusal(Reason.MALFORMED, str(parse_error), codec, body)], codec=codec)
+            except RecursionError:
+                return Decoded(refusals=[_too_deep(codec)], codec=codec)
+            return Decoded(refusals=[self._refusal(_reason(error), str(error), codec, body)], codec=codec)
+        except msgspec.DecodeError as parse_error:
+            return Decoded(refusals=[self._refusal(Reason.MALFORMED, str(parse_error), codec, body)], codec=codec)
+        except RecursionError:
+            return Decoded(refusals=[_too_deep(codec)], codec=codec)
+        return self._decode_each(raw_events, codec)
 
     def _keep_or_refuse(self, result: Decoded, event: Any, index: int, raw: bytes) -> None:
         detail = self._label_check.problem(event)
@@ -163,6 +194,10 @@ class MessageDecoder:
                 event = codec.event_decoder.decode(raw)
             except msgspec.DecodeError as error:
                 result.refusals.append(self._refusal(_reason(error), str(error), codec, bytes(raw), index))
+                continue
+            except RecursionError:
+                refusal = _too_deep(codec)
+                result.refusals.append(Refusal(refusal.reason, refusal.detail, index, bytes(raw), codec.content_type))
                 continue
             self._keep_or_refuse(result, event, index, bytes(raw))
         return result

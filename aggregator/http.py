@@ -2,6 +2,7 @@
 
 import gzip
 from collections.abc import Callable
+from typing import NamedTuple
 
 from aiohttp import web
 from prometheus_client.exposition import generate_latest
@@ -14,7 +15,16 @@ from aggregator.exposition import CONTENT_TYPE_OPENMETRICS, CONTENT_TYPE_TEXT, E
 GZIP_MIN_BYTES = 64 * 1024
 
 
-def make_app(exposition: Exposition, registry: CollectorRegistry, is_ready: Callable[[], bool]) -> web.Application:
+class Readiness(NamedTuple):
+    """Whether the aggregator should receive traffic, and why (the /readyz body)."""
+
+    ready: bool
+    why: str
+
+
+def make_app(
+    exposition: Exposition, registry: CollectorRegistry, readiness: Callable[[], Readiness]
+) -> web.Application:
     """The store's metrics, then the registry's (the aggregator's process metrics), and the health probes."""
 
     async def metrics(request: web.Request) -> web.Response:
@@ -35,9 +45,10 @@ def make_app(exposition: Exposition, registry: CollectorRegistry, is_ready: Call
         return web.Response(text="ok\n")
 
     async def readyz(_: web.Request) -> web.Response:
-        if is_ready():
-            return web.Response(text="ready\n")
-        return web.Response(status=503, text="not ready: not connected to RabbitMQ and consuming\n")
+        ready, why = readiness()
+        if ready:
+            return web.Response(text=f"ready: {why}\n")
+        return web.Response(status=503, text=f"not ready: {why}\n")
 
     app = web.Application()
     app.router.add_get("/metrics", metrics)

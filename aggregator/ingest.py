@@ -52,6 +52,14 @@ class Ingest:
         kinds: list[type[EventBase]] = [*catalog, Metric]
         self._tags: dict[type[Any], str] = {event_type: kind_of(event_type) for event_type in kinds}
 
+    def set_catalog_settings(self, settings: CatalogSettings) -> None:
+        """New limits from a reload: series limits, gauge expiry, heartbeat staleness, clock skew."""
+        self.settings = settings
+        self.sources.settings = settings
+        self.custom.max_series = settings.max_series_per_metric
+        for family in [*(family for _, family in self.compiled.specs), *self.custom.families.values()]:
+            family.max_series = settings.max_series_per_metric
+
     @property
     def specs(self) -> list[tuple[MetricSpec, AnyFamily]]:
         return self.compiled.specs

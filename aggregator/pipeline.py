@@ -61,14 +61,19 @@ class Pipeline:
                 decoded.refuse(refused)
             self._batch_events.observe((), received)
         for refusal in decoded.refusals:
-            self._rejected.inc((refusal.reason.value, refusal.kind, refusal.source))
-            self.refusal_log.log(refusal, message_id)
+            self.count_refusal(refusal, message_id)
         applied = len(decoded.events)
-        # A message none of whose events applied is not remembered: replaying it after a fix must count.
-        if message_id and applied:
+        # Remembered whether applied or refused: a redelivery after a crash then neither counts nor
+        # dead-letters it twice. A replay from the dead-letter queue has an id of its own.
+        if message_id:
             self.recent_ids.add(message_id)
         self._apply_seconds.observe((), time.perf_counter() - started)
         return Outcome(applied=applied, refusals=decoded.refusals)
+
+    def count_refusal(self, refusal: Refusal, message_id: str | None) -> None:
+        """Count a refusal in tickbus_events_rejected_total and log it (floods summarised)."""
+        self._rejected.inc((refusal.reason.value, refusal.kind, refusal.source))
+        self.refusal_log.log(refusal, message_id)
 
     def _refuse_future(self, decoded: Decoded, now: float) -> None:
         """A producer clock far ahead would pin gauges (last value by event time): such events are refused."""

@@ -80,6 +80,14 @@ class SelfMetrics:
             "last_checkpoint_timestamp_seconds", "Time of the last successful checkpoint.", unit="seconds"
         )
         self.queue_messages = add_gauge("queue_messages", "Messages waiting in the aggregator's queue.")
+        self.dead_letter_queue_messages = add_gauge(
+            "dead_letter_queue_messages",
+            "Messages in the aggregator's dead-letter queue: refused by it, or dead-lettered by the broker.",
+        )
+        self.checkpoint_failing = add_gauge(
+            "checkpoint_failing",
+            "1 while checkpoints fail: nothing is acked (the broker keeps the messages) until one succeeds.",
+        )
         self.consumer_connected = add_gauge(
             "consumer_connected", "1 while the aggregator is connected to RabbitMQ and consuming."
         )

@@ -1,23 +1,28 @@
 """The aggregator service: builds the parts from settings and runs them until SIGTERM or Ctrl-C."""
 
+import contextlib
 import logging
 import signal
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import anyio
 from prometheus_client import GCCollector, PlatformCollector, ProcessCollector
 from prometheus_client.registry import CollectorRegistry
 
+from aggregator.amqp.connection import describe
 from aggregator.amqp.consumer import Consumer
+from aggregator.blackbox import BlackBox
 from aggregator.checkpoint import Checkpointer
 from aggregator.config import Settings
 from aggregator.dedup import RecentIds
 from aggregator.exposition import Exposition
-from aggregator.http import make_app, start_http
+from aggregator.http import Readiness, make_app, start_http
 from aggregator.ingest import Ingest
 from aggregator.pipeline import Pipeline
 from aggregator.readview import ReadView
+from aggregator.reload import Reloader
 from aggregator.selfmetrics import SelfMetrics
 from aggregator.store import Store
 
@@ -30,7 +35,12 @@ QUEUE_DEPTH_INTERVAL = 5.0
 class Aggregator:
     """All parts of one aggregator, wired from settings: nothing global, everything passed in."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        load_settings: Callable[[], Settings] | None = None,
+        crash_marker: bytes | None = None,
+    ) -> None:
         self.settings = settings
         self.store = Store()
         self.self_metrics = SelfMetrics(self.store)
@@ -38,48 +48,95 @@ class Aggregator:
         self.recent_ids = RecentIds(settings.state.dedup_window)
         self.pipeline = Pipeline(self.ingest, self.recent_ids)
         self.exposition = Exposition(ReadView(self.store, self.ingest.sources))
+        self.reloader = Reloader(load_settings or (lambda: settings), settings, self.ingest)
         # The aggregator's own process metrics (CPU, memory, file descriptors, GC) come from prometheus_client.
         self.registry = CollectorRegistry(auto_describe=True)
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         GCCollector(registry=self.registry)
         self.checkpointer: Checkpointer | None = None
-        if settings.state.dir:
-            self.checkpointer = Checkpointer(Path(settings.state.dir), self.store, self.recent_ids, self.self_metrics)
+        state_dir = Path(settings.state.dir) if settings.state.dir else None
+        if state_dir is not None:
+            with contextlib.suppress(OSError):  # the checkpointer says what is wrong with it
+                state_dir.mkdir(parents=True, exist_ok=True)
+        self.blackbox = BlackBox.open(state_dir if state_dir is not None and state_dir.is_dir() else None)
+        if state_dir is not None:
+            self.checkpointer = Checkpointer(state_dir, self.store, self.recent_ids, self.self_metrics, self.blackbox)
             self.checkpointer.restore()
+        if self.blackbox.died_processing is not None:
+            log.warning(
+                "the last run died while processing message %s (%d time(s) now); at %d it is set aside as poison",
+                self.blackbox.died_processing.hex(),
+                self.blackbox.crashes(self.blackbox.died_processing),
+                settings.state.poison_after,
+            )
         self.consumer = Consumer(
             settings.amqp,
             self.pipeline,
             durability=self.checkpointer,
             commit_interval=settings.state.checkpoint_interval_seconds,
+            blackbox=self.blackbox,
+            poison_after=settings.state.poison_after,
+            crash_marker=crash_marker,
         )
         metrics, now = self.self_metrics, time.time()
         metrics.set_gauge(metrics.start_time, now, now)
         metrics.set_gauge(metrics.consumer_connected, 0.0, now)  # exists, at 0, before the first connection
+        metrics.set_gauge(metrics.checkpoint_failing, 0.0, now)
 
-    async def run(self) -> None:
-        """Serve HTTP, consume until SIGTERM/SIGINT (or `request_stop`), then shut down cleanly."""
+    def readiness(self) -> Readiness:
+        """Ready while consuming and able to commit; otherwise why not."""
+        if not self.consumer.ready:
+            return Readiness(False, "not connected to RabbitMQ and consuming")
+        failure = self.consumer.ledger.failure
+        if failure:
+            return Readiness(False, f"cannot commit: checkpoints fail ({failure}); nothing is acked")
+        return Readiness(True, "consuming and committing")
+
+    async def run(self) -> bool:
+        """Serve HTTP, consume until SIGTERM/SIGINT (or `request_stop`), then shut down cleanly.
+
+        Returns whether everything applied was committed and acked (False: the broker redelivers it).
+        """
         self._stop_requested = anyio.Event()
         self._consuming = anyio.Event()
         self._drained = anyio.Event()
+        committed = True
         http = self.settings.http
-        runner = await start_http(
-            make_app(self.exposition, self.registry, lambda: self.consumer.ready), http.host, http.port
-        )
+        runner = await start_http(make_app(self.exposition, self.registry, self.readiness), http.host, http.port)
         log.info("serving /metrics on http://%s:%d", http.host, http.port)
         try:
             async with anyio.create_task_group() as group:
-                group.start_soon(self._stop_on_signal)
+                group.start_soon(self._on_signals)
                 group.start_soon(self._serve)
                 await self._stop_requested.wait()
                 if self._consuming.is_set():
                     await self.consumer.stop_consuming()
                     await self._drained.wait()
-                    await self.consumer.close()
-                    log.info("stopped: applied state committed and acked")
+                    committed = await self._close()
                 group.cancel_scope.cancel()
         finally:
             await runner.cleanup()
+            self.blackbox.close()
+        return committed
+
+    async def _close(self) -> bool:
+        """Commit, ack and disconnect; log what was actually done."""
+        ledger = self.consumer.ledger
+        try:
+            await self.consumer.close()
+        except Exception as error:  # the connection may be gone already: say so, the broker redelivers
+            log.error("stopped: closing the broker connection failed (%s)", describe(error))
+        if ledger.unacked:
+            log.error(
+                "stopped without committing: %d applied message(s) are not acked (%s); the broker redelivers "
+                "them to the next run, which counts them once",
+                ledger.unacked,
+                f"checkpoints fail: {ledger.failure}" if ledger.failure else "their dead letters were not confirmed",
+            )
+            return False
+        log.info("stopped: applied state committed and acked")
+        return True
 
     def request_stop(self) -> None:
         self._stop_requested.set()
@@ -93,9 +150,13 @@ class Aggregator:
             group.cancel_scope.cancel()
         self._drained.set()
 
-    async def _stop_on_signal(self) -> None:
-        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT) as signals:
+    async def _on_signals(self) -> None:
+        with anyio.open_signal_receiver(signal.SIGTERM, signal.SIGINT, signal.SIGHUP) as signals:
             async for received in signals:
+                if received == signal.SIGHUP:
+                    log.info("received SIGHUP; reloading the configuration")
+                    self.reloader.reload()
+                    continue
                 log.info("received %s; shutting down", signal.Signals(received).name)
                 self.request_stop()
                 return
@@ -110,13 +171,19 @@ class Aggregator:
             if expired:
                 metrics.expired_series.inc((), expired)
             metrics.set_gauge(metrics.consumer_connected, 1.0 if self.consumer.ready else 0.0, now)
+            metrics.set_gauge(metrics.checkpoint_failing, 1.0 if self.consumer.ledger.failure else 0.0, now)
             if now - last_depth >= QUEUE_DEPTH_INTERVAL:
                 last_depth = now
-                try:
-                    depth = await self.consumer.queue_depth()
-                except Exception as error:  # a probe; the consumer reports real trouble itself
-                    log.debug("queue depth probe failed: %s", error)
-                    depth = None
-                if depth is not None:
-                    metrics.set_gauge(metrics.queue_messages, float(depth), now)
+                await self._probe_queues(now)
             await anyio.sleep(MAINTENANCE_INTERVAL)
+
+    async def _probe_queues(self, now: float) -> None:
+        metrics = self.self_metrics
+        try:
+            depths = await self.consumer.queue_depths()
+        except Exception as error:  # a probe; the consumer reports real trouble itself
+            log.debug("queue depth probe failed: %s", describe(error))
+            return
+        if depths is not None:
+            metrics.set_gauge(metrics.queue_messages, float(depths[0]), now)
+            metrics.set_gauge(metrics.dead_letter_queue_messages, float(depths[1]), now)

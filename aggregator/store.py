@@ -241,6 +241,10 @@ class Store:
         self.families[family.name] = family
         return family
 
+    def remove(self, name: str) -> None:
+        """Stop serving a family (a custom metric removed or redeclared by a reload)."""
+        del self.families[name]
+
     def expire_gauges(self, now: float, default_ttl: float, source_activity: Mapping[str, float]) -> int:
         """Drop the gauge series of sources silent for longer than their family's time to live; returns how many."""
         expired = 0

@@ -4,7 +4,7 @@ from typing import Annotated
 
 from msgspec import Meta
 
-LABEL_PATTERN = r"^[A-Za-z0-9_.:/+=@ -]*$"
+LABEL_PATTERN = r"^[A-Za-z0-9_.:/+=@{}<> -]*$"
 NAME_PATTERN = r"^[A-Za-z0-9_.:-]+$"
 METRIC_NAME_PATTERN = r"^[a-zA-Z_][a-zA-Z0-9_]*$"
 LABEL_MAX_LENGTH = 64

@@ -2,7 +2,7 @@
 
 import enum
 from collections.abc import Sequence
-from typing import Final
+from typing import Any, Final
 
 import msgspec
 
@@ -44,6 +44,7 @@ class Reason(enum.StrEnum):
 
     UNSUPPORTED_CONTENT_TYPE = "unsupported_content_type"
     TOO_LARGE = "too_large"
+    TOO_DEEP = "too_deep"
     MALFORMED = "malformed"
     UNKNOWN_KIND = "unknown_kind"
     INVALID_EVENT = "invalid_event"
@@ -53,12 +54,18 @@ class Reason(enum.StrEnum):
     NEGATIVE_INCREMENT = "negative_increment"
     NEGATIVE_OBSERVATION = "negative_observation"
     FUTURE_TIMESTAMP = "future_timestamp"
+    POISON = "poison"
 
 
 REASON_MEANINGS: Final[dict[Reason, str]] = {
     Reason.UNSUPPORTED_CONTENT_TYPE: "The content type is neither JSON nor MessagePack (nor an alias of them).",
     Reason.TOO_LARGE: f"The body is larger than {MAX_MESSAGE_BYTES} bytes; it is rejected unread.",
-    Reason.MALFORMED: "The body is not parseable JSON or MessagePack.",
+    Reason.TOO_DEEP: (
+        "The body nests arrays or objects deeper than the decoder follows (Python's recursion limit, "
+        "1000 by default; events nest 3 levels), even inside a field the aggregator would skip or in one "
+        "event of a batch: the whole message is refused."
+    ),
+    Reason.MALFORMED: "The body is not parseable as the JSON or MessagePack its content type says.",
     Reason.UNKNOWN_KIND: "The event has no `kind` field, or one the aggregator does not know.",
     Reason.INVALID_EVENT: (
         "The event breaks the schema: a required field missing, a wrong type, a value out of range, "
@@ -71,7 +78,11 @@ REASON_MEANINGS: Final[dict[Reason, str]] = {
     Reason.NEGATIVE_OBSERVATION: "A `metric` event for a histogram carries a negative value (put a sign in a label).",
     Reason.FUTURE_TIMESTAMP: (
         "The event's `ts` is further ahead of the aggregator's clock than `max_clock_skew_seconds` "
-        "(default 300): the producer's clock is wrong (or sends milliseconds)."
+        "(default 300), or past 4102444800 (2100-01-01): the producer's clock is wrong, or it sends milliseconds."
+    ),
+    Reason.POISON: (
+        "The aggregator died twice while processing this message (or processing it raised an error): it is "
+        "set aside so that it cannot stop the aggregator again. The detail says what is known."
     ),
 }
 # Kept for readers of the 1.x contract: reason -> meaning.
@@ -106,11 +117,13 @@ class Codec:
             self.event_decoder: msgspec.json.Decoder[Event] | msgspec.msgpack.Decoder[Event] = msgspec.json.Decoder(
                 Event
             )
+            self.any_decoder: msgspec.json.Decoder[Any] | msgspec.msgpack.Decoder[Any] = msgspec.json.Decoder()
         else:
             self._encoder = msgspec.msgpack.Encoder(decimal_format="number")
             self.message_decoder = msgspec.msgpack.Decoder(Event | Batch)
             self.raw_list_decoder = msgspec.msgpack.Decoder(list[msgspec.Raw])
             self.event_decoder = msgspec.msgpack.Decoder(Event)
+            self.any_decoder = msgspec.msgpack.Decoder()
 
     def encode(self, events: Sequence[EventBase]) -> bytes:
         """One event encodes as an object, several as an array (a batch)."""

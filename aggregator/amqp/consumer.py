@@ -2,6 +2,8 @@
 
 import asyncio
 import logging
+import os
+import signal
 import time
 from typing import Any
 
@@ -13,9 +15,11 @@ from aggregator.amqp.connection import connect_with_retry, describe, redacted
 from aggregator.amqp.deadletter import DeadLetterPublisher
 from aggregator.amqp.ledger import AckLedger, Durability
 from aggregator.amqp.topology import Topology, TopologyError, declare_topology
+from aggregator.blackbox import BlackBox, fingerprint
 from aggregator.config import AmqpSettings
 from aggregator.pipeline import Pipeline
-from schemas.wire import HEADER_ORIGINAL_MESSAGE_ID
+from aggregator.refusal import Refusal
+from schemas.wire import HEADER_ORIGINAL_MESSAGE_ID, Reason
 
 log = logging.getLogger(__name__)
 
@@ -32,13 +36,22 @@ class Consumer:
         pipeline: Pipeline,
         durability: Durability | None = None,
         commit_interval: float = 0.2,
+        blackbox: BlackBox | None = None,
+        poison_after: int = 2,
+        crash_marker: bytes | None = None,
     ) -> None:
         self.amqp = amqp
         self.pipeline = pipeline
+        self.blackbox = blackbox or BlackBox.open(None)
+        self._poison_after = poison_after
+        # Fault injection for drills and tests: a body holding this marker kills the process, as a crash would.
+        self._crash_marker = crash_marker
         self._commit_interval = commit_interval
         self.letters = DeadLetterPublisher(self._open_dead_letter_channel, amqp.dead_letter_exchange_name)
         # Ack at the latest once half the prefetch window waits, so the broker never stalls on us.
-        self.ledger = AckLedger(self.letters, durability, commit_every=max(1, amqp.prefetch // 2))
+        self.ledger = AckLedger(
+            self.letters, durability, commit_every=max(1, amqp.prefetch // 2), settled=self._settled
+        )
         self._inbox: asyncio.Queue[Any] = asyncio.Queue()
         self.connection: AbstractRobustConnection | None = None
         self.topology: Topology | None = None
@@ -116,18 +129,47 @@ class Consumer:
             self._inbox.put_nowait(_TICK)
 
     def _handle(self, message: AbstractIncomingMessage) -> None:
-        message_id = message.message_id or (message.headers or {}).get(HEADER_ORIGINAL_MESSAGE_ID)
-        outcome = self.pipeline.process(message.body, message.content_type, str(message_id) if message_id else None)
-        for refusal in outcome.refusals:
+        raw_id = message.message_id or (message.headers or {}).get(HEADER_ORIGINAL_MESSAGE_ID)
+        message_id = str(raw_id) if raw_id else None
+        blackbox = self.blackbox
+        name = fingerprint(message_id, message.body)
+        crashes = blackbox.crashes(name) if message.redelivered else 0
+        if crashes >= self._poison_after:
+            refusals = [self._poison(message_id, f"the aggregator died {crashes} times while processing it")]
+        else:
+            blackbox.began(name)
+            if self._crash_marker is not None and self._crash_marker in message.body:
+                os.kill(os.getpid(), signal.SIGKILL)
+            try:
+                refusals = self.pipeline.process(message.body, message.content_type, message_id).refusals
+            except Exception as error:  # a defect, not bad input: set the message aside and go on
+                log.exception("processing message %s raised; setting it aside as poison", message_id or "without id")
+                refusals = [self._poison(message_id, f"processing it raised {describe(error)}")]
+            blackbox.ended()
+        for refusal in refusals:
             self.letters.publish(message, refusal)
-        self.ledger.applied(message)
+        # A suspect stays one until its ack is in: killed before that, the redelivery still knows it.
+        self.ledger.applied(message, name if crashes else None)
 
-    async def queue_depth(self) -> int | None:
+    def _settled(self, suspects: list[bytes]) -> None:
+        for suspect in suspects:
+            self.blackbox.forget(suspect)
+
+    def _poison(self, message_id: str | None, why: str) -> Refusal:
+        refusal = Refusal(Reason.POISON, f"{why}; set aside so that it cannot stop the aggregator again")
+        self.pipeline.count_refusal(refusal, message_id)
+        if message_id:
+            self.pipeline.recent_ids.add(message_id)
+        return refusal
+
+    async def queue_depths(self) -> tuple[int, int] | None:
+        """Messages waiting in the queue and in the dead-letter queue; None while not consuming."""
         if self.topology is None or not self.ready:
             return None
         # Redeclaring with the same arguments is idempotent and reports the message count.
-        declared = await self.topology.queue.declare()
-        return int(declared.message_count or 0)
+        queue = await self.topology.queue.declare()
+        dead = await self.topology.dead_letter_queue.declare()
+        return int(queue.message_count or 0), int(dead.message_count or 0)
 
     async def stop_consuming(self) -> None:
         """Ask the broker for no more messages; `run` then drains what was delivered and returns."""

@@ -3,6 +3,7 @@
 import asyncio
 import logging
 import time
+from collections.abc import Callable
 from typing import Protocol
 
 import aiormq
@@ -43,10 +44,19 @@ class AckLedger:
     on, and the ack follows it. One write at a time.
     """
 
-    def __init__(self, letters: Letters, durability: Durability | None, commit_every: int) -> None:
+    def __init__(
+        self,
+        letters: Letters,
+        durability: Durability | None,
+        commit_every: int,
+        settled: Callable[[list[bytes]], None] = lambda tokens: None,
+    ) -> None:
         self._letters = letters
         self._durability = durability
         self.commit_every = commit_every
+        # Called with the tokens of the messages an ack covered, once the broker has their ack.
+        self._settled = settled
+        self._tokens: list[bytes] = []
         self._last: Ackable | None = None
         self.unacked = 0
         self.last_commit = time.monotonic()
@@ -58,10 +68,15 @@ class AckLedger:
     def durable(self) -> bool:
         return self._durability is not None
 
-    def applied(self, message: Ackable) -> None:
-        """`message` was applied (and its refusals handed to the dead-letter publisher)."""
+    def applied(self, message: Ackable, token: bytes | None = None) -> None:
+        """`message` was applied (and its refusals handed to the dead-letter publisher).
+
+        `token`, if given, is handed to `settled` once the message is acked.
+        """
         self._last = message
         self.unacked += 1
+        if token is not None:
+            self._tokens.append(token)
 
     async def commit(self, wait: bool = False) -> None:
         """Ack every message applied so far, once safe.
@@ -76,17 +91,21 @@ class AckLedger:
         message = self._last
         if message is None or not await self._letters.delivered():
             return
+        count, tokens = self.unacked, self._tokens
         self._last = None
         self.unacked = 0
+        self._tokens = []
         self.last_commit = time.monotonic()
         if self._durability is None:
-            await self._ack(message)
+            await self._ack(message, tokens)
             return
-        self._persisting = asyncio.create_task(self._persist_then_ack(self._durability.snapshot(), message))
+        self._persisting = asyncio.create_task(
+            self._persist_then_ack(self._durability.snapshot(), message, count, tokens)
+        )
         if wait:
             await self._persisting
 
-    async def _persist_then_ack(self, data: bytes, message: Ackable) -> None:
+    async def _persist_then_ack(self, data: bytes, message: Ackable, count: int, tokens: list[bytes]) -> None:
         assert self._durability is not None
         try:
             await self._durability.persist(data)
@@ -98,19 +117,22 @@ class AckLedger:
             self.failure = describe(error)
             if self._last is None:
                 self._last = message
-                self.unacked = 1
+            self.unacked += count
+            self._tokens[:0] = tokens
             return
         finally:
             self._persisting = None
         if self.failure:
             log.info("checkpoints succeed again")
         self.failure = ""
-        await self._ack(message)
+        await self._ack(message, tokens)
 
-    @staticmethod
-    async def _ack(message: Ackable) -> None:
+    async def _ack(self, message: Ackable, tokens: list[bytes]) -> None:
         try:
             await message.ack(multiple=True)
         except (ChannelInvalidStateError, aiormq.exceptions.AMQPError) as error:
             # The channel went away: the broker redelivers, and recent message ids make that count once.
             log.info("could not ack (%s); the broker will redeliver", describe(error))
+            return
+        if tokens:
+            self._settled(tokens)

@@ -102,3 +102,45 @@ def test_a_redelivered_message_id_counts_once(names: Names, start_aggregator: St
     samples = aggregator.scrape()
     assert total(samples, "trading_signals_total", source="retry") == 2
     assert value(samples, "tickbus_duplicate_messages_total") == 2
+
+
+def test_deeply_nested_bodies_are_dead_lettered_and_the_good_events_around_them_count(
+    names: Names, start_aggregator: StartAggregator
+) -> None:
+    """Bodies nested 5,000 deep (JSON, MessagePack, in `labels`, in an unknown field) between good events:
+    the aggregator stays up, each bad one is dead-lettered as too_deep, every good event counts once."""
+    aggregator = start_aggregator(names, config=DESK_CONFIG)
+    deep_json = b"[" * 5_000 + b"1" + b"]" * 5_000
+    deep_msgpack = b"\x91" * 5_000 + b"\xc0"
+    metric = {"kind": "metric", "ts": time.time(), "source": "bad", "name": "kill_switch_active", "value": 1}
+    marker = "DEEP"
+    good = _json(_signal("good"))
+    messages = [
+        RawMessage(good, "signal", message_id="g1"),
+        RawMessage(deep_json, "signal"),
+        RawMessage(good, "signal", message_id="g2"),
+        RawMessage(deep_msgpack, "signal", content_type="application/msgpack"),
+        RawMessage(_json({**metric, "labels": marker}).replace(b'"DEEP"', deep_json), "metric"),
+        RawMessage(_json(_signal("bad", extension=marker)).replace(b'"DEEP"', deep_json), "signal"),
+        RawMessage(
+            msgspec.msgpack.encode(_signal("bad", extension=marker)).replace(
+                msgspec.msgpack.encode(marker), deep_msgpack
+            ),
+            "signal",
+            content_type="application/msgpack",
+        ),
+        RawMessage(good, "signal", message_id="g3"),
+    ]
+    publish_raw(names.exchange, messages)
+    wait_for(
+        lambda: total(aggregator.scrape(), "tickbus_events_rejected_total", reason="too_deep") == 5,
+        what="five too_deep refusals",
+    )
+    wait_for(lambda: total(aggregator.scrape(), "trading_signals_total") == 3, what="the three good signals")
+    assert total(aggregator.scrape(), "trading_signals_total", source="good") == 3
+    dead = drain(names.dead_letter_queue)
+    assert Counter(str(message.headers[HEADER_REASON]) for message in dead) == {"too_deep": 5}
+    assert aggregator.process is not None
+    assert aggregator.process.poll() is None
+    assert aggregator.ready()
+    assert "RecursionError" not in aggregator.log()

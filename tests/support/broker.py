@@ -50,6 +50,19 @@ def drain(queue_name: str) -> list[aio_pika.abc.AbstractIncomingMessage]:
     return asyncio.run(_drain(queue_name))
 
 
+async def _queue_depth(queue_name: str) -> int:
+    connection = await aio_pika.connect(AMQP_URL)
+    async with connection:
+        channel = await connection.channel()
+        queue = await channel.declare_queue(queue_name, passive=True)
+        return int(queue.declaration_result.message_count or 0)
+
+
+def queue_depth(queue_name: str) -> int:
+    """Messages ready in the queue now."""
+    return asyncio.run(_queue_depth(queue_name))
+
+
 def rabbitmqctl(*args: str) -> str:
     result = subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, text=True, timeout=60, check=True)
     return result.stdout

@@ -111,3 +111,72 @@ def test_a_bad_label_in_a_batch_keeps_the_original_position(decoder: MessageDeco
     assert [decoded.position(index) for index in range(2)] == [0, 3]
     good_only = decoder.decode(json.dumps([_signal(), _signal(symbol="a|b")]).encode(), "application/json")
     assert [(r.position, json.loads(r.body)["symbol"]) for r in good_only.refusals] == [(1, "a|b")]
+
+
+def _nested(depth: int) -> object:
+    value: object = 1
+    for _ in range(depth):
+        value = [value]
+    return value
+
+
+def _with_deep_value(event: dict[str, object], field: str, content_type: str) -> bytes:
+    """`event` encoded with `field` set to a value nested 5,000 levels deep (spliced in: encoders refuse it)."""
+    marker = "DEEP_VALUE_MARKER"
+    if content_type == "application/json":
+        deep = b"[" * 5_000 + b"1" + b"]" * 5_000
+        return json.dumps({**event, field: marker}).encode().replace(f'"{marker}"'.encode(), deep)
+    deep = b"\x91" * 5_000 + b"\xc0"  # 5,000 one-element arrays around nil
+    return msgspec.msgpack.encode({**event, field: marker}).replace(msgspec.msgpack.encode(marker), deep)
+
+
+@pytest.mark.parametrize("content_type", ["application/json", "application/msgpack"])
+def test_bodies_nested_past_the_decoder_are_refused_as_too_deep(decoder: MessageDecoder, content_type: str) -> None:
+    """A bare deep array, a deep value in `labels`, one in an unknown field, one in a batch: refused whole, no crash."""
+    metric = {"kind": "metric", "ts": time.time(), "source": "s", "name": "m", "value": 1}
+    in_batch = _with_deep_value(_signal(), "extension", content_type)
+    bodies = [
+        _with_deep_value({"wrapper": 1}, "wrapper", content_type),
+        _with_deep_value(metric, "labels", content_type),
+        _with_deep_value(_signal(), "extension", content_type),
+        _encode([_signal()], content_type)[:-1] + b"," + in_batch + b"]"
+        if content_type == "application/json"
+        else b"\x92" + _encode(_signal(), content_type) + in_batch,
+    ]
+    for body in bodies:
+        decoded = decoder.decode(body, content_type)
+        assert decoded.events == []
+        assert [refusal.reason for refusal in decoded.refusals] == ["too_deep"]
+        assert decoded.refusals[0].position is None, "the whole message is dead-lettered, good events with it"
+        assert "recursion limit" in decoded.refusals[0].detail
+    batch = _encode([_signal(), _signal(extension=_nested(50))], content_type)
+    assert len(decoder.decode(batch, content_type).events) == 2, "moderate nesting in an unknown field is skipped"
+
+
+def test_json_sent_as_msgpack_is_malformed(decoder: MessageDecoder) -> None:
+    """A JSON body labelled MessagePack does not parse as what it claims: `malformed`, not `invalid_event`."""
+    for body in (json.dumps(_signal()).encode(), json.dumps([_signal()]).encode()):
+        decoded = decoder.decode(body, "application/msgpack")
+        assert [refusal.reason for refusal in decoded.refusals] == ["malformed"]
+
+
+def test_a_timestamp_in_milliseconds_is_a_future_timestamp(decoder: MessageDecoder) -> None:
+    """`ts` past the schema's bound (a producer sending milliseconds) is refused as future_timestamp."""
+    for body in (json.dumps(_signal(ts=time.time() * 1000)).encode(), json.dumps([_signal(ts=1.7e12)]).encode()):
+        decoded = decoder.decode(body, "application/json")
+        assert [refusal.reason for refusal in decoded.refusals] == ["future_timestamp"]
+
+
+def test_http_route_templates_are_label_values(decoder: MessageDecoder) -> None:
+    """FastAPI's and Flask's route templates fit the label charset, so HTTP metrics keep their path label."""
+    for path in ("/api/v1/orders/{order_id}", "/users/<int:user_id>", "/items/{item_id:int}"):
+        event = {
+            "kind": "metric",
+            "ts": time.time(),
+            "source": "api",
+            "name": "m",
+            "value": 1,
+            "labels": {"path": path},
+        }
+        decoded = decoder.decode(json.dumps(event).encode(), "application/json")
+        assert decoded.refusals == [], path

@@ -33,12 +33,17 @@ def test_a_message_id_seen_before_is_skipped_and_the_window_is_bounded() -> None
     assert len(pipeline.recent_ids) == 3
 
 
-def test_a_message_with_nothing_applied_is_not_remembered() -> None:
-    """A wholly rejected message can be replayed under the same id once the cause is fixed."""
+def test_a_refused_message_is_remembered_and_its_replay_is_not() -> None:
+    """A wholly refused message redelivered after a crash is refused (and dead-lettered) once; a replay from
+    the dead-letter queue carries an id of its own (`<id>:replay`), so it applies once the cause is fixed."""
     pipeline = _pipeline()
     outcome = pipeline.process(b"{bad", "application/json", "x")
     assert [letter.reason for letter in outcome.refusals] == ["malformed"]
-    assert "x" not in pipeline.recent_ids
+    assert "x" in pipeline.recent_ids
+    again = pipeline.process(b"{bad", "application/json", "x")
+    assert again.duplicate
+    assert again.refusals == []
+    assert pipeline.process(_error_body(), "application/json", "x:replay").applied == 1
 
 
 def test_a_flood_of_one_reason_is_logged_once_per_window(caplog: pytest.LogCaptureFixture) -> None:
