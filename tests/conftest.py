@@ -8,6 +8,8 @@ import pytest
 from tests.support.broker import delete_topology
 from tests.support.process import AggregatorProcess, Names
 
+pytest_plugins = ("tests.support.rabbitnodes",)
+
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     for item in items:
