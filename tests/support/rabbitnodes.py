@@ -8,6 +8,7 @@ it passed or not.
 """
 
 import json
+import os
 import shutil
 import ssl
 import subprocess
@@ -41,9 +42,7 @@ def run_script(command: str, name: str, base_dir: Path, *args: str, timeout: flo
     argv = [str(SCRIPT), command, name, *args, "--base-dir", str(base_dir)]
     result = subprocess.run(argv, capture_output=True, text=True, timeout=timeout, check=False)
     if result.returncode != 0:
-        raise RabbitNodeError(
-            f"{' '.join(argv)} exited {result.returncode}:\n{result.stderr}{result.stdout}".rstrip()
-        )
+        raise RabbitNodeError(f"{' '.join(argv)} exited {result.returncode}:\n{result.stderr}{result.stdout}".rstrip())
     return result.stdout
 
 
@@ -137,7 +136,8 @@ class PrivateNode:
 
     def start(self) -> "PrivateNode":
         """Start (or restart, on its data) the node and wait until it answers; RabbitNodeError with its log if not."""
-        args = ["--amqp-port", str(self.amqp_port), "--dist-port", str(self.dist_port)]
+        # --stop-with: should this test run be killed before its clean-up, the node stops by itself.
+        args = ["--amqp-port", str(self.amqp_port), "--dist-port", str(self.dist_port), "--stop-with", str(os.getpid())]
         if self.plugins:
             args += ["--plugins", ",".join(self.plugins)]
         if self.tls is not None:
