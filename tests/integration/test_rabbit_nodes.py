@@ -141,7 +141,8 @@ async def _consume(url: str, queue: str, count: int) -> list[bytes]:
 
 def test_quorum_queue_serves_every_message_after_its_leader_is_killed(rabbit_cluster: Cluster) -> None:
     """On a three-node cluster a quorum queue holding 500 confirmed messages loses its leader to kill -9;
-    the two survivors elect another and deliver all 500, in order."""
+    the two survivors elect another and deliver all 500, in order; the killed node, restarted on its data,
+    is a running member again."""
     queue = f"tickbus.nodes.{uuid.uuid4().hex[:10]}"
     bodies = [f"event-{index}".encode() for index in range(500)]
     first = rabbit_cluster.nodes[0]
@@ -158,6 +159,10 @@ def test_quorum_queue_serves_every_message_after_its_leader_is_killed(rabbit_clu
 
     assert asyncio.run(_consume(survivors[-1].url, queue, len(bodies))) == bodies
     assert _queue_info(survivors[0], queue)["leader"] in {node.node_name for node in survivors}
+
+    leader.restart()
+    rabbit_cluster.wait_for_cluster()
+    assert leader.running_nodes() == {node.node_name for node in rabbit_cluster.nodes}
 
 
 async def _hash_routing(url: str, keys: list[str]) -> list[int]:

@@ -150,9 +150,9 @@ class PrivateNode:
         run_script("start", self.name, self.base_dir, *args)
         return self
 
-    def stop(self, purge: bool = False) -> None:
-        """Graceful stop; with `purge` its directory goes too."""
-        run_script("stop", self.name, self.base_dir, *(["--purge"] if purge else []))
+    def stop(self, purge: bool = False, now: bool = False) -> None:
+        """Graceful stop (SIGKILL with `now`); with `purge` its directory goes too."""
+        run_script("stop", self.name, self.base_dir, *(["--purge"] if purge else []), *(["--now"] if now else []))
 
     def kill(self) -> None:
         """kill -9 of the node's beam: a crash, its data left as it was."""
@@ -199,7 +199,8 @@ class Cluster:
         names = {node.node_name for node in expected}
 
         def agreed() -> bool:
-            return all(node.running_nodes() == names for node in expected)
+            with ThreadPoolExecutor(max_workers=len(expected)) as pool:
+                return all(seen == names for seen in pool.map(PrivateNode.running_nodes, expected))
 
         wait_for(agreed, timeout=timeout, interval=0.5, what=f"the cluster to be {sorted(names)}")
 
@@ -258,14 +259,13 @@ class RabbitNodes:
                 for error in pool.map(self._stop_quietly, self.nodes)
                 if error is not None
             ]  # fmt: skip
-        if not failures:
-            shutil.rmtree(self.base_dir, ignore_errors=True)
         if failures:
             raise failures[0]
+        shutil.rmtree(self.base_dir, ignore_errors=True)
 
     def _stop_quietly(self, node: PrivateNode) -> RabbitNodeError | None:
         try:
-            node.stop(purge=True)
+            node.stop(purge=True, now=True)  # its data is deleted: no graceful shutdown to wait for
         except RabbitNodeError as error:
             return error
         return None
@@ -291,6 +291,17 @@ def rabbit_nodes() -> Iterator[RabbitNodes]:
 def private_node(rabbit_nodes: RabbitNodes) -> PrivateNode:
     """A plain private node (AMQP on its own port, no plugins) that the test may stop, restart or kill."""
     return rabbit_nodes.node()
+
+
+@pytest.fixture(scope="module")
+def module_private_node() -> Iterator[PrivateNode]:
+    """One plain private node for every test of a module that asks for it (a start saved per test); a test
+    that stops its application starts it again before it ends."""
+    nodes = RabbitNodes()
+    try:
+        yield nodes.node()
+    finally:
+        nodes.close()
 
 
 @pytest.fixture
