@@ -6,7 +6,9 @@ from pathlib import Path
 import pytest
 
 from tests.support.broker import delete_topology
-from tests.support.process import AggregatorProcess, Names
+from tests.support.process import AMQP_URL, AggregatorProcess, Names
+
+pytest_plugins = ("tests.support.rabbitnodes",)
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -25,13 +27,18 @@ def names() -> Iterator[Names]:
 
 @pytest.fixture
 def start_aggregator(tmp_path: Path) -> Iterator[Callable[..., AggregatorProcess]]:
-    """Start `aggregator run` subprocesses; every one still running is stopped at the end."""
+    """Start `aggregator run` subprocesses (on the shared broker unless `amqp_url` says otherwise); every one still
+    running is stopped at the end."""
     started: list[AggregatorProcess] = []
 
     def start(
-        names: Names, config: Path | None = None, extra_args: list[str] | None = None, wait_ready: bool = True
+        names: Names,
+        config: Path | None = None,
+        extra_args: list[str] | None = None,
+        wait_ready: bool = True,
+        amqp_url: str = AMQP_URL,
     ) -> AggregatorProcess:
-        process = AggregatorProcess(names, tmp_path, config, extra_args or [])
+        process = AggregatorProcess(names, tmp_path, config, extra_args or [], amqp_url=amqp_url)
         started.append(process)
         return process.start(wait_ready)
 

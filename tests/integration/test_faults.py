@@ -12,20 +12,23 @@ import pytest
 from aggregator.checkpoint import decode_checkpoint
 from producers.emitter import Emitter, EmitterSettings
 from schemas.events import Signal
-from tests.support.broker import RawMessage, drain, publish_raw, rabbitmqctl
+from tests.support.broker import RawMessage, drain, publish_raw
 from tests.support.process import AMQP_URL, AggregatorProcess, Names
+from tests.support.rabbitnodes import PrivateNode
 from tests.support.scrape import total, value, wait_for
 
 StartAggregator = Callable[..., AggregatorProcess]
 STRATEGIES = ("alpha", "beta", "gamma", "delta")
 
 
-def _stream(names: Names, source: str, count: int, seconds: float, batch_size: int = 100) -> threading.Thread:
+def _stream(
+    names: Names, source: str, count: int, seconds: float, batch_size: int = 100, url: str = AMQP_URL
+) -> threading.Thread:
     """Emit `count` signals evenly over about `seconds`, cycling through four strategies, in a thread."""
 
     def run() -> None:
         settings = EmitterSettings(
-            source=source, url=AMQP_URL, exchange=names.exchange, batch_size=batch_size, max_buffer=count
+            source=source, url=url, exchange=names.exchange, batch_size=batch_size, max_buffer=count
         )
         with Emitter(settings) as emitter:
             chunk = max(1, int(count / (seconds / 0.01)))
@@ -83,20 +86,22 @@ def test_kill_9_at_random_points_loses_and_duplicates_nothing(
 
 
 def test_broker_restart_mid_stream_reconnects_everything_and_counts_exactly(
-    names: Names, start_aggregator: StartAggregator, tmp_path: Path
+    module_private_node: PrivateNode, start_aggregator: StartAggregator, tmp_path: Path
 ) -> None:
-    """rabbitmqctl stop_app / start_app while events flow: producer and aggregator reconnect, totals exact."""
+    """rabbitmqctl stop_app / start_app (on a private node) while events flow: producer and aggregator
+    reconnect, totals exact."""
     count = 40_000
-    aggregator = start_aggregator(names, extra_args=_state_args(tmp_path))
-    producer = _stream(names, "bounced", count, seconds=6)
+    names = Names.unique()
+    aggregator = start_aggregator(names, extra_args=_state_args(tmp_path), amqp_url=module_private_node.url)
+    producer = _stream(names, "bounced", count, seconds=6, url=module_private_node.url)
     time.sleep(1.5)
-    rabbitmqctl("stop_app")
+    module_private_node.rabbitmqctl("stop_app")
     try:
         wait_for(lambda: not aggregator.ready(), timeout=15, what="readiness to drop")
         time.sleep(2)
     finally:
-        rabbitmqctl("start_app")
-        rabbitmqctl("await_startup")
+        module_private_node.rabbitmqctl("start_app")
+        module_private_node.rabbitmqctl("await_startup")
     wait_for(aggregator.ready, timeout=60, what="the aggregator to reconnect")
     producer.join(120)
     assert not producer.is_alive()
@@ -208,16 +213,17 @@ def test_an_existing_queue_with_other_arguments_is_a_clear_error(
 
 
 def test_producer_buffers_while_the_broker_is_away_and_reports_its_drops_exactly(
-    names: Names, start_aggregator: StartAggregator, tmp_path: Path
+    module_private_node: PrivateNode, start_aggregator: StartAggregator, tmp_path: Path
 ) -> None:
-    """With the broker stopped, emit() never blocks; what fits waits and is delivered, the rest is counted as dropped
-    and that exact count reaches /metrics through heartbeats."""
-    aggregator = start_aggregator(names, extra_args=_state_args(tmp_path))
-    settings = EmitterSettings(source="patient", url=AMQP_URL, exchange=names.exchange, max_buffer=500,
+    """With the broker (a private node's application) stopped, emit() never blocks; what fits waits and is
+    delivered, the rest is counted as dropped and that exact count reaches /metrics through heartbeats."""
+    names = Names.unique()
+    aggregator = start_aggregator(names, extra_args=_state_args(tmp_path), amqp_url=module_private_node.url)
+    settings = EmitterSettings(source="patient", url=module_private_node.url, exchange=names.exchange, max_buffer=500,
                                batch_size=100, heartbeat_interval=0.5)  # fmt: skip
     emitter = Emitter(settings)
     assert emitter.flush(10)
-    rabbitmqctl("stop_app")
+    module_private_node.rabbitmqctl("stop_app")
     try:
         started = time.perf_counter()
         accepted = sum(
@@ -226,8 +232,8 @@ def test_producer_buffers_while_the_broker_is_away_and_reports_its_drops_exactly
         )
         assert time.perf_counter() - started < 1.0  # never blocked on the absent broker
     finally:
-        rabbitmqctl("start_app")
-        rabbitmqctl("await_startup")
+        module_private_node.rabbitmqctl("start_app")
+        module_private_node.rabbitmqctl("await_startup")
     assert emitter.dropped == 2_000 - accepted
     assert 0 < emitter.dropped < 2_000
     assert emitter.close(60)

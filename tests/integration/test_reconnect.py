@@ -6,7 +6,8 @@ from collections.abc import Callable
 from producers.emitter import Emitter, EmitterSettings
 from schemas.events import Error
 from tests.support.broker import close_connections, connection_pids
-from tests.support.process import AMQP_URL, AggregatorProcess, Names
+from tests.support.process import AggregatorProcess, Names
+from tests.support.rabbitnodes import PrivateNode
 from tests.support.scrape import total, wait_for
 
 StartAggregator = Callable[..., AggregatorProcess]
@@ -17,11 +18,13 @@ def _errors(count: int) -> list[Error]:
 
 
 def test_consumer_comes_back_after_the_broker_closes_its_connection(
-    names: Names, start_aggregator: StartAggregator
+    private_node: PrivateNode, start_aggregator: StartAggregator
 ) -> None:
-    """Closed from the broker side with rabbitmqctl, the aggregator reconnects and counts what follows."""
-    aggregator = start_aggregator(names)
-    settings = EmitterSettings(source="flaky", url=AMQP_URL, exchange=names.exchange, heartbeat_interval=0)
+    """Closed from the broker side with rabbitmqctl (on a private node), the aggregator reconnects and counts
+    what follows."""
+    names = Names.unique()
+    aggregator = start_aggregator(names, amqp_url=private_node.url)
+    settings = EmitterSettings(source="flaky", url=private_node.url, exchange=names.exchange, heartbeat_interval=0)
     with Emitter(settings) as emitter:
         for event in _errors(100):
             emitter.emit(event)
@@ -29,11 +32,15 @@ def test_consumer_comes_back_after_the_broker_closes_its_connection(
         wait_for(lambda: total(aggregator.scrape(), "trading_errors_total") == 100, what="first 100 errors")
 
         name = f"tickbus-aggregator {names.queue}"
-        (old_connection,) = connection_pids(name)
-        assert close_connections(name) == 1
+        (old_connection,) = connection_pids(private_node, name)
+        assert close_connections(private_node, name) == 1
         # Reconnecting takes milliseconds, too short to catch /readyz at 503: the log and the pids tell.
         wait_for(lambda: "lost the connection to RabbitMQ" in aggregator.log(), timeout=10, what="the loss")
-        wait_for(lambda: connection_pids(name) not in ([], [old_connection]), timeout=30, what="a new connection")
+        wait_for(
+            lambda: connection_pids(private_node, name) not in ([], [old_connection]),
+            timeout=30,
+            what="a new connection",
+        )
         wait_for(aggregator.ready, timeout=30, what="the aggregator to be ready again")
 
         for event in _errors(150):

@@ -1,12 +1,15 @@
-"""Talking to the real RabbitMQ from tests: raw publishes, reading dead letters, closing connections."""
+"""Talking to the real RabbitMQ from tests: raw publishes, reading dead letters, closing a node's connections."""
 
 import asyncio
-import subprocess
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import aio_pika
 
 from tests.support.process import AMQP_URL, Names
+
+if TYPE_CHECKING:  # imported for the annotations only, so pytest can register rabbitnodes as a plugin first
+    from tests.support.rabbitnodes import PrivateNode
 
 
 @dataclass
@@ -63,26 +66,21 @@ def queue_depth(queue_name: str) -> int:
     return asyncio.run(_queue_depth(queue_name))
 
 
-def rabbitmqctl(*args: str) -> str:
-    result = subprocess.run(["rabbitmqctl", "-q", *args], capture_output=True, text=True, timeout=60, check=True)
-    return result.stdout
-
-
-def connection_pids(name_prefix: str) -> list[str]:
-    """Erlang pids of the broker's connections whose client-given name starts with `name_prefix`."""
+def connection_pids(node: "PrivateNode", name_prefix: str) -> list[str]:
+    """Erlang pids of `node`'s connections whose client-given name starts with `name_prefix`."""
     pids = []
-    for line in rabbitmqctl("list_connections", "pid", "client_properties").splitlines()[1:]:
+    for line in node.rabbitmqctl("list_connections", "pid", "client_properties").splitlines()[1:]:
         pid, _, properties = line.partition("\t")
         if f'{{"connection_name","{name_prefix}' in properties:
             pids.append(pid)
     return pids
 
 
-def close_connections(name_prefix: str) -> int:
-    """Close, from the broker side, every connection whose name starts with `name_prefix`."""
-    pids = connection_pids(name_prefix)
+def close_connections(node: "PrivateNode", name_prefix: str) -> int:
+    """Close, from `node`'s side, every connection whose name starts with `name_prefix`."""
+    pids = connection_pids(node, name_prefix)
     for pid in pids:
-        rabbitmqctl("close_connection", pid, "closed by a tickbus test")
+        node.rabbitmqctl("close_connection", pid, "closed by a tickbus test")
     return len(pids)
 
 

@@ -50,6 +50,7 @@ class AggregatorProcess:
     extra_args: list[str] = field(default_factory=list)
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
+    amqp_url: str = AMQP_URL
 
     @property
     def url(self) -> str:
@@ -62,7 +63,7 @@ class AggregatorProcess:
     def command(self) -> list[str]:
         command = [
             sys.executable, "-m", "aggregator", "run",
-            "--amqp-url", AMQP_URL,
+            "--amqp-url", self.amqp_url,
             "--exchange", self.names.exchange,
             "--queue", self.names.queue,
             "--host", "127.0.0.1",
