@@ -145,11 +145,6 @@ class Publisher:
         """Publishes awaiting their confirms now."""
         return len(self._tasks)
 
-    @property
-    def unsettled(self) -> int:
-        """Messages taken from the outbox and not yet confirmed and routed (held ones included)."""
-        return len(self._window)
-
     def heartbeat(self) -> Heartbeat:
         return Heartbeat(
             ts=time.time(),
@@ -304,6 +299,7 @@ class Publisher:
         error = task.exception()
         if error is None:
             outgoing.settled = True
+            outgoing.message = None  # it may wait in the window behind an earlier message: keep no body
             self._advance()
             if probe and self._failure is not None:
                 log.warning(

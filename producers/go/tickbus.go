@@ -635,6 +635,7 @@ func (e *Emitter) takeInFlight() []*outgoing {
 
 func (e *Emitter) succeeded(message *outgoing) {
 	message.settled = true
+	message.publishing.Body = nil // it may wait in the window behind an earlier message: keep no body
 	e.messages.Add(1)
 	e.confirmed.Add(int64(message.events))
 	e.advance()

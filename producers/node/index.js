@@ -26,6 +26,7 @@ export const BATCH_ROUTING_KEY = 'batch';
 export const CONTENT_TYPE_JSON = 'application/json';
 export const MAX_BATCH_EVENTS = 10_000;
 const FIRST_RETRY_MS = 100;
+const EMPTY = Buffer.alloc(0);
 
 /**
  * One event: `kind` names its type (see schemas/events.schema.json); `ts` (seconds since the epoch) and
@@ -101,7 +102,10 @@ export function encodeMessage(events) {
 /**
  * A confirm channel with what the emitter learns about it: the messages the broker returned on it (by message
  * id) and the error it was closed with, if any.
- * @typedef {{ channel: import('amqplib').ConfirmChannel, returned: Map<string, string>, closeError: (Error & { code?: number }) | null }} ChannelState
+ * @typedef {object} ChannelState
+ * @property {import('amqplib').ConfirmChannel} channel
+ * @property {Map<string, string>} returned reply text by message id, until the message's confirm arrives
+ * @property {(Error & { code?: number }) | null} closeError
  */
 
 /**
@@ -111,7 +115,12 @@ export function encodeMessage(events) {
 
 /**
  * One message on its way: settled once the broker confirmed it and routed it to a queue.
- * @typedef {{ routingKey: string, body: Buffer, options: import('amqplib').Options.Publish, events: number, settled: boolean }} Outgoing
+ * @typedef {object} Outgoing
+ * @property {string} routingKey
+ * @property {Buffer} body
+ * @property {import('amqplib').Options.Publish} options
+ * @property {number} events emitted events it holds (its heartbeat not counted)
+ * @property {boolean} settled
  */
 
 /** The broker returned a mandatory message: no queue is bound for its routing key. */
@@ -360,7 +369,9 @@ export class Emitter {
       this._aborted = true;
       this._wakeNow();
       const lost = this.accepted - this.confirmed;
-      if (lost > 0) this.logger.warn(`tickbus: closed with ${lost} emitted events undelivered (${this.lastError || 'timeout'})`);
+      if (lost > 0) {
+        this.logger.warn(`tickbus: closed with ${lost} emitted events undelivered (${this.lastError || 'timeout'})`);
+      }
     }
     this._closed = true;
     await this._disconnect();
@@ -438,7 +449,9 @@ export class Emitter {
         if (this.inFlight === 0) due = Math.max(0, this._retryAt - performance.now());
       } else if (this.inFlight < this.maxInFlight) {
         this._wake = wake;
-        if (this.heartbeatIntervalMs > 0) due = Math.max(0, this._lastHeartbeat + this.heartbeatIntervalMs - performance.now());
+        if (this.heartbeatIntervalMs > 0) {
+          due = Math.max(0, this._lastHeartbeat + this.heartbeatIntervalMs - performance.now());
+        }
       }
       if (due !== Infinity) {
         this._idleTimer = setTimeout(this._wakeNow, due);
@@ -473,7 +486,10 @@ export class Emitter {
       state = await this._ensureChannel();
       await publishConfirmed(state, this.exchange, outgoing, this.publishTimeoutMs);
     } catch (error) {
-      throw this._failureOf(error, state, outgoing.routingKey);
+      const failure = this._failureOf(error, state, outgoing.routingKey);
+      // A broker that does not confirm may hold a dead connection: the next attempt starts afresh.
+      if (failure.kind === 'timeout') await this._disconnect();
+      throw failure;
     }
   }
 
@@ -488,6 +504,7 @@ export class Emitter {
     this._wakeNow();
     if (failure === null) {
       outgoing.settled = true;
+      outgoing.body = EMPTY; // it may wait in the window behind an earlier message: keep no body
       this.messages++;
       this._advance();
       if (probe && this._failure !== null) {
@@ -556,11 +573,7 @@ export class Emitter {
     if (closed?.code === 403) return { kind: 'refused', reason: `access refused (${closed.message})` };
     const text = describe(error);
     if (text === 'message nacked') return { kind: 'nacked', reason: 'the broker nacked the message' };
-    if (text.startsWith('no confirm within')) {
-      // A broker that does not confirm may hold a dead connection: the next attempt starts afresh.
-      void this._disconnect();
-      return { kind: 'timeout', reason: text };
-    }
+    if (text.startsWith('no confirm within')) return { kind: 'timeout', reason: text };
     if (/ACCESS_REFUSED|403/.test(text)) return { kind: 'login', reason: `RabbitMQ refused the login (${text})` };
     return { kind: 'unreachable', reason: `RabbitMQ is unreachable (${text})` };
   }

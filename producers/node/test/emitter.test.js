@@ -126,7 +126,14 @@ function unroutableChannel(published) {
     closeError: null,
     // @ts-expect-error: only publish is used
     channel: {
-      publish(_exchange, _routingKey, _body, /** @type {import('amqplib').Options.Publish} */ options, /** @type {(error: unknown) => void} */ callback) {
+      /**
+       * @param {string} _exchange
+       * @param {string} _routingKey
+       * @param {Buffer} _body
+       * @param {import('amqplib').Options.Publish} options
+       * @param {(error: unknown) => void} callback
+       */
+      publish(_exchange, _routingKey, _body, options, callback) {
         published.push(options);
         state.returned.set(/** @type {string} */ (options.messageId), 'NO_ROUTE');
         setImmediate(() => callback(null));
@@ -146,7 +153,7 @@ test('a publish is mandatory, and a message the broker returns then acks is not 
   assert.equal(state.returned.size, 0, 'the return is forgotten once its confirm arrived');
 });
 
-test('events count as confirmed only over a prefix of what was taken, so flush never skips an earlier message', async () => {
+test('events count as confirmed only over a prefix of what was taken: flush skips no earlier message', async () => {
   const emitter = new Emitter({ source: 'unit', url: NOWHERE, heartbeatIntervalMs: 0, logger: quiet });
   const [first, second, third] = [outgoing(1), outgoing(2), outgoing(3)];
   emitter._window.push(first, second, third);
@@ -160,7 +167,7 @@ test('events count as confirmed only over a prefix of what was taken, so flush n
   await emitter.close(10);
 });
 
-test('a returned message is held and retried with a capped backoff; failing and recovering are one line each', async () => {
+test('a returned message is held and retried with a capped backoff; failing, recovering: one line each', async () => {
   /** @type {string[]} */
   const lines = [];
   const emitter = new Emitter({
@@ -175,7 +182,8 @@ test('a returned message is held and retried with a capped backoff; failing and 
   emitter._finished(second, false, returned);
   assert.equal(emitter.confirmed, 0);
   assert.deepEqual(emitter._pending, [second, first]);
-  assert.equal(emitter.lastError, "no queue is bound for routing key 'signal' on exchange 'desk' (returned as unroutable)");
+  const unroutable = "no queue is bound for routing key 'signal' on exchange 'desk' (returned as unroutable)";
+  assert.equal(emitter.lastError, unroutable);
   const delays = [];
   for (let attempt = 0; attempt < 5; attempt++) {
     emitter.inFlight++;
@@ -184,9 +192,14 @@ test('a returned message is held and retried with a capped backoff; failing and 
   }
   assert.deepEqual(delays, [200, 400, 400, 400, 400]);
   assert.deepEqual(lines, [
-    "tickbus: cannot publish to RabbitMQ: no queue is bound for routing key 'signal' on exchange 'desk' (returned as unroutable); holding events and retrying",
+    `tickbus: cannot publish to RabbitMQ: ${unroutable}; holding events and retrying`,
   ]);
-  const missing = emitter._failureOf(new Error('channel closed'), { channel: /** @type {any} */ (null), returned: new Map(), closeError: Object.assign(new Error('NOT_FOUND'), { code: 404 }) }, 'signal');
+  const closed = {
+    channel: /** @type {any} */ (null),
+    returned: new Map(),
+    closeError: Object.assign(new Error('NOT_FOUND'), { code: 404 }),
+  };
+  const missing = emitter._failureOf(new Error('channel closed'), closed, 'signal');
   assert.equal(missing.reason, "exchange 'desk' does not exist (has the aggregator never run?)");
 
   emitter.inFlight++;
