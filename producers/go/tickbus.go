@@ -1,10 +1,13 @@
 // Package tickbus emits tickbus metric events to RabbitMQ from Go.
 //
 // Emit queues an event and returns at once; a background goroutine batches events (by count and by a linger
-// time), publishes them to the topic exchange with publisher confirms and persistent delivery, retries with
-// the same message id while the broker is away, and counts what it had to drop when its bounded buffer was
-// full. Heartbeats carry that drop count to the aggregator. The wire contract is docs/wire-format.md; this
-// package follows the Python emitter (producers/emitter.py).
+// time) and publishes them to the topic exchange, persistent and mandatory, with up to MaxInFlight messages
+// awaiting their publisher confirms at once. A message is settled only once the broker confirmed it and routed
+// it to a queue: one it returns (no queue bound yet), nacks or never confirms, or one lost with its channel or
+// connection, is held and published again with the same message id, with a capped backoff, while new events
+// wait in the bounded buffer; when that is full, Emit drops and counts, and heartbeats carry the count to the
+// aggregator. Each change of state is logged once. The wire contract is docs/wire-format.md; this package
+// follows the Python emitter (producers/emitter.py).
 //
 //	emitter, _ := tickbus.New(tickbus.Options{Source: "momentum-1", Version: "1.4.0"})
 //	emitter.Emit(tickbus.Event{"kind": "signal", "strategy": "momentum", "symbol": "BTCUSDT", "side": "buy"})
@@ -56,7 +59,8 @@ type Options struct {
 	HeartbeatInterval time.Duration // heartbeat period [5s]; negative sends none
 	RetryMax          time.Duration // longest wait between two attempts while the broker is away [5s]
 	PublishTimeout    time.Duration // wait for a confirm before reconnecting and retrying [10s]
-	Logger            *log.Logger   // where the one warning per outage goes [log.Default()]
+	MaxInFlight       int           // most messages awaiting their confirms at once [64]
+	Logger            *log.Logger   // where the one line per change of state goes [log.Default()]
 }
 
 // Emitter publishes events in the background; Emit is safe from any goroutine and never blocks.
@@ -66,11 +70,14 @@ type Emitter struct {
 	startedAt float64
 	queue     chan Event
 
-	accepted  atomic.Int64
-	dropped   atomic.Int64
-	confirmed atomic.Int64
-	messages  atomic.Int64
-	closing   atomic.Bool
+	accepted     atomic.Int64
+	dropped      atomic.Int64
+	confirmed    atomic.Int64
+	settled      atomic.Int64
+	messages     atomic.Int64
+	inFlightNow  atomic.Int64
+	peakInFlight atomic.Int64
+	closing      atomic.Bool
 
 	errMu     sync.Mutex
 	lastError string
@@ -82,17 +89,54 @@ type Emitter struct {
 	closeOnce sync.Once
 
 	// Owned by the publisher goroutine.
-	sequence      int64
-	lastHeartbeat time.Time
-	held          []Event // taken from the queue while lingering, sent first
-	conn          *amqp.Connection
-	channel       *amqp.Channel
-	confirms      chan amqp.Confirmation
-	deliveryTag   uint64
+	sequence       int64
+	lastHeartbeat  time.Time
+	finalHeartbeat bool
+	held           []Event   // taken from the queue while lingering, sent first
+	lingerUntil    time.Time // when the held events go out even if the batch is not full
+	window         []*outgoing
+	pending        []*outgoing
+	inFlight       map[uint64]*outgoing
+	failing        *failure
+	failingSince   time.Time
+	retryDelay     time.Duration
+	retryAt        time.Time
+	conn           *amqp.Connection
+	channel        *amqp.Channel
+	confirms       chan amqp.Confirmation
+	returns        chan amqp.Return
+	closes         chan *amqp.Error
+	returned       map[string]string // message id -> reply text, for returns whose confirm is still to come
+	deliveryTag    uint64
+}
+
+// outgoing is one message on its way: settled once the broker confirmed it and routed it to a queue.
+type outgoing struct {
+	routingKey string
+	publishing amqp.Publishing
+	events     int // emitted events it holds (its heartbeat not counted)
+	settled    bool
+	probe      bool
+	sentAt     time.Time
+}
+
+// failure says why publishing does not work: kind tells one state from another, reason says it to a person.
+type failure struct {
+	kind, reason string
 }
 
 // New starts an emitter; it connects in the background and never fails for the broker.
 func New(opts Options) (*Emitter, error) {
+	e, err := newEmitter(opts)
+	if err != nil {
+		return nil, err
+	}
+	go e.run()
+	return e, nil
+}
+
+// newEmitter is an emitter with its defaults filled in, its publisher not started.
+func newEmitter(opts Options) (*Emitter, error) {
 	if opts.Source == "" {
 		return nil, errors.New("tickbus: Options.Source is required")
 	}
@@ -123,6 +167,9 @@ func New(opts Options) (*Emitter, error) {
 	if opts.PublishTimeout <= 0 {
 		opts.PublishTimeout = 10 * time.Second
 	}
+	if opts.MaxInFlight <= 0 {
+		opts.MaxInFlight = 64
+	}
 	if opts.Logger == nil {
 		opts.Logger = log.Default()
 	}
@@ -132,16 +179,17 @@ func New(opts Options) (*Emitter, error) {
 	}
 	ctx, abort := context.WithCancel(context.Background())
 	e := &Emitter{
-		opts:      opts,
-		instance:  hex.EncodeToString(id),
-		startedAt: float64(time.Now().UnixNano()) / 1e9,
-		queue:     make(chan Event, opts.MaxBuffer),
-		wake:      make(chan struct{}),
-		done:      make(chan struct{}),
-		ctx:       ctx,
-		abort:     abort,
+		opts:       opts,
+		instance:   hex.EncodeToString(id),
+		startedAt:  float64(time.Now().UnixNano()) / 1e9,
+		queue:      make(chan Event, opts.MaxBuffer),
+		wake:       make(chan struct{}),
+		done:       make(chan struct{}),
+		ctx:        ctx,
+		abort:      abort,
+		inFlight:   map[uint64]*outgoing{},
+		retryDelay: initialRetryWait,
 	}
-	go e.run()
 	return e, nil
 }
 
@@ -154,28 +202,32 @@ func (e *Emitter) Accepted() int64 { return e.accepted.Load() }
 // Dropped counts the events Emit refused because the buffer was full or the emitter closed.
 func (e *Emitter) Dropped() int64 { return e.dropped.Load() }
 
-// Confirmed counts the events the broker confirmed (heartbeats not counted).
+// Confirmed counts the events the broker confirmed and routed to a queue (heartbeats not counted).
 func (e *Emitter) Confirmed() int64 { return e.confirmed.Load() }
 
-// Messages counts the messages published and confirmed, heartbeats included.
+// Messages counts the messages confirmed and routed, heartbeats included.
 func (e *Emitter) Messages() int64 { return e.messages.Load() }
+
+// InFlight counts the publishes awaiting their confirms now.
+func (e *Emitter) InFlight() int64 { return e.inFlightNow.Load() }
+
+// PeakInFlight is the most publishes that awaited their confirms at once (at most Options.MaxInFlight).
+func (e *Emitter) PeakInFlight() int64 { return e.peakInFlight.Load() }
 
 // Pending counts the events waiting in the buffer.
 func (e *Emitter) Pending() int { return len(e.queue) }
 
-// LastError is the last publishing error while the broker is away; empty once publishing works.
+// LastError says why publishing fails; empty while it works.
 func (e *Emitter) LastError() string {
 	e.errMu.Lock()
 	defer e.errMu.Unlock()
 	return e.lastError
 }
 
-func (e *Emitter) setLastError(text string) (first bool) {
+func (e *Emitter) setLastError(text string) {
 	e.errMu.Lock()
 	defer e.errMu.Unlock()
-	first = e.lastError == "" && text != ""
 	e.lastError = text
-	return first
 }
 
 func now() float64 { return float64(time.Now().UnixNano()) / 1e9 }
@@ -240,17 +292,18 @@ func residentMemoryBytes() (int64, bool) {
 	return pages * int64(os.Getpagesize()), true
 }
 
-// Flush waits until every event emitted so far is confirmed by the broker; false on timeout.
+// Flush waits until every event emitted so far is confirmed by the broker and routed to a queue (or dropped as
+// impossible to encode, and counted); false on timeout.
 func (e *Emitter) Flush(timeout time.Duration) bool {
 	target := e.accepted.Load()
 	deadline := time.Now().Add(timeout)
-	for e.confirmed.Load() < target {
+	for e.settled.Load() < target {
 		if time.Now().After(deadline) {
 			return false
 		}
 		select {
 		case <-e.done:
-			return e.confirmed.Load() >= target
+			return e.settled.Load() >= target
 		case <-time.After(2 * time.Millisecond):
 		}
 	}
@@ -258,7 +311,7 @@ func (e *Emitter) Flush(timeout time.Duration) bool {
 }
 
 // Close drains the buffer, sends a last heartbeat (with the final drop count) and disconnects; false if it
-// could not drain within the timeout (what was left is lost).
+// could not drain within the timeout (what was left is lost, and said so in the log).
 func (e *Emitter) Close(timeout time.Duration) bool {
 	e.closeOnce.Do(func() {
 		e.closing.Store(true)
@@ -271,6 +324,13 @@ func (e *Emitter) Close(timeout time.Duration) bool {
 		drained = false
 		e.abort()
 		<-e.done
+		if lost := e.accepted.Load() - e.settled.Load(); lost > 0 {
+			reason := e.LastError()
+			if reason == "" {
+				reason = "timeout"
+			}
+			e.opts.Logger.Printf("tickbus: closed with %d emitted events undelivered (%s)", lost, reason)
+		}
 	}
 	return drained && len(e.queue) == 0
 }
@@ -290,168 +350,374 @@ func Message(events []Event) (routingKey string, body []byte, err error) {
 func (e *Emitter) run() {
 	defer close(e.done)
 	defer e.disconnect()
-	heartbeats := e.opts.HeartbeatInterval > 0
-	finalHeartbeat := false
-	var batch []Event
 	for e.ctx.Err() == nil {
-		if e.closing.Load() && !finalHeartbeat {
-			finalHeartbeat = true
+		if e.closing.Load() && !e.finalHeartbeat {
+			e.finalHeartbeat = true
 			e.lastHeartbeat = time.Time{}
 		}
-		batch = batch[:0]
-		if heartbeats && time.Since(e.lastHeartbeat) >= e.opts.HeartbeatInterval {
-			e.lastHeartbeat = time.Now()
-			batch = append(batch, e.Heartbeat())
-		}
-		own := len(batch)
-		batch = e.take(batch, e.opts.BatchSize-own)
-		if len(batch) > 0 {
-			if !e.publish(batch) {
-				return
-			}
-			e.messages.Add(1)
-			e.confirmed.Add(int64(len(batch) - own))
-			continue
-		}
-		if e.closing.Load() {
+		e.fill()
+		if e.finalHeartbeat && len(e.window) == 0 && len(e.held) == 0 && len(e.queue) == 0 && !e.heartbeatDue() {
 			return
 		}
-		e.idle(heartbeats)
+		e.wait()
 	}
 }
 
-// take moves up to limit events, those the linger wait held first, onto batch without waiting.
-func (e *Emitter) take(batch []Event, limit int) []Event {
-	held := len(e.held)
-	if held > limit {
-		held = limit
+func (e *Emitter) heartbeatDue() bool {
+	return e.opts.HeartbeatInterval > 0 && time.Since(e.lastHeartbeat) >= e.opts.HeartbeatInterval
+}
+
+// fill starts publishes: while failing, one probe after the backoff; else held messages first, then new batches.
+func (e *Emitter) fill() {
+	if e.failing != nil {
+		if len(e.inFlight) == 0 && len(e.pending) > 0 && !time.Now().Before(e.retryAt) {
+			next := e.pending[0]
+			e.pending = e.pending[1:]
+			e.send(next, true)
+		}
+		return
 	}
-	batch = append(batch, e.held[:held]...)
-	e.held = append(e.held[:0], e.held[held:]...)
-	for i := held; i < limit; i++ {
-		select {
-		case event := <-e.queue:
-			batch = append(batch, event)
-		default:
-			return batch
+	for e.failing == nil && len(e.inFlight) < e.opts.MaxInFlight {
+		if len(e.pending) == 0 && !e.takeBatch() {
+			return
+		}
+		if len(e.pending) > 0 {
+			next := e.pending[0]
+			e.pending = e.pending[1:]
+			e.send(next, false)
 		}
 	}
-	return batch
 }
 
-// idle waits for work: an event (then the linger time, so that others can share its message, unless a batch
-// fills first), a heartbeat falling due, or Close.
-func (e *Emitter) idle(heartbeats bool) {
-	var due <-chan time.Time
-	if heartbeats {
-		timer := time.NewTimer(time.Until(e.lastHeartbeat.Add(e.opts.HeartbeatInterval)))
-		defer timer.Stop()
-		due = timer.C
+// takeBatch turns the held and queued events (and a heartbeat, when due) into a pending message once the batch
+// is full or its linger time is over; false if there is nothing to send yet.
+func (e *Emitter) takeBatch() bool {
+	if len(e.held) == 0 {
+		// Events that waited in the queue while the window was full go out without lingering again.
+		e.lingerUntil = time.Now()
 	}
-	select {
-	case event := <-e.queue:
-		e.held = append(e.held, event)
-	case <-due:
-		return
-	case <-e.wake:
-		return
-	case <-e.ctx.Done():
-		return
-	}
-	linger := time.NewTimer(e.opts.Linger)
-	defer linger.Stop()
+queued:
 	for len(e.held) < e.opts.BatchSize {
 		select {
 		case event := <-e.queue:
 			e.held = append(e.held, event)
-		case <-linger.C:
-			return
-		case <-due:
-			return
-		case <-e.wake:
-			return
-		case <-e.ctx.Done():
-			return
+		default:
+			break queued
 		}
 	}
-}
-
-// publish sends one message and waits for its confirm, retrying the same message (same id) until it is
-// confirmed; false only when Close gave up.
-func (e *Emitter) publish(batch []Event) bool {
+	heartbeat := e.heartbeatDue()
+	ready := len(e.held) >= e.opts.BatchSize || !time.Now().Before(e.lingerUntil) || e.closing.Load()
+	if !heartbeat && (len(e.held) == 0 || !ready) {
+		return false
+	}
+	var batch []Event
+	if heartbeat {
+		e.lastHeartbeat = time.Now()
+		batch = append(batch, e.Heartbeat())
+	}
+	own := len(batch)
+	take := e.opts.BatchSize - own
+	if take > len(e.held) {
+		take = len(e.held)
+	}
+	batch = append(batch, e.held[:take]...)
+	e.held = append(e.held[:0], e.held[take:]...)
 	e.sequence++
 	routingKey, body, err := Message(batch)
 	if err != nil {
 		// An event json cannot encode (a channel, a func, NaN): drop the message rather than stall.
-		e.opts.Logger.Printf("tickbus: cannot encode %d events, dropping them: %v", len(batch), err)
-		e.dropped.Add(int64(len(batch)))
+		e.opts.Logger.Printf("tickbus: cannot encode %d events, dropping them: %v", len(batch)-own, err)
+		e.dropped.Add(int64(len(batch) - own))
+		e.window = append(e.window, &outgoing{events: len(batch) - own, settled: true})
+		e.advance()
 		return true
 	}
-	publishing := amqp.Publishing{
-		ContentType:  ContentTypeJSON,
-		DeliveryMode: amqp.Persistent,
-		MessageId:    fmt.Sprintf("%s-%d", e.instance, e.sequence),
-		Timestamp:    time.Now(),
-		AppId:        e.opts.Source,
-		Body:         body,
+	message := &outgoing{
+		routingKey: routingKey,
+		publishing: amqp.Publishing{
+			ContentType:  ContentTypeJSON,
+			DeliveryMode: amqp.Persistent,
+			MessageId:    fmt.Sprintf("%s-%d", e.instance, e.sequence),
+			Timestamp:    time.Now(),
+			AppId:        e.opts.Source,
+			Body:         body,
+		},
+		events: len(batch) - own,
 	}
-	wait := initialRetryWait
-	for e.ctx.Err() == nil {
-		err := e.publishOnce(routingKey, publishing)
-		if err == nil {
-			e.setLastError("")
-			return true
-		}
-		if e.setLastError(err.Error()) {
-			e.opts.Logger.Printf("tickbus: cannot publish to RabbitMQ (%v); retrying", err)
-		}
-		e.disconnect()
-		select {
-		case <-time.After(wait):
-		case <-e.ctx.Done():
-		}
-		wait *= 2
-		if wait > e.opts.RetryMax {
-			wait = e.opts.RetryMax
-		}
-	}
-	return false
+	e.window = append(e.window, message)
+	e.pending = append(e.pending, message)
+	return true
 }
 
-// publishOnce publishes and waits for the broker's confirm of this very message. Confirms are read from a
-// NotifyPublish listener, not DeferredConfirmation: in amqp091-go 1.5.0 (Debian's) a confirm that arrives
-// before PublishWithDeferredConfirm has registered its delivery tag is lost, and Wait never returns.
-func (e *Emitter) publishOnce(routingKey string, publishing amqp.Publishing) error {
+// send publishes one message, mandatory, on the confirm channel (connecting first if needed); its confirm, or
+// its return, arrives in wait.
+func (e *Emitter) send(message *outgoing, probe bool) {
+	message.probe = probe
 	channel, err := e.ensureChannel()
 	if err != nil {
-		return err
+		e.failed(message, e.failureOf(err, message.routingKey))
+		return
 	}
 	ctx, cancel := context.WithTimeout(e.ctx, e.opts.PublishTimeout)
 	defer cancel()
-	if err := channel.PublishWithContext(ctx, e.opts.Exchange, routingKey, false, false, publishing); err != nil {
-		return err
+	if err := channel.PublishWithContext(ctx, e.opts.Exchange, message.routingKey, true, false, message.publishing); err != nil {
+		lost := e.takeInFlight()
+		e.disconnect()
+		for _, other := range append(lost, message) {
+			e.failed(other, e.failureOf(err, other.routingKey))
+		}
+		return
 	}
 	e.deliveryTag++
-	for {
-		select {
-		case confirmation, open := <-e.confirms:
-			if !open {
-				return errors.New("channel closed before the confirm")
-			}
-			if confirmation.DeliveryTag < e.deliveryTag {
-				continue // a late confirm of a message already given up on
-			}
-			if !confirmation.Ack {
-				return errors.New("message nacked by the broker")
-			}
-			return nil
-		case <-ctx.Done():
-			return fmt.Errorf("no confirm within %v", e.opts.PublishTimeout)
-		}
+	message.sentAt = time.Now()
+	e.inFlight[e.deliveryTag] = message
+	now := int64(len(e.inFlight))
+	e.inFlightNow.Store(now)
+	if now > e.peakInFlight.Load() {
+		e.peakInFlight.Store(now)
 	}
 }
 
+// wait blocks until something happens: a confirm, a return, the channel closing, an event (while the window has
+// room), a deadline (linger, heartbeat, retry, confirm timeout), Close or abort.
+func (e *Emitter) wait() {
+	var queue <-chan Event
+	var deadline time.Time
+	earliest := func(at time.Time) {
+		if deadline.IsZero() || at.Before(deadline) {
+			deadline = at
+		}
+	}
+	if e.failing == nil && len(e.inFlight) < e.opts.MaxInFlight {
+		if len(e.held) < e.opts.BatchSize {
+			queue = e.queue
+		}
+		if len(e.held) > 0 {
+			earliest(e.lingerUntil)
+		}
+		if e.opts.HeartbeatInterval > 0 {
+			earliest(e.lastHeartbeat.Add(e.opts.HeartbeatInterval))
+		}
+	}
+	if e.failing != nil && len(e.inFlight) == 0 {
+		earliest(e.retryAt)
+	}
+	for _, message := range e.inFlight {
+		earliest(message.sentAt.Add(e.opts.PublishTimeout))
+	}
+	var timeout <-chan time.Time
+	if !deadline.IsZero() {
+		timer := time.NewTimer(time.Until(deadline))
+		defer timer.Stop()
+		timeout = timer.C
+	}
+	var wake <-chan struct{}
+	if !e.finalHeartbeat {
+		wake = e.wake
+	}
+	select {
+	case confirmation, open := <-e.confirms:
+		if !open {
+			e.channelLost()
+			return
+		}
+		e.onConfirm(confirmation)
+	case returned, open := <-e.returns:
+		if !open {
+			e.channelLost()
+			return
+		}
+		e.returned[returned.MessageId] = returned.ReplyText
+	case closeError, open := <-e.closes:
+		e.channelLostWith(closeError, open)
+	case event := <-queue:
+		if len(e.held) == 0 {
+			e.lingerUntil = time.Now().Add(e.opts.Linger)
+		}
+		e.held = append(e.held, event)
+	case <-timeout:
+		e.expire()
+	case <-wake:
+	case <-e.ctx.Done():
+	}
+}
+
+// onConfirm settles one confirm: routed, or returned or nacked (then held for a retry).
+func (e *Emitter) onConfirm(confirmation amqp.Confirmation) {
+	// The broker sends basic.return before the ack of the same message, and the client hands both over in
+	// that order: every return of a message confirmed by now is already waiting in e.returns.
+returns:
+	for {
+		select {
+		case returned, open := <-e.returns:
+			if !open {
+				break returns
+			}
+			e.returned[returned.MessageId] = returned.ReplyText
+		default:
+			break returns
+		}
+	}
+	message, known := e.inFlight[confirmation.DeliveryTag]
+	if !known {
+		return
+	}
+	delete(e.inFlight, confirmation.DeliveryTag)
+	e.inFlightNow.Store(int64(len(e.inFlight)))
+	id := message.publishing.MessageId
+	if text, returned := e.returned[id]; returned {
+		delete(e.returned, id)
+		e.failed(message, failure{
+			kind: "returned:" + message.routingKey,
+			reason: fmt.Sprintf("no queue is bound for routing key '%s' on exchange '%s' (returned as unroutable: %s)",
+				message.routingKey, e.opts.Exchange, text),
+		})
+		return
+	}
+	if !confirmation.Ack {
+		e.failed(message, failure{kind: "nacked", reason: "the broker nacked the message"})
+		return
+	}
+	e.succeeded(message)
+}
+
+// channelLost fails every publish still awaiting its confirm on a channel the broker (or the network) closed.
+func (e *Emitter) channelLost() {
+	select {
+	case closeError, open := <-e.closes:
+		e.channelLostWith(closeError, open)
+	default:
+		e.channelLostWith(nil, false)
+	}
+}
+
+// channelLostWith is channelLost once the close error (if the client gave one) has been read.
+func (e *Emitter) channelLostWith(closeError *amqp.Error, open bool) {
+	var cause error = errors.New("channel closed")
+	if open && closeError != nil {
+		cause = closeError
+	}
+	lost := e.takeInFlight()
+	e.dropChannel()
+	for _, message := range lost {
+		e.failed(message, e.failureOf(cause, message.routingKey))
+	}
+}
+
+// expire gives up on publishes whose confirm is overdue; a broker that does not confirm may hold a dead
+// connection, so the next attempt starts afresh.
+func (e *Emitter) expire() {
+	overdue := false
+	for _, message := range e.inFlight {
+		if time.Since(message.sentAt) >= e.opts.PublishTimeout {
+			overdue = true
+		}
+	}
+	if !overdue {
+		return
+	}
+	lost := e.takeInFlight()
+	e.disconnect()
+	for _, message := range lost {
+		e.failed(message, failure{kind: "timeout", reason: fmt.Sprintf("no confirm within %v", e.opts.PublishTimeout)})
+	}
+}
+
+func (e *Emitter) takeInFlight() []*outgoing {
+	lost := make([]*outgoing, 0, len(e.inFlight))
+	for tag, message := range e.inFlight {
+		lost = append(lost, message)
+		delete(e.inFlight, tag)
+	}
+	e.inFlightNow.Store(0)
+	return lost
+}
+
+func (e *Emitter) succeeded(message *outgoing) {
+	message.settled = true
+	message.publishing.Body = nil // it may wait in the window behind an earlier message: keep no body
+	e.messages.Add(1)
+	e.confirmed.Add(int64(message.events))
+	e.advance()
+	if message.probe && e.failing != nil {
+		e.opts.Logger.Printf("tickbus: publishing to RabbitMQ works again after %.1f s; resending what was held",
+			time.Since(e.failingSince).Seconds())
+		e.failing = nil
+		e.setLastError("")
+		e.retryDelay = initialRetryWait
+	}
+}
+
+// failed holds a message for a retry and moves the state: the first failure, or a failure of another kind, is
+// logged once; a failed probe doubles the backoff up to RetryMax.
+func (e *Emitter) failed(message *outgoing, f failure) {
+	e.pending = append([]*outgoing{message}, e.pending...)
+	now := time.Now()
+	if e.failing == nil {
+		e.opts.Logger.Printf("tickbus: cannot publish to RabbitMQ: %s; holding events and retrying", f.reason)
+		e.failingSince = now
+		e.retryDelay = initialRetryWait
+	} else if f.kind != e.failing.kind {
+		e.opts.Logger.Printf("tickbus: still cannot publish to RabbitMQ, now: %s", f.reason)
+	}
+	if message.probe {
+		e.retryDelay *= 2
+		if e.retryDelay > e.opts.RetryMax {
+			e.retryDelay = e.opts.RetryMax
+		}
+	}
+	e.failing = &f
+	e.setLastError(f.reason)
+	e.retryAt = now.Add(e.retryDelay)
+}
+
+// advance counts as settled the events of the messages settled at the front of the window, so that Flush never
+// counts a later message while an earlier one is still held.
+func (e *Emitter) advance() {
+	settled := 0
+	for settled < len(e.window) && e.window[settled].settled {
+		e.settled.Add(int64(e.window[settled].events))
+		settled++
+	}
+	e.window = append(e.window[:0], e.window[settled:]...)
+}
+
+func (e *Emitter) failureOf(err error, routingKey string) failure {
+	var amqpError *amqp.Error
+	if errors.As(err, &amqpError) {
+		switch amqpError.Code {
+		case amqp.NotFound:
+			return failure{kind: "no-exchange",
+				reason: fmt.Sprintf("exchange '%s' does not exist (has the aggregator never run?)", e.opts.Exchange)}
+		case amqp.AccessRefused:
+			return failure{kind: "refused", reason: fmt.Sprintf("access refused (%v)", err)}
+		}
+		if amqpError.Recover {
+			return failure{kind: fmt.Sprintf("channel-closed:%d", amqpError.Code),
+				reason: fmt.Sprintf("the broker closed the channel (%v)", err)}
+		}
+	}
+	return failure{kind: "unreachable", reason: fmt.Sprintf("RabbitMQ is unreachable (%v)", err)}
+}
+
+// ensureChannel is the confirm channel, connecting first if needed. It never declares the exchange: the
+// aggregator owns the topology, and a producer's user may only be allowed to publish.
 func (e *Emitter) ensureChannel() (*amqp.Channel, error) {
+	if e.channel != nil && e.channel.IsClosed() {
+		// Closed before its notifications were read: fail what awaited confirms there, with the broker's reason
+		// (the client marks the channel closed just before it hands the reason over).
+		var reason error = errors.New("channel closed")
+		select {
+		case closeError, open := <-e.closes:
+			if open && closeError != nil {
+				reason = closeError
+			}
+			e.channelLostWith(closeError, open)
+		case <-time.After(time.Second):
+			e.channelLostWith(nil, false)
+		}
+		return nil, reason
+	}
 	if e.conn != nil && e.conn.IsClosed() {
 		e.disconnect()
 	}
@@ -473,14 +739,23 @@ func (e *Emitter) ensureChannel() (*amqp.Channel, error) {
 		if err := channel.Confirm(false); err != nil {
 			return nil, err
 		}
-		e.confirms = channel.NotifyPublish(make(chan amqp.Confirmation, 16))
+		// Buffers as deep as the window: the client's reader goroutine must never block handing them over.
+		e.confirms = channel.NotifyPublish(make(chan amqp.Confirmation, e.opts.MaxInFlight+1))
+		e.returns = channel.NotifyReturn(make(chan amqp.Return, e.opts.MaxInFlight+1))
+		e.closes = channel.NotifyClose(make(chan *amqp.Error, 1))
+		e.returned = map[string]string{}
 		e.deliveryTag = 0
-		if err := channel.ExchangeDeclare(e.opts.Exchange, "topic", true, false, false, false, nil); err != nil {
-			return nil, err
-		}
 		e.channel = channel
 	}
 	return e.channel, nil
+}
+
+// dropChannel forgets the channel (the broker closed it); the connection stays for the next one.
+func (e *Emitter) dropChannel() {
+	e.channel = nil
+	e.confirms = nil
+	e.returns = nil
+	e.closes = nil
 }
 
 func (e *Emitter) disconnect() {
@@ -488,5 +763,5 @@ func (e *Emitter) disconnect() {
 		_ = e.conn.Close()
 	}
 	e.conn = nil
-	e.channel = nil
+	e.dropChannel()
 }

@@ -3,11 +3,15 @@ package tickbus
 import (
 	"bytes"
 	"encoding/json"
+	"errors"
+	"fmt"
 	"io"
 	"log"
 	"strings"
 	"testing"
 	"time"
+
+	amqp "github.com/rabbitmq/amqp091-go"
 )
 
 const nowhere = "amqp://guest:guest@127.0.0.1:1/"
@@ -109,6 +113,97 @@ func TestWhileTheBrokerIsUnreachableFlushAndCloseTimeOutAndReportTheError(t *tes
 func TestSourceIsRequired(t *testing.T) {
 	if _, err := New(Options{}); err == nil {
 		t.Fatal("no error without a source")
+	}
+}
+
+// unstarted is an emitter whose publisher goroutine does not run, so a test can drive it step by step.
+func unstarted(t *testing.T, logs *bytes.Buffer, opts Options) *Emitter {
+	opts.Source, opts.URL, opts.Exchange, opts.HeartbeatInterval = "unit", nowhere, "desk", -1
+	opts.Logger = log.New(logs, "", 0)
+	emitter, err := newEmitter(opts)
+	if err != nil {
+		t.Fatal(err)
+	}
+	return emitter
+}
+
+// inFlight puts messages on the emitter's window as published, with delivery tags 1, 2, ...
+func inFlight(e *Emitter, count int) []*outgoing {
+	var messages []*outgoing
+	for i := 1; i <= count; i++ {
+		message := &outgoing{routingKey: "signal", events: 1, publishing: amqp.Publishing{MessageId: fmt.Sprintf("abc-%d", i)}}
+		e.window = append(e.window, message)
+		e.inFlight[uint64(i)] = message
+		messages = append(messages, message)
+	}
+	return messages
+}
+
+func TestEventsAreSettledOnlyOverAPrefixSoFlushNeverSkipsAnEarlierMessage(t *testing.T) {
+	e := unstarted(t, &bytes.Buffer{}, Options{})
+	inFlight(e, 3)
+	e.onConfirm(amqp.Confirmation{DeliveryTag: 3, Ack: true})
+	e.onConfirm(amqp.Confirmation{DeliveryTag: 2, Ack: true})
+	if e.settled.Load() != 0 || e.Confirmed() != 2 {
+		t.Fatalf("settled %d, confirmed %d before the first message", e.settled.Load(), e.Confirmed())
+	}
+	e.onConfirm(amqp.Confirmation{DeliveryTag: 1, Ack: true})
+	if e.settled.Load() != 3 || e.Messages() != 3 || len(e.window) != 0 {
+		t.Fatalf("settled %d, messages %d, window %d", e.settled.Load(), e.Messages(), len(e.window))
+	}
+}
+
+func TestAReturnedMessageIsHeldWithACappedBackoffAndFailingAndRecoveringAreOneLineEach(t *testing.T) {
+	var logs bytes.Buffer
+	e := unstarted(t, &logs, Options{RetryMax: 400 * time.Millisecond})
+	messages := inFlight(e, 2)
+	e.returns = make(chan amqp.Return, 2)
+	e.returned = map[string]string{}
+	e.returns <- amqp.Return{MessageId: "abc-1", ReplyText: "NO_ROUTE"}
+	e.onConfirm(amqp.Confirmation{DeliveryTag: 1, Ack: true})
+	if e.settled.Load() != 0 || len(e.pending) != 1 || e.pending[0] != messages[0] {
+		t.Fatalf("a returned message must be held: settled %d, pending %v", e.settled.Load(), e.pending)
+	}
+	want := "no queue is bound for routing key 'signal' on exchange 'desk' (returned as unroutable: NO_ROUTE)"
+	if e.LastError() != want {
+		t.Fatalf("last error %q", e.LastError())
+	}
+	var delays []time.Duration
+	for i := 0; i < 5; i++ {
+		probe := e.pending[0]
+		e.pending = e.pending[1:]
+		probe.probe = true
+		e.failed(probe, *e.failing)
+		delays = append(delays, e.retryDelay)
+	}
+	ms := time.Millisecond
+	if fmt.Sprint(delays) != fmt.Sprint([]time.Duration{200 * ms, 400 * ms, 400 * ms, 400 * ms, 400 * ms}) {
+		t.Fatalf("backoff %v", delays)
+	}
+	if strings.Count(logs.String(), "\n") != 1 || !strings.HasPrefix(logs.String(), "tickbus: cannot publish to RabbitMQ: "+want) {
+		t.Fatalf("want one line for the failure, got:\n%s", logs.String())
+	}
+	probe := e.pending[0]
+	e.pending = e.pending[1:]
+	e.inFlight[3] = probe
+	e.onConfirm(amqp.Confirmation{DeliveryTag: 3, Ack: true})
+	if e.LastError() != "" || e.settled.Load() != 1 || !strings.Contains(logs.String(), "tickbus: publishing to RabbitMQ works again after ") {
+		t.Fatalf("after the probe: last error %q, settled %d, log:\n%s", e.LastError(), e.settled.Load(), logs.String())
+	}
+	e.onConfirm(amqp.Confirmation{DeliveryTag: 2, Ack: true})
+	if e.settled.Load() != 2 || strings.Count(logs.String(), "\n") != 2 {
+		t.Fatalf("settled %d, log:\n%s", e.settled.Load(), logs.String())
+	}
+}
+
+func TestAMissingExchangeAndAnUnreachableBrokerAreToldApart(t *testing.T) {
+	e := unstarted(t, &bytes.Buffer{}, Options{})
+	missing := e.failureOf(&amqp.Error{Code: amqp.NotFound, Reason: "NOT_FOUND - no exchange 'desk' in vhost '/'"}, "signal")
+	if missing.reason != "exchange 'desk' does not exist (has the aggregator never run?)" {
+		t.Fatalf("missing exchange: %q", missing.reason)
+	}
+	if unreachable := e.failureOf(errors.New("dial tcp: connection refused"), "signal"); unreachable.kind == missing.kind {
+		t.Fatalf("unreachable broker: %+v", unreachable)
 	}
 }
 

@@ -1,9 +1,12 @@
 // @ts-check
 /**
  * tickbus producer for Node.js: emit() queues an event and returns at once; a background loop batches events
- * (by count and by a linger time), publishes them to the topic exchange with publisher confirms and persistent
- * delivery, retries with the same message id while the broker is away, and counts what it had to drop when
- * its bounded buffer was full. Heartbeats carry that drop count to the aggregator.
+ * (by count and by a linger time) and publishes them to the topic exchange, persistent and mandatory, with up to
+ * `maxInFlight` messages awaiting their publisher confirms at once. A message is settled only once the broker
+ * confirmed it and routed it to a queue: one it returns (no queue bound yet), nacks or never confirms, or one
+ * lost with its channel or connection, is held and published again with the same message id, with a capped
+ * backoff, while new events wait in the bounded buffer; when that is full, emit() drops and counts, and
+ * heartbeats carry the count to the aggregator. Each change of state is logged once.
  *
  * The wire contract is docs/wire-format.md; this module follows the Python emitter (producers/emitter.py).
  *
@@ -22,6 +25,8 @@ export const DEFAULT_EXCHANGE = 'metrics';
 export const BATCH_ROUTING_KEY = 'batch';
 export const CONTENT_TYPE_JSON = 'application/json';
 export const MAX_BATCH_EVENTS = 10_000;
+const FIRST_RETRY_MS = 100;
+const EMPTY = Buffer.alloc(0);
 
 /**
  * One event: `kind` names its type (see schemas/events.schema.json); `ts` (seconds since the epoch) and
@@ -41,7 +46,9 @@ export const MAX_BATCH_EVENTS = 10_000;
  * @property {number} [heartbeatIntervalMs] Heartbeat period; 0 sends none.
  * @property {number} [retryMaxMs] Longest wait between two attempts while the broker is away.
  * @property {number} [publishTimeoutMs] How long to wait for a confirm before reconnecting and retrying.
- * @property {{ warn: (...args: unknown[]) => void }} [logger] Where the one warning per outage goes.
+ * @property {number} [maxInFlight] Most messages awaiting their confirms at once (64).
+ * @property {{ warn: (...args: unknown[]) => void }} [logger] Where the one line per change of state goes (failing,
+ *   failing for another reason, working again).
  */
 
 /** A FIFO with O(1) push and batched takes, compacted as it drains. */
@@ -93,22 +100,64 @@ export function encodeMessage(events) {
 }
 
 /**
- * Publish on a confirm channel and resolve once the broker confirms; reject on nack, close or timeout.
- * @param {import('amqplib').ConfirmChannel} channel
+ * A confirm channel with what the emitter learns about it: the messages the broker returned on it (by message
+ * id) and the error it was closed with, if any.
+ * @typedef {object} ChannelState
+ * @property {import('amqplib').ConfirmChannel} channel
+ * @property {Map<string, string>} returned reply text by message id, until the message's confirm arrives
+ * @property {(Error & { code?: number }) | null} closeError
+ */
+
+/**
+ * Why publishing does not work: `kind` tells one state from another, `reason` says it to a person.
+ * @typedef {{ kind: string, reason: string }} Failure
+ */
+
+/**
+ * One message on its way: settled once the broker confirmed it and routed it to a queue.
+ * @typedef {object} Outgoing
+ * @property {string} routingKey
+ * @property {Buffer} body
+ * @property {import('amqplib').Options.Publish} options
+ * @property {number} events emitted events it holds (its heartbeat not counted)
+ * @property {boolean} settled
+ */
+
+/** The broker returned a mandatory message: no queue is bound for its routing key. */
+export class ReturnedError extends Error {
+  /**
+   * @param {string} replyText
+   * @param {string} routingKey
+   */
+  constructor(replyText, routingKey) {
+    super(`message returned as unroutable (${replyText}) for routing key ${routingKey}`);
+    this.name = 'ReturnedError';
+    this.routingKey = routingKey;
+  }
+}
+
+/**
+ * Publish mandatory on a confirm channel; resolve once the broker confirms and routed it, reject when it
+ * returns or nacks it, when the channel closes, or on timeout.
+ * @param {ChannelState} state
  * @param {string} exchange
- * @param {string} routingKey
- * @param {Buffer} body
- * @param {import('amqplib').Options.Publish} options
+ * @param {Outgoing} outgoing
  * @param {number} timeoutMs
  * @returns {Promise<void>}
  */
-function publishConfirmed(channel, exchange, routingKey, body, options, timeoutMs) {
+export function publishConfirmed(state, exchange, outgoing, timeoutMs) {
+  const { routingKey, body, options } = outgoing;
+  const messageId = /** @type {string} */ (options.messageId);
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => reject(new Error(`no confirm within ${timeoutMs} ms`)), timeoutMs);
     try {
-      channel.publish(exchange, routingKey, body, options, (error) => {
+      state.channel.publish(exchange, routingKey, body, { ...options, mandatory: true }, (error) => {
         clearTimeout(timer);
+        // The broker sends basic.return before the ack of the same message, so the return is known by now.
+        const returned = state.returned.get(messageId);
+        state.returned.delete(messageId);
         if (error) reject(error instanceof Error ? error : new Error(String(error)));
+        else if (returned !== undefined) reject(new ReturnedError(returned, routingKey));
         else resolve();
       });
     } catch (error) {
@@ -161,8 +210,11 @@ export class Emitter {
     this.heartbeatIntervalMs = options.heartbeatIntervalMs ?? 5000;
     this.retryMaxMs = options.retryMaxMs ?? 5000;
     this.publishTimeoutMs = options.publishTimeoutMs ?? 10_000;
+    this.maxInFlight = options.maxInFlight ?? 64;
     this.logger = options.logger ?? console;
-    if (!(this.batchSize >= 1) || !(this.maxBuffer >= 1)) throw new RangeError('batchSize and maxBuffer must be >= 1');
+    if (!(this.batchSize >= 1) || !(this.maxBuffer >= 1) || !(this.maxInFlight >= 1)) {
+      throw new RangeError('batchSize, maxBuffer and maxInFlight must be >= 1');
+    }
 
     /** A random id of this emitter's lifetime: message ids are `<instance>-<sequence>`. */
     this.instance = randomBytes(6).toString('hex');
@@ -171,11 +223,14 @@ export class Emitter {
     this.accepted = 0;
     /** Events emit() refused because the buffer was full (or the emitter was closed). */
     this.dropped = 0;
-    /** Events the broker confirmed (heartbeats not counted). */
+    /** Events settled, oldest first: the broker confirmed them and routed them to a queue (heartbeats not counted). */
     this.confirmed = 0;
-    /** Messages published and confirmed, heartbeats included. */
+    /** Messages confirmed and routed, heartbeats included. */
     this.messages = 0;
-    /** The last publishing error while the broker is away; empty once publishing works. */
+    /** Publishes awaiting their confirms now, and the most there ever were at once (at most maxInFlight). */
+    this.inFlight = 0;
+    this.peakInFlight = 0;
+    /** Why publishing fails; empty while it works. */
     this.lastError = '';
 
     this._outbox = new Outbox();
@@ -184,24 +239,39 @@ export class Emitter {
     this._closing = false;
     this._closed = false;
     this._aborted = false;
+    /** Every message taken and not yet settled, in the order taken; and those waiting to be (re)published. */
+    /** @type {Outgoing[]} */
+    this._window = [];
+    /** @type {Outgoing[]} */
+    this._pending = [];
+    /** @type {Failure | null} */
+    this._failure = null;
+    this._failingSince = 0;
+    this._retryDelay = FIRST_RETRY_MS;
+    this._retryAt = 0;
     /** @type {import('amqplib').ChannelModel | null} */
     this._connection = null;
-    /** @type {import('amqplib').ConfirmChannel | null} */
+    /** @type {Promise<import('amqplib').ChannelModel> | null} */
+    this._connecting = null;
+    /** @type {ChannelState | null} */
     this._channel = null;
-    /** @type {(() => void) | null} */
+    /** @type {Promise<ChannelState> | null} */
+    this._opening = null;
+    /** @type {(() => void) | null} wakes the publisher loop when an emit() gives it work */
     this._wake = null;
+    /** @type {(() => void) | null} wakes it for anything: a confirm, close() */
+    this._wakeLoop = null;
     /** @type {ReturnType<typeof setTimeout> | null} */
     this._lingerTimer = null;
     /** @type {ReturnType<typeof setTimeout> | null} */
     this._idleTimer = null;
-    /** @type {(() => void) | null} */
-    this._cancelSleep = null;
     /** @type {{ target: number, resolve: (ok: boolean) => void }[]} */
     this._flushWaiters = [];
     this._wakeNow = () => {
-      const wake = this._wake;
+      const wake = this._wakeLoop;
       if (wake === null) return;
       this._wake = null;
+      this._wakeLoop = null;
       if (this._lingerTimer !== null) clearTimeout(this._lingerTimer);
       if (this._idleTimer !== null) clearTimeout(this._idleTimer);
       this._lingerTimer = null;
@@ -257,7 +327,7 @@ export class Emitter {
   }
 
   /**
-   * Wait until every event emitted so far is confirmed by the broker.
+   * Wait until every event emitted so far is confirmed by the broker and routed to a queue.
    * @param {number} [timeoutMs]
    * @returns {Promise<boolean>} false on timeout
    */
@@ -284,7 +354,7 @@ export class Emitter {
    * @returns {Promise<boolean>} false if it could not drain in time (what was left is lost)
    */
   async close(timeoutMs = 30_000) {
-    if (this._closed) return this._outbox.size === 0;
+    if (this._closed) return this._outbox.size === 0 && this._window.length === 0;
     this._closing = true;
     this._lastHeartbeat = -Infinity;
     this._wakeNow();
@@ -297,8 +367,11 @@ export class Emitter {
     clearTimeout(timer);
     if (!drained) {
       this._aborted = true;
-      this._cancelSleep?.();
       this._wakeNow();
+      const lost = this.accepted - this.confirmed;
+      if (lost > 0) {
+        this.logger.warn(`tickbus: closed with ${lost} emitted events undelivered (${this.lastError || 'timeout'})`);
+      }
     }
     this._closed = true;
     await this._disconnect();
@@ -306,41 +379,167 @@ export class Emitter {
     return Boolean(drained) && this._outbox.size === 0;
   }
 
+  _heartbeatDue() {
+    return this.heartbeatIntervalMs > 0 && performance.now() - this._lastHeartbeat >= this.heartbeatIntervalMs;
+  }
+
   async _run() {
     while (!this._aborted) {
-      /** @type {TickbusEvent[]} */
-      const batch = [];
-      const now = performance.now();
-      if (this.heartbeatIntervalMs > 0 && now - this._lastHeartbeat >= this.heartbeatIntervalMs) {
-        this._lastHeartbeat = now;
-        batch.push(this.heartbeat());
-      }
-      const ownHeartbeats = batch.length;
-      this._outbox.takeInto(batch, this.batchSize - ownHeartbeats);
-      if (batch.length > 0) {
-        if (!(await this._publish(batch))) return;
-        this.messages++;
-        this.confirmed += batch.length - ownHeartbeats;
-        this._settleFlushes();
-      } else if (this._closing) {
-        return;
-      } else {
-        await this._idle();
-      }
+      this._fillWindow();
+      if (this._closing && this._window.length === 0 && this._outbox.size === 0 && !this._heartbeatDue()) break;
+      await this._idle();
     }
     await this._disconnect();
   }
 
-  /** Wait for work: an emit() (after the linger time, or at once when a batch is full), a heartbeat, close(). */
+  /** Start publishes: while failing, one probe after the backoff; else held messages first, then new batches. */
+  _fillWindow() {
+    if (this._failure !== null) {
+      if (this.inFlight === 0 && this._pending.length > 0 && performance.now() >= this._retryAt) {
+        this._start(/** @type {Outgoing} */ (this._pending.shift()), true);
+      }
+      return;
+    }
+    while (this.inFlight < this.maxInFlight) {
+      if (this._pending.length === 0 && !this._takeBatch()) return;
+      this._start(/** @type {Outgoing} */ (this._pending.shift()), false);
+    }
+  }
+
+  /** The next batch from the buffer (and a heartbeat, when due) as a pending message; false if there is none. */
+  _takeBatch() {
+    /** @type {TickbusEvent[]} */
+    const batch = [];
+    if (this._heartbeatDue()) {
+      this._lastHeartbeat = performance.now();
+      batch.push(this.heartbeat());
+    }
+    const ownHeartbeats = batch.length;
+    this._outbox.takeInto(batch, this.batchSize - ownHeartbeats);
+    if (batch.length === 0) return false;
+    this._sequence++;
+    const { routingKey, body } = encodeMessage(batch);
+    /** @type {Outgoing} */
+    const outgoing = {
+      routingKey,
+      body,
+      options: {
+        persistent: true,
+        contentType: CONTENT_TYPE_JSON,
+        messageId: `${this.instance}-${this._sequence}`,
+        timestamp: Math.floor(Date.now() / 1000),
+        appId: this.source,
+      },
+      events: batch.length - ownHeartbeats,
+      settled: false,
+    };
+    this._window.push(outgoing);
+    this._pending.push(outgoing);
+    return true;
+  }
+
+  /** Wait for something to do: a confirm, an emit() (after the linger time, or at once when a batch is full),
+   * a heartbeat or a retry falling due, close(). */
   _idle() {
     return new Promise((resolve) => {
-      this._wake = () => resolve(undefined);
-      if (this.heartbeatIntervalMs > 0) {
-        const due = this._lastHeartbeat + this.heartbeatIntervalMs - performance.now();
-        this._idleTimer = setTimeout(this._wakeNow, Math.max(0, due));
-        this._idleTimer.unref();
+      const wake = () => resolve(undefined);
+      this._wakeLoop = wake;
+      let due = Infinity;
+      if (this._failure !== null) {
+        if (this.inFlight === 0) due = Math.max(0, this._retryAt - performance.now());
+      } else if (this.inFlight < this.maxInFlight) {
+        this._wake = wake;
+        if (this.heartbeatIntervalMs > 0) {
+          due = Math.max(0, this._lastHeartbeat + this.heartbeatIntervalMs - performance.now());
+        }
+      }
+      if (due !== Infinity) {
+        this._idleTimer = setTimeout(this._wakeNow, due);
+        // A retry keeps the process alive (what was emitted is still to be delivered); a heartbeat alone does not.
+        if (this._failure === null) this._idleTimer.unref();
       }
     });
+  }
+
+  /**
+   * @param {Outgoing} outgoing
+   * @param {boolean} probe
+   */
+  _start(outgoing, probe) {
+    this.inFlight++;
+    if (this.inFlight > this.peakInFlight) this.peakInFlight = this.inFlight;
+    this._attempt(outgoing).then(
+      () => this._finished(outgoing, probe, null),
+      (/** @type {Failure} */ failure) => this._finished(outgoing, probe, failure),
+    );
+  }
+
+  /**
+   * One attempt; rejects with the Failure when it was not confirmed and routed.
+   * @param {Outgoing} outgoing
+   * @returns {Promise<void>}
+   */
+  async _attempt(outgoing) {
+    /** @type {ChannelState | null} */
+    let state = null;
+    try {
+      state = await this._ensureChannel();
+      await publishConfirmed(state, this.exchange, outgoing, this.publishTimeoutMs);
+    } catch (error) {
+      const failure = this._failureOf(error, state, outgoing.routingKey);
+      // A broker that does not confirm may hold a dead connection: the next attempt starts afresh.
+      if (failure.kind === 'timeout') await this._disconnect();
+      throw failure;
+    }
+  }
+
+  /**
+   * @param {Outgoing} outgoing
+   * @param {boolean} probe
+   * @param {Failure | null} failure
+   */
+  _finished(outgoing, probe, failure) {
+    this.inFlight--;
+    if (this._aborted) return;
+    this._wakeNow();
+    if (failure === null) {
+      outgoing.settled = true;
+      outgoing.body = EMPTY; // it may wait in the window behind an earlier message: keep no body
+      this.messages++;
+      this._advance();
+      if (probe && this._failure !== null) {
+        const seconds = ((performance.now() - this._failingSince) / 1000).toFixed(1);
+        this.logger.warn(`tickbus: publishing to RabbitMQ works again after ${seconds} s; resending what was held`);
+        this._failure = null;
+        this.lastError = '';
+        this._retryDelay = FIRST_RETRY_MS;
+      }
+      return;
+    }
+    this._pending.unshift(outgoing);
+    const now = performance.now();
+    if (this._failure === null) {
+      this.logger.warn(`tickbus: cannot publish to RabbitMQ: ${failure.reason}; holding events and retrying`);
+      this._failingSince = now;
+      this._retryDelay = FIRST_RETRY_MS;
+    } else if (failure.kind !== this._failure.kind) {
+      this.logger.warn(`tickbus: still cannot publish to RabbitMQ, now: ${failure.reason}`);
+    }
+    if (probe) this._retryDelay = Math.min(this._retryDelay * 2, this.retryMaxMs);
+    this._failure = failure;
+    this.lastError = failure.reason;
+    this._retryAt = now + this._retryDelay;
+  }
+
+  _advance() {
+    let settled = 0;
+    while (settled < this._window.length && this._window[settled].settled) {
+      this.confirmed += this._window[settled].events;
+      settled++;
+    }
+    if (settled === 0) return;
+    this._window.splice(0, settled);
+    this._settleFlushes();
   }
 
   _settleFlushes() {
@@ -354,69 +553,97 @@ export class Emitter {
   }
 
   /**
-   * Publish one message and wait for its confirm; retry the same message (same id) until confirmed.
-   * @param {TickbusEvent[]} batch
-   * @returns {Promise<boolean>} false only when close() gave up
+   * @param {unknown} error
+   * @param {ChannelState | null} state
+   * @param {string} routingKey
+   * @returns {Failure}
    */
-  async _publish(batch) {
-    this._sequence++;
-    const { routingKey, body } = encodeMessage(batch);
-    /** @type {import('amqplib').Options.Publish} */
-    const options = {
-      persistent: true,
-      contentType: CONTENT_TYPE_JSON,
-      messageId: `${this.instance}-${this._sequence}`,
-      timestamp: Math.floor(Date.now() / 1000),
-      appId: this.source,
-    };
-    let delay = 100;
-    while (!this._aborted) {
-      try {
-        const channel = await this._ensureChannel();
-        await publishConfirmed(channel, this.exchange, routingKey, body, options, this.publishTimeoutMs);
-        this.lastError = '';
-        return true;
-      } catch (error) {
-        if (!this.lastError) this.logger.warn(`tickbus: cannot publish to RabbitMQ (${describe(error)}); retrying`);
-        this.lastError = describe(error);
-        await this._disconnect();
-        await this._sleep(delay);
-        delay = Math.min(delay * 2, this.retryMaxMs);
-      }
+  _failureOf(error, state, routingKey) {
+    const exchange = this.exchange;
+    if (error instanceof ReturnedError) {
+      return {
+        kind: `returned:${routingKey}`,
+        reason: `no queue is bound for routing key '${routingKey}' on exchange '${exchange}' (returned as unroutable)`,
+      };
     }
-    return false;
+    const closed = state?.closeError;
+    if (closed?.code === 404) {
+      return { kind: 'no-exchange', reason: `exchange '${exchange}' does not exist (has the aggregator never run?)` };
+    }
+    if (closed?.code === 403) return { kind: 'refused', reason: `access refused (${closed.message})` };
+    const text = describe(error);
+    if (text === 'message nacked') return { kind: 'nacked', reason: 'the broker nacked the message' };
+    if (text.startsWith('no confirm within')) return { kind: 'timeout', reason: text };
+    if (/ACCESS_REFUSED|403/.test(text)) return { kind: 'login', reason: `RabbitMQ refused the login (${text})` };
+    return { kind: 'unreachable', reason: `RabbitMQ is unreachable (${text})` };
   }
 
-  /** @returns {Promise<import('amqplib').ConfirmChannel>} */
+  /** @returns {Promise<import('amqplib').ChannelModel>} */
+  async _ensureConnection() {
+    if (this._connection !== null) return this._connection;
+    if (this._connecting === null) {
+      this._connecting = this._connect().finally(() => {
+        this._connecting = null;
+      });
+    }
+    return this._connecting;
+  }
+
+  /** @returns {Promise<import('amqplib').ChannelModel>} */
+  async _connect() {
+    const connection = await amqp.connect(this.url, {
+      timeout: 5000,
+      noDelay: true,
+      clientProperties: { connection_name: `tickbus-producer ${this.source}` },
+    });
+    if (this._aborted) {
+      await closeQuietly(connection);
+      throw new Error('emitter closed');
+    }
+    connection.on('error', () => {}); // 'close' follows and is handled there
+    connection.on('close', () => {
+      if (this._connection === connection) {
+        this._connection = null;
+        this._channel = null;
+      }
+    });
+    this._connection = connection;
+    return connection;
+  }
+
+  /**
+   * A confirm channel on the exchange's connection; it never declares the exchange (the aggregator owns the
+   * topology, and a producer's user may only be allowed to publish).
+   * @returns {Promise<ChannelState>}
+   */
   async _ensureChannel() {
     if (this._channel !== null) return this._channel;
-    if (this._connection === null) {
-      const connection = await amqp.connect(this.url, {
-        timeout: 5000,
-        noDelay: true,
-        clientProperties: { connection_name: `tickbus-producer ${this.source}` },
+    if (this._opening === null) {
+      this._opening = this._openChannel().finally(() => {
+        this._opening = null;
       });
-      if (this._aborted) {
-        await closeQuietly(connection);
-        throw new Error('emitter closed');
-      }
-      connection.on('error', () => {}); // 'close' follows and is handled there
-      connection.on('close', () => {
-        if (this._connection === connection) {
-          this._connection = null;
-          this._channel = null;
-        }
-      });
-      this._connection = connection;
     }
-    const channel = await this._connection.createConfirmChannel();
-    channel.on('error', () => {});
-    channel.on('close', () => {
-      if (this._channel === channel) this._channel = null;
+    return this._opening;
+  }
+
+  /** @returns {Promise<ChannelState>} */
+  async _openChannel() {
+    const connection = await this._ensureConnection();
+    const channel = await connection.createConfirmChannel();
+    /** @type {ChannelState} */
+    const state = { channel, returned: new Map(), closeError: null };
+    channel.on('return', (/** @type {import('amqplib').Message} */ message) => {
+      const id = message.properties.messageId;
+      if (typeof id === 'string') state.returned.set(id, message.fields.replyText ?? 'returned');
     });
-    await channel.assertExchange(this.exchange, 'topic', { durable: true });
-    this._channel = channel;
-    return channel;
+    channel.on('error', (/** @type {Error & { code?: number }} */ error) => {
+      state.closeError = error;
+    });
+    channel.on('close', () => {
+      if (this._channel === state) this._channel = null;
+    });
+    this._channel = state;
+    return state;
   }
 
   async _disconnect() {
@@ -424,19 +651,5 @@ export class Emitter {
     this._connection = null;
     this._channel = null;
     if (connection !== null) await closeQuietly(connection);
-  }
-
-  /** @param {number} ms */
-  _sleep(ms) {
-    return new Promise((resolve) => {
-      const timer = setTimeout(done, ms);
-      function done() {
-        resolve(undefined);
-      }
-      this._cancelSleep = () => {
-        clearTimeout(timer);
-        resolve(undefined);
-      };
-    });
   }
 }

@@ -17,8 +17,9 @@
 # Environment: TICKBUS_AMQP_URL, TICKBUS_EXCHANGE, TICKBUS_SOURCE (defaults: local broker, metrics, host name).
 #
 # Prints the event's JSON when the broker took it. Exit status: 0 sent, 2 bad arguments, 1 not sent.
-# Limits of amqp-publish (see docs/wire-format.md): no publisher confirms, and no message id, timestamp or app
-# id property; the id goes into the x-tickbus-message-id header instead. The script never retries by itself.
+# Limits of amqp-publish (see docs/wire-format.md): no publisher confirms, no mandatory flag (an event no queue is
+# bound for is dropped by the broker, and the exit status is still 0), and no message id, timestamp or app id
+# property; the id goes into the x-tickbus-message-id header instead. The script never retries by itself.
 set -euo pipefail
 
 # Kept equal to the Structs by tests/unit/test_wire_contract.py.

@@ -20,6 +20,7 @@ from tests.support.crosscheck import (
 )
 from tests.support.driver import ROOT
 from tests.support.process import AggregatorProcess, Names
+from tests.support.routing import TOPOLOGIES, assert_nothing_lost_before_the_aggregator, assert_publishes_overlap
 from tests.support.scenario import DESK_CONFIG
 from tests.support.scrape import total, value, wait_for
 
@@ -132,3 +133,25 @@ def test_go_producer_rides_out_a_broker_outage(
     """With the broker away, Emit still returns at once; events wait, are retried, and arrive exactly once."""
     aggregator = start_aggregator(names)
     assert_rides_out_an_outage([str(go_bin / "tickbus-driver")], names, aggregator, "go-outage", tmp_path / "go.err")
+
+
+@pytest.mark.parametrize("topology", TOPOLOGIES)
+def test_go_producer_started_before_the_aggregator_loses_nothing(
+    go_bin: Path, names: Names, start_aggregator: StartAggregator, tmp_path: Path, topology: str
+) -> None:
+    """Events the Go producer sends before any aggregator queue exists are held (returned or refused by the
+    broker, never counted as confirmed) and delivered exactly once when the aggregator starts."""
+    assert_nothing_lost_before_the_aggregator(
+        [str(go_bin / "tickbus-driver")], names, start_aggregator, "go-early", tmp_path / "go.err", topology
+    )
+
+
+def test_go_producer_keeps_several_publishes_in_flight(
+    go_bin: Path, names: Names, start_aggregator: StartAggregator, tmp_path: Path
+) -> None:
+    """With one event per message, the Go producer has several messages awaiting confirms at once, and never
+    more than MaxInFlight; with a window of 1, one at a time."""
+    aggregator = start_aggregator(names)
+    command = [str(go_bin / "tickbus-driver")]
+    assert assert_publishes_overlap(command, names, aggregator, "go-w1", tmp_path / "w1.err", window=1) == 1
+    assert assert_publishes_overlap(command, names, aggregator, "go-w16", tmp_path / "w16.err", window=16) > 1

@@ -25,6 +25,7 @@ const { values } = parseArgs({
     'max-buffer': { type: 'string', default: '100000' },
     'heartbeat-ms': { type: 'string', default: '5000' },
     'retry-max-ms': { type: 'string', default: '5000' },
+    'max-in-flight': { type: 'string', default: '64' },
     'timeout-ms': { type: 'string', default: '30000' },
   },
 });
@@ -55,6 +56,7 @@ const emitter = new Emitter({
   maxBuffer: Number(values['max-buffer']),
   heartbeatIntervalMs: Number(values['heartbeat-ms']),
   retryMaxMs: Number(values['retry-max-ms']),
+  maxInFlight: Number(values['max-in-flight']),
 });
 // All in one tick, as a busy process would: the publisher cannot drain in between.
 for (const event of events) emitter.emit(event);

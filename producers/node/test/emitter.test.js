@@ -4,7 +4,7 @@
 
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { BATCH_ROUTING_KEY, Emitter, encodeMessage, Outbox } from '../index.js';
+import { BATCH_ROUTING_KEY, Emitter, encodeMessage, Outbox, publishConfirmed, ReturnedError } from '../index.js';
 
 const NOWHERE = 'amqp://guest:guest@127.0.0.1:1/';
 const quiet = { warn: () => {} };
@@ -98,4 +98,120 @@ test('options are checked', () => {
   // @ts-expect-error: source is required
   assert.throws(() => new Emitter({}), TypeError);
   assert.throws(() => new Emitter({ source: 's', batchSize: 0, url: NOWHERE }), RangeError);
+});
+
+/**
+ * A message as the emitter keeps it on its way.
+ * @param {number} sequence
+ * @returns {import('../index.js').Outgoing}
+ */
+function outgoing(sequence) {
+  return {
+    routingKey: 'signal',
+    body: Buffer.from('{}'),
+    options: { messageId: `abc-${sequence}` },
+    events: 1,
+    settled: false,
+  };
+}
+
+/**
+ * A confirm channel that answers every publish as the broker would with no queue bound: basic.return, then ack.
+ * @param {import('amqplib').Options.Publish[]} published
+ */
+function unroutableChannel(published) {
+  /** @type {import('../index.js').ChannelState} */
+  const state = {
+    returned: new Map(),
+    closeError: null,
+    // @ts-expect-error: only publish is used
+    channel: {
+      /**
+       * @param {string} _exchange
+       * @param {string} _routingKey
+       * @param {Buffer} _body
+       * @param {import('amqplib').Options.Publish} options
+       * @param {(error: unknown) => void} callback
+       */
+      publish(_exchange, _routingKey, _body, options, callback) {
+        published.push(options);
+        state.returned.set(/** @type {string} */ (options.messageId), 'NO_ROUTE');
+        setImmediate(() => callback(null));
+        return true;
+      },
+    },
+  };
+  return state;
+}
+
+test('a publish is mandatory, and a message the broker returns then acks is not confirmed', async () => {
+  /** @type {import('amqplib').Options.Publish[]} */
+  const published = [];
+  const state = unroutableChannel(published);
+  await assert.rejects(publishConfirmed(state, 'desk', outgoing(1), 1000), ReturnedError);
+  assert.equal(published[0].mandatory, true);
+  assert.equal(state.returned.size, 0, 'the return is forgotten once its confirm arrived');
+});
+
+test('events count as confirmed only over a prefix of what was taken: flush skips no earlier message', async () => {
+  const emitter = new Emitter({ source: 'unit', url: NOWHERE, heartbeatIntervalMs: 0, logger: quiet });
+  const [first, second, third] = [outgoing(1), outgoing(2), outgoing(3)];
+  emitter._window.push(first, second, third);
+  emitter.inFlight = 3;
+  emitter._finished(third, false, null);
+  emitter._finished(second, false, null);
+  assert.equal(emitter.confirmed, 0);
+  emitter._finished(first, false, null);
+  assert.equal(emitter.confirmed, 3);
+  assert.equal(emitter.messages, 3);
+  await emitter.close(10);
+});
+
+test('a returned message is held and retried with a capped backoff; failing, recovering: one line each', async () => {
+  /** @type {string[]} */
+  const lines = [];
+  const emitter = new Emitter({
+    source: 'unit', url: NOWHERE, exchange: 'desk', heartbeatIntervalMs: 0, retryMaxMs: 400,
+    logger: { warn: (line) => lines.push(String(line)) },
+  });
+  const [first, second] = [outgoing(1), outgoing(2)];
+  emitter._window.push(first, second);
+  emitter.inFlight = 2;
+  const returned = emitter._failureOf(new ReturnedError('NO_ROUTE', 'signal'), null, 'signal');
+  emitter._finished(first, false, returned);
+  emitter._finished(second, false, returned);
+  assert.equal(emitter.confirmed, 0);
+  assert.deepEqual(emitter._pending, [second, first]);
+  const unroutable = "no queue is bound for routing key 'signal' on exchange 'desk' (returned as unroutable)";
+  assert.equal(emitter.lastError, unroutable);
+  const delays = [];
+  for (let attempt = 0; attempt < 5; attempt++) {
+    emitter.inFlight++;
+    emitter._finished(/** @type {import('../index.js').Outgoing} */ (emitter._pending.shift()), true, returned);
+    delays.push(emitter._retryDelay);
+  }
+  assert.deepEqual(delays, [200, 400, 400, 400, 400]);
+  assert.deepEqual(lines, [
+    `tickbus: cannot publish to RabbitMQ: ${unroutable}; holding events and retrying`,
+  ]);
+  const closed = {
+    channel: /** @type {any} */ (null),
+    returned: new Map(),
+    closeError: Object.assign(new Error('NOT_FOUND'), { code: 404 }),
+  };
+  const missing = emitter._failureOf(new Error('channel closed'), closed, 'signal');
+  assert.equal(missing.reason, "exchange 'desk' does not exist (has the aggregator never run?)");
+
+  emitter.inFlight++;
+  emitter._finished(/** @type {import('../index.js').Outgoing} */ (emitter._pending.shift()), true, null);
+  assert.equal(emitter.lastError, '');
+  assert.equal(emitter.confirmed, 0, 'the other message is still held, and it came first');
+  assert.match(lines[1], /^tickbus: publishing to RabbitMQ works again after /);
+  emitter.inFlight++;
+  emitter._finished(/** @type {import('../index.js').Outgoing} */ (emitter._pending.shift()), false, null);
+  assert.equal(emitter.confirmed, 2);
+  assert.equal(lines.length, 2);
+  emitter._pending.length = 0;
+  emitter._window.length = 0;
+  await emitter.close(10);
 });

@@ -7,7 +7,7 @@
  *   argv[2]: the Emitter options as JSON
  *   {"op": "emit", "events": [...]}         emit them all in one tick; reply with how many it took and how long that took
  *   {"op": "flush", "timeout_ms": 10000}    wait for confirms
- *   {"op": "stats"}                         counters and the last publishing error
+ *   {"op": "stats"}                         counters (in_flight, peak_in_flight too) and the last publishing error
  *   {"op": "close", "timeout_ms": 10000}    drain, last heartbeat, disconnect, exit
  */
 
@@ -18,8 +18,11 @@ const options = JSON.parse(process.argv[2] ?? '{}');
 const emitter = new Emitter({ ...options, logger: { warn: (/** @type {unknown[]} */ ...args) => console.error(...args) } });
 
 function stats() {
-  const { accepted, dropped, confirmed, messages, lastError, pending } = emitter;
-  return { accepted, dropped, confirmed, messages, last_error: lastError, pending };
+  const { accepted, dropped, confirmed, messages, lastError, pending, inFlight, peakInFlight } = emitter;
+  return {
+    accepted, dropped, confirmed, messages, last_error: lastError, pending, in_flight: inFlight,
+    peak_in_flight: peakInFlight,
+  };
 }
 
 /** @param {Record<string, unknown>} reply */

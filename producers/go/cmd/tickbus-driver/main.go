@@ -1,10 +1,11 @@
 // Command tickbus-driver is a scripted Go producer for the cross-language tests (tests/support/driver.py):
 // one JSON command per line on standard input, one JSON reply per line on standard output.
 //
-//	argument 1: {"source", "url", "exchange", "heartbeatIntervalMs", "retryMaxMs", "maxBuffer", "batchSize"}
+//	argument 1: {"source", "url", "exchange", "heartbeatIntervalMs", "retryMaxMs", "maxBuffer", "batchSize",
+//	            "maxInFlight"}
 //	{"op": "emit", "events": [...]}         emit them all; reply with how many it took and how long that took
 //	{"op": "flush", "timeout_ms": 10000}    wait for confirms
-//	{"op": "stats"}                         counters and the last publishing error
+//	{"op": "stats"}                         counters (in_flight, peak_in_flight too) and the last publishing error
 //	{"op": "close", "timeout_ms": 10000}    drain, last heartbeat, disconnect, exit
 package main
 
@@ -27,6 +28,7 @@ type settings struct {
 	RetryMaxMs          int    `json:"retryMaxMs"`
 	MaxBuffer           int    `json:"maxBuffer"`
 	BatchSize           int    `json:"batchSize"`
+	MaxInFlight         int    `json:"maxInFlight"`
 }
 
 type command struct {
@@ -49,7 +51,7 @@ func main() {
 	emitter, err := tickbus.New(tickbus.Options{
 		Source: options.Source, URL: options.URL, Exchange: options.Exchange, HeartbeatInterval: heartbeat,
 		RetryMax: time.Duration(options.RetryMaxMs) * time.Millisecond, MaxBuffer: options.MaxBuffer,
-		BatchSize: options.BatchSize, Logger: log.New(os.Stderr, "", log.LstdFlags),
+		BatchSize: options.BatchSize, MaxInFlight: options.MaxInFlight, Logger: log.New(os.Stderr, "", log.LstdFlags),
 	})
 	if err != nil {
 		log.Fatal(err)
@@ -60,6 +62,7 @@ func main() {
 			"op": op, "accepted": emitter.Accepted(), "dropped": emitter.Dropped(),
 			"confirmed": emitter.Confirmed(), "messages": emitter.Messages(),
 			"last_error": emitter.LastError(), "pending": emitter.Pending(),
+			"in_flight": emitter.InFlight(), "peak_in_flight": emitter.PeakInFlight(),
 		}
 		for key, value := range extra {
 			reply[key] = value

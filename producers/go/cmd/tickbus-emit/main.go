@@ -61,6 +61,7 @@ func main() {
 	maxBuffer := flag.Int("max-buffer", 100000, "events held before emit drops")
 	heartbeat := flag.Duration("heartbeat", 5*time.Second, "heartbeat period; 0 sends none")
 	retryMax := flag.Duration("retry-max", 5*time.Second, "longest wait between retries")
+	maxInFlight := flag.Int("max-in-flight", 64, "most messages awaiting their confirms at once")
 	timeout := flag.Duration("timeout", 30*time.Second, "how long to wait for confirms at the end")
 	flag.Parse()
 	if *source == "" {
@@ -83,6 +84,7 @@ func main() {
 	emitter, err := tickbus.New(tickbus.Options{
 		Source: *source, URL: *url, Exchange: *exchange, Version: *version, BatchSize: *batchSize,
 		Linger: *linger, MaxBuffer: *maxBuffer, HeartbeatInterval: *heartbeat, RetryMax: *retryMax,
+		MaxInFlight: *maxInFlight,
 	})
 	if err != nil {
 		fmt.Fprintln(os.Stderr, "error:", err)
