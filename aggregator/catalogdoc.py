@@ -5,7 +5,7 @@ from aggregator.compiler import full_name
 from aggregator.config import Settings
 from aggregator.readview import SERIES_HELP, SERIES_NAME
 from aggregator.selfmetrics import SelfMetrics
-from aggregator.store import HistogramFamily, Store
+from aggregator.store import OVERFLOW_VALUE, HistogramFamily, Store
 from schemas.events import kind_of
 
 
@@ -39,7 +39,7 @@ def render_catalog(settings: Settings) -> str:
         f"(default {settings.catalog.gauge_ttl_seconds:g}); "
         "counters never expire. Past `max_series_per_metric` "
         f"(default {settings.catalog.max_series_per_metric}) label sets, new ones fold into one series whose "
-        "labels are all `__overflow__`, so sums stay exact.",
+        f"labels are all `{OVERFLOW_VALUE}`, so sums stay exact.",
         "",
     ]
     for event_type, specs in BUILTIN_CATALOG.items():

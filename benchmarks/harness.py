@@ -421,8 +421,10 @@ def bench_emit(url: str, count: int, progress: Progress) -> list[Figure]:
     for index in range(count):
         counter.labels("bench", "m", SYMBOLS[index % 50], "buy", "generated").inc()
     per_inc = (time.perf_counter() - started) / count
-    settings = EmitterSettings(source="bench", url=url, exchange=f"bench.{uuid.uuid4().hex[:8]}.x",
-                               max_buffer=count * 2)  # fmt: skip
+    token = uuid.uuid4().hex[:8]
+    settings = EmitterSettings(source="bench", url=url, exchange=f"bench.{token}.x", max_buffer=count * 2)
+    # Producers publish mandatory and never declare: the exchange and a queue must exist, as an aggregator makes them.
+    _declare_queue(url, settings.exchange, f"bench.{token}.q")
     with Emitter(settings) as emitter:
         emit = emitter.emit
         started = time.perf_counter()
@@ -434,7 +436,7 @@ def bench_emit(url: str, count: int, progress: Progress) -> list[Figure]:
             emit(Signal(ts=now, source="bench", strategy="m", symbol=SYMBOLS[index % 50], side="buy"))
         per_build_and_emit = (time.perf_counter() - started) / count
         emitter.flush(120)
-    _delete(url, settings.exchange)
+    _delete(url, settings.exchange, f"bench.{token}.q")
     return [
         Figure("emit() per event vs Counter.labels().inc()", per_emit * 1e9, per_inc * 1e9, "ns", "<= 0.25").judge(
             at_most=0.25

@@ -18,7 +18,14 @@ from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
 
 from producers.outbox import Outbox
 from schemas.events import MAX_BATCH_EVENTS, EventBase, Heartbeat
-from schemas.wire import CONTENT_TYPE_MSGPACK, DEFAULT_EXCHANGE, MAX_MESSAGE_BYTES, Codec, routing_key_for
+from schemas.wire import (
+    CONTENT_TYPE_MSGPACK,
+    DEFAULT_AMQP_URL,
+    DEFAULT_EXCHANGE,
+    MAX_MESSAGE_BYTES,
+    Codec,
+    routing_key_for,
+)
 
 log = logging.getLogger(__name__)
 # How long an emitter the program did not close may take to drain when the interpreter exits.
@@ -60,7 +67,7 @@ class EmitterSettings:
     """How an emitter publishes; the defaults suit a strategy process on the broker's machine."""
 
     source: str
-    url: str = "amqp://guest:guest@127.0.0.1:5672/"
+    url: str = DEFAULT_AMQP_URL
     exchange: str = DEFAULT_EXCHANGE
     version: str = ""
     content_type: str = CONTENT_TYPE_MSGPACK

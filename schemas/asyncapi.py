@@ -60,7 +60,7 @@ def _amqp_channel_binding(exchange: str) -> dict[str, Any]:
 
 
 def _send_binding() -> dict[str, Any]:
-    return {"amqp": {"deliveryMode": 2, "mandatory": False, "timestamp": True, "bindingVersion": AMQP_BINDING_VERSION}}
+    return {"amqp": {"deliveryMode": 2, "mandatory": True, "timestamp": True, "bindingVersion": AMQP_BINDING_VERSION}}
 
 
 def _dead_letter_message() -> dict[str, Any]:
