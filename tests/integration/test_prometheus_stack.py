@@ -79,7 +79,7 @@ INCIDENT_ALERTS = {
     "TickbusEventsDelayed",
     "TickbusSeriesOverflow",
 }
-CHECKPOINT_ALERTS = {"TickbusCheckpointFailing"}
+CHECKPOINT_ALERTS = {"TickbusCheckpointFailing", "TickbusCannotCommit"}
 RESTART_ALERTS = {"TickbusAggregatorDown", "TickbusQueueBacklog"}
 # Needs five minutes of applied messages without a successful checkpoint; promtool tests prove it.
 NOT_TRIPPED_LIVE = {"TickbusCheckpointStale"}
@@ -356,7 +356,8 @@ def test_the_incidents_fire_their_alerts_and_the_look_alikes_do_not(stack: Stack
 
 
 def test_failing_checkpoints_fire_the_checkpoint_alert(stack: Stack) -> None:
-    """State directory turned into a file: checkpoints fail, TickbusCheckpointFailing fires; then they recover."""
+    """State directory turned into a file: checkpoints fail, TickbusCannotCommit and TickbusCheckpointFailing fire;
+    then they recover."""
     before = value(stack.aggregator.scrape(), "tickbus_checkpoint_failures_total") or 0.0
     aside = stack.state_dir.with_name("state-aside")
     stack.state_dir.rename(aside)
@@ -370,7 +371,13 @@ def test_failing_checkpoints_fire_the_checkpoint_alert(stack: Stack) -> None:
             return failures is not None and failures > before
 
         wait_for(failed, timeout=30, what="a failed checkpoint")
+        wait_for(
+            lambda: value(stack.aggregator.scrape(), "tickbus_checkpoint_failing") == 1,
+            timeout=30,
+            what="the aggregator to say it cannot commit",
+        )
         stack.prometheus.wait_scraped_after(stack.instance, time.time())
+        _wait_alert(stack, "TickbusCannotCommit", {"instance": stack.instance})
     finally:
         stack.state_dir.unlink()
         aside.rename(stack.state_dir)

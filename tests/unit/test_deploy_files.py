@@ -313,6 +313,7 @@ def test_alerts_are_labelled_annotated_and_linked_to_a_dashboard() -> None:
         "TradingKillSwitchActive",
         "TickbusEventsDeadLettered",
         "TickbusCheckpointFailing",
+        "TickbusCannotCommit",
         "TickbusQueueBacklog",
     ):
         assert wanted in names
