@@ -39,7 +39,7 @@ def family_metric(family: AnyFamily) -> Metric:
         cumulative = 0
         buckets = []
         for bound, count in zip(bounds, counts, strict=False):
-            cumulative += count
+            cumulative += int(count)
             buckets.append((bound, cumulative))
         histogram.add_metric(list(key), buckets, counts[-1])
     return histogram

@@ -95,59 +95,81 @@ def make_updater(spec: MetricSpec, family: AnyFamily) -> Updater:
     """One function that applies an event to `family` as `spec` says.
 
     This is the hot path, one call per event and metric: the condition is checked and an existing
-    series updated inline, and only a new series (admission, the cardinality guard) goes to the family.
+    series updated inline (marked dirty for the next commit), and only a new series (admission, the
+    cardinality guard) goes to the family.
     """
     feed = Feed.of(spec)
-    labels_of, value_of, check, allowed, negate = (
-        feed.labels_of,
-        feed.sample_of,
-        feed.condition_of,
-        feed.allowed,
-        feed.negate,
-    )
-    series = family.series
-
-    if isinstance(family, CounterFamily) and spec.cumulative_key is not None:
-        instance_of = _getter(spec.cumulative_key)
-        assert value_of is not None, "a running total needs a value"
-
-        def add_running_total(event: Any, now: float) -> None:
-            total = value_of(event)
-            if total is not None:
-                family.add_running_total(labels_of(event), instance_of(event), total)
-
-        return add_running_total
     if isinstance(family, CounterFamily):
-        inc = family.inc
-
-        def increment(event: Any, now: float) -> None:
-            if check is not None and (check(event) in allowed) is negate:
-                return
-            amount = 1.0 if value_of is None else value_of(event)
-            if amount is None:
-                return
-            key = labels_of(event)
-            current = series.get(key)
-            if current is None:
-                inc(key, amount)
-            else:
-                series[key] = current + amount
-
-        return increment
-    assert value_of is not None, "gauges and histograms need a value"
+        if spec.cumulative_key is not None:
+            return _running_total_updater(feed, family, _getter(spec.cumulative_key))
+        return _counter_updater(feed, family)
+    assert feed.sample_of is not None, "gauges and histograms need a value"
     if isinstance(family, GaugeFamily):
-        gauge_set = family.set
+        return _gauge_updater(feed, family)
+    return _histogram_updater(feed, family)
 
-        def set_gauge(event: Any, now: float) -> None:
-            if check is not None and (check(event) in allowed) is negate:
-                return
-            sample = value_of(event)
-            if sample is not None:
-                gauge_set(labels_of(event), sample, event.ts, now)
 
-        return set_gauge
-    observe = family.observe
-    bounds = family.bounds
+def _running_total_updater(feed: Feed, family: CounterFamily, instance_of: Callable[[Any], Any]) -> Updater:
+    labels_of, value_of = feed.labels_of, feed.sample_of
+    assert value_of is not None, "a running total needs a value"
+
+    def add_running_total(event: Any, now: float) -> None:
+        total = value_of(event)
+        if total is not None:
+            family.add_running_total(labels_of(event), instance_of(event), total)
+
+    return add_running_total
+
+
+def _counter_updater(feed: Feed, family: CounterFamily) -> Updater:
+    labels_of, value_of, check, allowed, negate = (
+        feed.labels_of, feed.sample_of, feed.condition_of, feed.allowed, feed.negate
+    )  # fmt: skip
+    series, inc = family.series, family.inc
+
+    def increment(event: Any, now: float) -> None:
+        if check is not None and (check(event) in allowed) is negate:
+            return
+        amount = 1.0 if value_of is None else value_of(event)
+        if amount is None:
+            return
+        key = labels_of(event)
+        current = series.get(key)
+        if current is None:
+            inc(key, amount)
+            return
+        if family.writing is None:
+            family.dirty.add(key)
+        else:
+            family.touch(key)
+        series[key] = current + amount
+
+    return increment
+
+
+def _gauge_updater(feed: Feed, family: GaugeFamily) -> Updater:
+    labels_of, value_of, check, allowed, negate = (
+        feed.labels_of, feed.sample_of, feed.condition_of, feed.allowed, feed.negate
+    )  # fmt: skip
+    assert value_of is not None
+    gauge_set = family.set
+
+    def set_gauge(event: Any, now: float) -> None:
+        if check is not None and (check(event) in allowed) is negate:
+            return
+        sample = value_of(event)
+        if sample is not None:
+            gauge_set(labels_of(event), sample, event.ts, now)
+
+    return set_gauge
+
+
+def _histogram_updater(feed: Feed, family: HistogramFamily) -> Updater:
+    labels_of, value_of, check, allowed, negate = (
+        feed.labels_of, feed.sample_of, feed.condition_of, feed.allowed, feed.negate
+    )  # fmt: skip
+    assert value_of is not None
+    series, observe, bounds = family.series, family.observe, family.bounds
 
     def observe_histogram(event: Any, now: float) -> None:
         if check is not None and (check(event) in allowed) is negate:
@@ -159,9 +181,13 @@ def make_updater(spec: MetricSpec, family: AnyFamily) -> Updater:
         counts = series.get(key)
         if counts is None:
             observe(key, sample)
+            return
+        if family.writing is None:
+            family.dirty.add(key)
         else:
-            counts[bisect_left(bounds, sample)] += 1
-            counts[-1] += sample
+            family.touch(key)
+        counts[bisect_left(bounds, sample)] += 1
+        counts[-1] += sample
 
     return observe_histogram
 

@@ -88,11 +88,11 @@ class FamilyText:
                 prefix = prefixes.get(key)
                 if prefix is None:
                     prefix = prefixes[key] = self._histogram_prefixes(key, bounds)
-                cumulative = 0
+                cumulative = 0.0
                 for line_prefix, count in zip(prefix[0], counts, strict=False):
                     cumulative += count
-                    append(f"{line_prefix}{cumulative}\n")
-                append(f"{prefix[1]}{cumulative}\n{prefix[2]}{_number(counts[-1])}\n")
+                    append("%s%d\n" % (line_prefix, cumulative))  # noqa: UP031 (counts are whole numbers)
+                append("%s%d\n%s%s\n" % (prefix[1], cumulative, prefix[2], _number(counts[-1])))  # noqa: UP031
             return "".join(out)
         sample_name = family.name
         gauge = isinstance(family, GaugeFamily)

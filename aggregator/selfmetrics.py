@@ -74,7 +74,19 @@ class SelfMetrics:
             "apply_seconds", "Time to decode and apply one message.", LATENCY_BUCKETS, unit="seconds"
         )
         self.checkpoint_seconds = add_histogram(
-            "checkpoint_seconds", "Time to write one checkpoint.", LATENCY_BUCKETS, unit="seconds"
+            "checkpoint_seconds",
+            "Time to commit: from the commit point to its journal record written and fsynced.",
+            LATENCY_BUCKETS,
+            unit="seconds",
+        )
+        self.checkpoint_rows = add_counter(
+            "checkpoint_rows_total", "Series rows written to the checkpoint journal (the series each commit changed)."
+        )
+        self.compaction_seconds = add_histogram(
+            "checkpoint_compaction_seconds",
+            "Time to copy the state into a new checkpoint base, in the background.",
+            LATENCY_BUCKETS,
+            unit="seconds",
         )
         self.last_checkpoint = add_gauge(
             "last_checkpoint_timestamp_seconds", "Time of the last successful checkpoint.", unit="seconds"

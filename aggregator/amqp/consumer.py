@@ -34,7 +34,7 @@ class Consumer:
         self,
         amqp: AmqpSettings,
         pipeline: Pipeline,
-        durability: Durability | None = None,
+        durability: "Durability[Any] | None" = None,
         commit_interval: float = 0.2,
         blackbox: BlackBox | None = None,
         poison_after: int = 2,
