@@ -4,6 +4,7 @@ import gzip
 from collections.abc import Callable
 from typing import NamedTuple
 
+import anyio
 from aiohttp import web
 from prometheus_client.exposition import generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
@@ -27,8 +28,7 @@ def make_app(
 ) -> web.Application:
     """The store's metrics, then the registry's (the aggregator's process metrics), and the health probes."""
 
-    async def metrics(request: web.Request) -> web.Response:
-        openmetrics = wants_openmetrics(request.headers.get("Accept", ""))
+    def respond(openmetrics: bool, compress: bool) -> tuple[bytes, dict[str, str]]:
         body = exposition.render(openmetrics)
         if openmetrics:
             extra: bytes = generate_openmetrics(registry)  # type: ignore[no-untyped-call]
@@ -36,9 +36,16 @@ def make_app(
         else:
             body += generate_latest(registry)
         headers = {"Content-Type": CONTENT_TYPE_OPENMETRICS if openmetrics else CONTENT_TYPE_TEXT}
-        if len(body) >= GZIP_MIN_BYTES and "gzip" in request.headers.get("Accept-Encoding", ""):
+        if compress and len(body) >= GZIP_MIN_BYTES:
             body = gzip.compress(body, compresslevel=1)
             headers["Content-Encoding"] = "gzip"
+        return body, headers
+
+    async def metrics(request: web.Request) -> web.Response:
+        openmetrics = wants_openmetrics(request.headers.get("Accept", ""))
+        compress = "gzip" in request.headers.get("Accept-Encoding", "")
+        # Rendering and compressing run in a worker thread: the event loop goes on ingesting and answering.
+        body, headers = await anyio.to_thread.run_sync(respond, openmetrics, compress)
         return web.Response(body=body, headers=headers)
 
     async def healthz(_: web.Request) -> web.Response:
