@@ -5,9 +5,13 @@
 # stages install from the lock (requirements/*.txt, with hashes): the image runs what the suite tested.
 FROM python:3.11-slim AS build
 WORKDIR /src
+# A C compiler for the compiled apply loop (aggregator/_fastapply.pyx).
+RUN apt-get update \
+ && apt-get install -y --no-install-recommends gcc libc6-dev \
+ && rm -rf /var/lib/apt/lists/*
 COPY requirements/build.txt ./requirements/
 RUN pip install --no-cache-dir --disable-pip-version-check --require-hashes --no-deps -r requirements/build.txt
-COPY pyproject.toml README.md ./
+COPY pyproject.toml setup.py README.md ./
 COPY schemas ./schemas
 COPY producers ./producers
 COPY aggregator ./aggregator
@@ -28,7 +32,8 @@ COPY requirements/runtime.txt /tmp/requirements.txt
 RUN pip install --no-cache-dir --disable-pip-version-check --require-hashes --no-deps -r /tmp/requirements.txt \
  && rm /tmp/requirements.txt
 COPY --from=build /wheels /tmp/wheels
-RUN pip install --no-cache-dir --disable-pip-version-check --no-deps /tmp/wheels/*.whl && rm -rf /tmp/wheels
+RUN pip install --no-cache-dir --disable-pip-version-check --no-deps /tmp/wheels/*.whl && rm -rf /tmp/wheels \
+ && python -c "import aggregator._fastapply"  # the image applies events with the compiled loop
 # Checkpoints of the series state: keep this on a volume so that restarts lose nothing.
 VOLUME ["/var/lib/tickbus"]
 USER 10001:10001

@@ -28,9 +28,13 @@ cdef enum Kind:
     PYTHON = 3
 
 
-cdef Py_ssize_t _offset(type event_type, str name) except -2:
+cdef Py_ssize_t _offset(object event_type, str name) except -2:
     """Where field `name` of a msgspec Struct is stored in its instances; -1 if it is not a plain slot."""
-    descriptor = event_type.__dict__.get(name)
+    descriptor = None
+    for klass in event_type.__mro__:
+        if name in klass.__dict__:
+            descriptor = klass.__dict__[name]
+            break
     if descriptor is None or type(descriptor).__name__ != "member_descriptor":
         return -1
     cdef PyMemberDef* member = (<PyMemberDescrObject*>descriptor).d_member
@@ -81,7 +85,7 @@ cdef class Update:
             self.family.touch(key)
 
 
-def make_update(spec, family, type event_type, python_update):
+def make_update(spec, family, event_type, python_update):
     """The compiled form of `spec` for events of `event_type`; it falls back to `python_update` where it must."""
     cdef Update update = Update()
     update.family = family
@@ -238,3 +242,9 @@ def apply(list events, dict plan, double now):
                 update.mark(key)
                 PyDict_SetItem(update.series, key, (sample, event_ts))
                 PyDict_SetItem(update.updated, key, now)
+
+
+def compiled_kind(Update update):
+    """How `update` runs: "counter", "gauge" or "histogram" in C, or "python" (its update function)."""
+    return ("counter", "gauge", "histogram", "python")[update.kind]
+

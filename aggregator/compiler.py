@@ -200,6 +200,8 @@ class CompiledCatalog:
     specs: list[tuple[MetricSpec, AnyFamily]]
     updaters: dict[type[Any], tuple[Updater, ...]]
     families: dict[type[Any], tuple[AnyFamily, ...]]
+    # Per event type: each spec with its family, in the order of `updaters`.
+    by_type: dict[type[Any], tuple[tuple[MetricSpec, AnyFamily], ...]]
     # The heartbeat gauge whose arrival times make `source_up`.
     last_seen: GaugeFamily
 
@@ -223,14 +225,57 @@ def compile_catalog(
     specs: list[tuple[MetricSpec, AnyFamily]] = []
     updaters: dict[type[Any], tuple[Updater, ...]] = {}
     families: dict[type[Any], tuple[AnyFamily, ...]] = {}
+    by_type: dict[type[Any], tuple[tuple[MetricSpec, AnyFamily], ...]] = {}
     for event_type, event_specs in catalog.items():
-        made = [
+        made = tuple(
             (spec, store.add(make_family(spec, full_name(namespace, spec.name), max_series, on_overflow)))
             for spec in event_specs
-        ]
+        )
         specs += made
+        by_type[event_type] = made
         updaters[event_type] = tuple(make_updater(spec, family) for spec, family in made)
         families[event_type] = tuple(family for _, family in made)
     last_seen = store.families[full_name(namespace, LAST_SEEN)]
     assert isinstance(last_seen, GaugeFamily)
-    return CompiledCatalog(namespace, specs, updaters, families, last_seen)
+    return CompiledCatalog(namespace, specs, updaters, families, by_type, last_seen)
+
+
+Plan = dict[type[Any], tuple[Any, ...]]
+
+
+class CompiledLoop:
+    """The apply loop compiled from aggregator/_fastapply.pyx: the update functions' work, in C.
+
+    The pure-Python update functions stay the reference, and a test holds the two to the same series.
+    """
+
+    def __init__(self, module: Any) -> None:
+        self._module = module
+        self.apply: Callable[[list[Any], Plan, float], None] = module.apply
+
+    def plan(self, compiled: CompiledCatalog) -> Plan:
+        """Each event type's updates in compiled form (falling back to its update function where needed)."""
+        make = self._module.make_update
+        return {
+            event_type: tuple(
+                make(spec, family, event_type, updater)
+                for (spec, family), updater in zip(pairs, compiled.updaters[event_type], strict=True)
+            )
+            for event_type, pairs in compiled.by_type.items()
+        }
+
+
+def compiled_loop(wanted: bool | None = None) -> CompiledLoop | None:
+    """The compiled loop if it was built (or `wanted`); None for the pure-Python one."""
+    if wanted is False:
+        return None
+    try:
+        from aggregator import _fastapply
+    except ImportError:
+        if wanted:
+            raise RuntimeError(
+                "the compiled apply loop (aggregator._fastapply) is not built: install tickbus where a C "
+                "compiler is available"
+            ) from None
+        return None
+    return CompiledLoop(_fastapply)

@@ -47,6 +47,11 @@ class Aggregator:
         self.ingest = Ingest(settings.catalog, settings.metrics, self.store, self.self_metrics)
         self.recent_ids = RecentIds(settings.state.dedup_window)
         self.pipeline = Pipeline(self.ingest, self.recent_ids)
+        if self.ingest.loop is None:
+            log.warning(
+                "the compiled apply loop is not built (tickbus was installed without a C compiler): applying "
+                "events with the pure-Python loop, about a third as fast"
+            )
         self.exposition = Exposition(ReadView(self.store, self.ingest.sources))
         self.reloader = Reloader(load_settings or (lambda: settings), settings, self.ingest)
         # The aggregator's own process metrics (CPU, memory, file descriptors, GC) come from prometheus_client.

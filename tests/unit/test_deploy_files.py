@@ -207,8 +207,9 @@ def test_dockerfile_runs_the_aggregator_as_a_non_root_user_with_a_healthcheck() 
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
     needed = {
         "pyproject.toml",
+        "setup.py",
         pyproject["project"]["readme"],
-        *pyproject["tool"]["hatch"]["build"]["targets"]["wheel"]["packages"],
+        *{package.split(".")[0] for package in pyproject["tool"]["setuptools"]["packages"]},
     }
     copied = set()
     for keyword, arguments in instructions:
@@ -472,3 +473,12 @@ def test_the_live_test_copy_only_changes_intervals_targets_and_for() -> None:
                 assert {**rule, "for": None} == {**short_rule, "for": None}
                 if "alert" in rule:
                     assert short_rule["for"] == "0s"
+
+
+def test_the_image_builds_and_checks_the_compiled_apply_loop() -> None:
+    """The build stage installs a C compiler and the final stage fails its build if the compiled loop is missing."""
+    instructions = dockerfile_instructions()
+    runs = [arguments for keyword, arguments in instructions if keyword == "RUN"]
+    assert any("gcc" in run and "apt-get install" in run for run in runs[: len(runs) // 2 + 1])
+    final = [arguments for keyword, arguments in final_stage(instructions) if keyword == "RUN"]
+    assert any('import aggregator._fastapply"' in run for run in final)
