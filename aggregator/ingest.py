@@ -34,8 +34,10 @@ class Ingest:
         catalog: Mapping[type[EventBase], tuple[MetricSpec, ...]] = BUILTIN_CATALOG,
         compiled: bool | None = None,
     ) -> None:
-        """`compiled`: apply with the compiled loop (True), the pure-Python one (False), or the compiled one
-        when it was built (None).
+        """Bind the catalog and the custom metrics to `store`.
+
+        `compiled`: apply with the compiled loop (True), the pure-Python one (False), or the compiled
+        one when it was built (None).
         """
         self.store = store
         self.settings = settings

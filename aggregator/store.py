@@ -2,7 +2,6 @@
 
 import bisect
 import logging
-import sys
 from array import array
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -15,6 +14,10 @@ LabelKey = tuple[str, ...]
 OVERFLOW_VALUE = "__overflow__"
 # Producer instances whose running totals are remembered per series: restarts beyond this are long gone.
 MAX_INSTANCES_PER_SERIES = 16
+# A label whose values repeat (source, strategy, side) keeps one copy of each value for all its series; one
+# with more distinct values than this (an order book's symbols) stops: its values are unique anyway, and a
+# table of them would cost more than it saves.
+SHARED_VALUES_PER_LABEL = 4096
 
 
 class Family:
@@ -50,6 +53,8 @@ class Family:
         # can reuse a family's rendered text while it is unchanged. Volatile families are always rendered.
         self.version = 0
         self.volatile = False
+        # Per label: one copy of each value, or None once the label has too many values to share.
+        self._shared: list[dict[str, str] | None] = [{} for _ in self.label_names]
         # Keys changed since the last commit point.
         self.dirty: set[LabelKey] = set()
         # While a commit is written: the keys it writes, and the rows they had at its commit point.
@@ -94,11 +99,28 @@ class Family:
     def _admit(self, key: LabelKey) -> LabelKey:
         """The key to store a new series under: itself, or the overflow series once the limit is hit."""
         if len(self.series) < self.max_series or key == self.overflow_key:
-            # Label values repeat across series (source, strategy...): keep one copy of each.
-            return tuple(map(sys.intern, key))
+            return self.shared_key(key)
         if self._on_overflow is not None:
             self._on_overflow(self)
         return self.overflow_key
+
+    def shared_key(self, key: Iterable[str]) -> LabelKey:
+        """`key` with each repeating label value replaced by the one copy the family keeps of it."""
+        shared = []
+        tables = self._shared
+        for position, value in enumerate(key):
+            table = tables[position] if position < len(tables) else None
+            kept = value
+            if table is not None:
+                found = table.get(value)
+                if found is not None:
+                    kept = found
+                elif len(table) >= SHARED_VALUES_PER_LABEL:
+                    tables[position] = None
+                else:
+                    table[value] = value
+            shared.append(kept)
+        return tuple(shared)
 
     def rows(self) -> list[list[Any]]:
         """Every series as [key, row], for a full checkpoint."""
@@ -109,8 +131,9 @@ class Family:
         """Replace every series with checkpoint rows; nothing restored is dirty."""
         self.series.clear()
         load = self.load
+        shared_key = self.shared_key
         for key, row in rows:
-            load(tuple(map(sys.intern, key)), row)
+            load(shared_key(key), row)
         self.dirty.clear()
         self.version += 1
 
@@ -376,9 +399,10 @@ class Store:
                 continue
             width = len(family.label_names)
             load = family.load
+            shared_key = family.shared_key
             for key, row in rows:
                 if len(key) == width:
-                    load(tuple(map(sys.intern, key)), row)
+                    load(shared_key(key), row)
             family.version += 1
 
     def _compatible(self, name: str, kind: str, quiet: bool = False) -> AnyFamily | None:

@@ -56,4 +56,3 @@ def test_without_a_compiler_tickbus_installs_and_applies_with_the_pure_loop(tmp_
         log, _ = aggregator.communicate(timeout=30)
     assert "the compiled apply loop is not built" in log
     assert "pure-Python loop" in log
-
