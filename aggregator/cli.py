@@ -22,6 +22,7 @@ from aggregator.amqp.topology import TopologyError
 from aggregator.checkpoint import CheckpointError
 from aggregator.config import AmqpSettings, ConfigError, load_settings
 from aggregator.custom import Declarations
+from aggregator.version import build_info
 from schemas.asyncapi import asyncapi_text
 from schemas.events import EVENT_TYPES, KINDS, Event, Metric, kind_of
 from schemas.jsonschema import event_json_schema
@@ -34,7 +35,6 @@ app = typer.Typer(
     name="aggregator",
     help="tickbus: typed metric events over RabbitMQ, served as one Prometheus scrape target.",
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
 )
 
@@ -46,6 +46,24 @@ Exchange = Annotated[
     str | None,
     typer.Option("--exchange", envvar="TICKBUS_EXCHANGE", help=f"Exchange events go to (default {DEFAULT_EXCHANGE})."),
 ]
+
+
+def _print_version(wanted: bool) -> None:
+    if wanted:
+        typer.echo(build_info().line())
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", is_eager=True, callback=_print_version, help="Print the version, revision and Python; exit."
+        ),
+    ] = False,
+) -> None:
+    """tickbus: typed metric events over RabbitMQ, served as one Prometheus scrape target."""
 
 
 def _print_or_write(text: str, output: Path | None) -> None:
@@ -60,7 +78,7 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
-@app.command(epilog="Example:  aggregator run --config tickbus.toml --port 9464   (then: curl localhost:9464/metrics)")
+@app.command(epilog="Example:  aggregator run --config tickbus.toml --port 10464  (then: curl localhost:10464/metrics)")
 def run(
     config: Annotated[
         Path | None, typer.Option("--config", "-c", envvar="TICKBUS_CONFIG", help="TOML config file.")
@@ -74,7 +92,7 @@ def run(
         str | None, typer.Option(envvar="TICKBUS_HTTP_HOST", help="Address to serve on (default 0.0.0.0: all).")
     ] = None,
     port: Annotated[
-        int | None, typer.Option(envvar="TICKBUS_HTTP_PORT", help="Port to serve /metrics on (default 9464).")
+        int | None, typer.Option(envvar="TICKBUS_HTTP_PORT", help="Port to serve /metrics on (default 10464).")
     ] = None,
     namespace: Annotated[
         str | None, typer.Option(envvar="TICKBUS_NAMESPACE", help="Prefix of the trading metrics (default trading).")

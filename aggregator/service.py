@@ -25,6 +25,7 @@ from aggregator.readview import ReadView
 from aggregator.reload import Reloader
 from aggregator.selfmetrics import SelfMetrics
 from aggregator.store import Store
+from aggregator.version import build_info
 
 log = logging.getLogger(__name__)
 
@@ -83,6 +84,8 @@ class Aggregator:
         metrics.set_gauge(metrics.start_time, now, now)
         metrics.set_gauge(metrics.consumer_connected, 0.0, now)  # exists, at 0, before the first connection
         metrics.set_gauge(metrics.checkpoint_failing, 0.0, now)
+        build = build_info()
+        metrics.set_build_info(build.version, build.revision, build.python, now)
 
     def readiness(self) -> Readiness:
         """Ready while consuming and able to commit; otherwise why not."""
