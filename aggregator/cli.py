@@ -340,6 +340,46 @@ def bench(
     typer.echo(f"\nfreshness: {report.extra['freshness']}\nwritten to {output}")
 
 
+@app.command(
+    epilog="Examples:  aggregator top\n\n"
+    "           aggregator top http://metrics-host:10464 --interval 5\n\n"
+    "           aggregator top http://user:password@metrics-host:10464"
+)
+def top(
+    url: Annotated[
+        str, typer.Argument(envvar="TICKBUS_URL", help="The aggregator's HTTP address (its /metrics and /status.json).")
+    ] = "http://127.0.0.1:10464",
+    interval: Annotated[float, typer.Option(min=0.2, help="Seconds between refreshes.")] = 2.0,
+    sources: Annotated[int, typer.Option(min=1, help="How many of the busiest sources to show.")] = 15,
+    once: Annotated[bool, typer.Option("--once", help="Print one screen and exit (for scripts and logs).")] = False,
+) -> None:
+    """A live view of a running aggregator, local or remote; Ctrl-C quits.
+
+    Events/s by kind and source, rejections with their latest example, sources up and down, queue depth,
+    checkpoint age: from its /metrics, and its /status.json where it serves one.
+    """
+    from rich.console import Console
+    from rich.live import Live
+
+    from aggregator.top import Target, TopView
+
+    view = TopView(Target.parse(url), sources)
+    view.refresh()
+    if once:
+        if view.current is None:
+            raise _fail(view.error)
+        Console().print(view.render())
+        return
+    try:
+        with Live(view.render(), screen=True, auto_refresh=False) as live:
+            while True:
+                time.sleep(interval)
+                view.refresh()
+                live.update(view.render(), refresh=True)
+    except KeyboardInterrupt:
+        pass
+
+
 dlq_app = typer.Typer(
     help="Inspect and act on dead-lettered messages: list, show, replay, purge.",
     no_args_is_help=True,
