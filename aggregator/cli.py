@@ -302,6 +302,32 @@ def schema(
     _print_or_write(text, output)
 
 
+@app.command(
+    "check-config",
+    epilog="Examples:  aggregator check-config deploy/tickbus.toml\n\n"
+    "           docker compose run --rm aggregator check-config /etc/tickbus/tickbus.toml",
+)
+def check_config(
+    config: Annotated[Path, typer.Argument(help="The TOML config file to check.", show_default=False)],
+) -> None:
+    """Check a config file before deploying it: exit 0 and what it declares, or exit 2 and every problem.
+
+    Each problem names its key. Checks the file alone: flags and TICKBUS_* variables given to
+    `aggregator run` may still override it.
+    """
+    from aggregator.configcheck import check_config as check
+
+    result = check(config)
+    if result.ok:
+        typer.echo(result.summary())
+        return
+    count = len(result.problems)
+    typer.echo(f"{config}: {count} problem{'s' if count > 1 else ''}", err=True)
+    for problem in result.problems:
+        typer.echo(f"{config}: {problem}", err=True)
+    raise typer.Exit(2)
+
+
 @app.command(epilog="Example:  aggregator catalog --output docs/metrics.md")
 def catalog(
     config: Annotated[
