@@ -450,10 +450,16 @@ def dlq_list(
     amqp_url: AmqpUrl = None,
     queue: Queue = None,
     limit: Annotated[int, typer.Option(help="At most this many, oldest first.")] = 100,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="A JSON array for scripts: every field, the body as text and base64.")
+    ] = False,
 ) -> None:
     """List dead letters with their reason, leaving them in the queue."""
     amqp = _amqp_settings(config, amqp_url, None, queue)
     views = _with_dlq(amqp, lambda dlq: dlq.peek(limit))
+    if as_json:
+        typer.echo(json.dumps([view.as_json() for view in views], indent=2))
+        return
     if not views:
         typer.echo(f"{amqp.dead_letter_queue_name}: empty")
         return
@@ -496,11 +502,25 @@ def dlq_replay(
     limit: Annotated[int, typer.Option(help="At most this many.")] = 10_000,
 ) -> None:
     """Publish dead letters back to the exchange (after fixing the config, say); replaying twice counts once."""
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+
     amqp = _amqp_settings(config, amqp_url, exchange, queue)
-    try:
-        replayed = _with_dlq(amqp, lambda dlq: dlq.replay(limit, reason))
-    except ReplayRefused as error:
-        raise _fail(str(error)) from None
+    columns = (TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=Console(stderr=True)) as bar:
+        task = bar.add_task(f"replaying from {amqp.dead_letter_queue_name}", total=None)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        try:
+            replayed = _with_dlq(amqp, lambda dlq: dlq.replay(limit, reason, progress))
+        except ReplayRefused as error:
+            refused = str(error)
+        else:
+            refused = ""
+    if refused:
+        raise _fail(refused)
     typer.echo(f"replayed {replayed} dead letter(s) to exchange {amqp.exchange!r}")
 
 
