@@ -346,24 +346,54 @@ def catalog(
     _print_or_write(text, output)
 
 
-@app.command(epilog="Example:  aggregator bench --output bench-results.json")
+@app.command(
+    epilog="Examples:  aggregator bench --output bench-results.json\n\n"
+    "           aggregator bench --quick --picture bench.svg"
+)
 def bench(
     amqp_url: AmqpUrl = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="Write the figures here as JSON.")] = Path(
         "bench-results.json"
     ),
     quick: Annotated[bool, typer.Option(help="Half the volumes: a faster, noisier run.")] = False,
+    picture: Annotated[
+        Path | None,
+        typer.Option(
+            help="Also draw the results (each ratio against its target, and freshness) as PNG or SVG, by the "
+            "file's suffix. Needs matplotlib. From a saved run: python -m benchmarks.picture RESULTS.json FILE."
+        ),
+    ] = None,
 ) -> None:
     """Benchmark tickbus side by side with its baselines (raw aio-pika, prometheus_client) on the local broker."""
+    import importlib.util
+
+    from rich.console import Console
+
     from benchmarks import harness as benchmarks
 
-    def progress(step: str) -> None:
-        typer.echo(f"[{time.strftime('%H:%M:%S')}] {step}", err=True)
+    if picture is not None:
+        from benchmarks.picture import FORMATS
 
-    report = benchmarks.run(amqp_url or DEFAULT_AMQP_URL, quick, progress)
-    output.write_text(json.dumps(benchmarks.as_json(report), indent=2) + "\n", encoding="utf-8")
+        if picture.suffix.lower() not in FORMATS:
+            raise _fail(f"--picture {picture}: name a .png or .svg file", 2)
+        if importlib.util.find_spec("matplotlib") is None:
+            raise _fail("--picture needs matplotlib: pip install matplotlib (the dev extra has it)", 2)
+    console = Console(stderr=True)
+    with console.status("starting", spinner="dots") as status:
+
+        def progress(step: str) -> None:
+            console.log(step)
+            status.update(step)
+
+        report = benchmarks.run(amqp_url or DEFAULT_AMQP_URL, quick, progress)
+    results = benchmarks.as_json(report)
+    output.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     typer.echo(benchmarks.table(report))
     typer.echo(f"\nfreshness: {report.extra['freshness']}\nwritten to {output}")
+    if picture is not None:
+        from benchmarks.picture import draw
+
+        typer.echo(f"picture: {draw(results, picture)}")
 
 
 @app.command(
