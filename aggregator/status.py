@@ -131,8 +131,17 @@ class StatusView:
         rates = {
             name: (current.by_source.get(name, 0.0) - baseline.by_source.get(name, 0.0)) / elapsed for name in matching
         }
-        # Trouble first (down, then unhealthy), then the busiest.
-        matching.sort(key=lambda name: (up.get(name) != 0.0, healthy.get(name) is not False, -rates[name], name))
+        # Trouble first (down, then unhealthy), then the busiest now, then the busiest ever.
+        totals = current.by_source
+        matching.sort(
+            key=lambda name: (
+                up.get(name) != 0.0,
+                healthy.get(name) is not False,
+                -rates[name],
+                -totals.get(name, 0.0),
+                name,
+            )
+        )
         rows = []
         for name in matching[: query.limit]:
             seen = [when for when in (heartbeats.get(name), sources.activity.get(name)) if when is not None]

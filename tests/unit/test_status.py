@@ -114,3 +114,27 @@ def test_a_bad_limit_falls_back_and_a_huge_one_is_capped() -> None:
     assert StatusQuery.parse({"limit": "many"}).limit == 100
     assert StatusQuery.parse({"limit": "1000000"}).limit == 1000
     assert StatusQuery.parse({"limit": "-3"}).limit == 0
+
+
+def test_thousands_of_sources_give_a_bounded_answer_and_a_bounded_ring() -> None:
+    """5,000 sources: the answer lists the default 100 rows (the busiest first) with the count of all, its JSON stays
+    small, and the rate window still holds 7 samples."""
+    clock = Clock()
+    pipeline = make_pipeline()
+    metrics = pipeline.ingest.self_metrics
+    rates = RateWindow()
+    rates.add(count_totals(metrics, clock.now))
+    sources = [_error(f"worker-{index:04d}") for index in range(5000)]
+    for start in range(0, len(sources), 1000):
+        pipeline.process(_body(*sources[start : start + 1000]), "application/json", None)
+    pipeline.process(_body(*(_error("worker-4999") for _ in range(9))), "application/json", None)
+    for _ in range(39):
+        clock.now += 10
+        if rates.due(clock.now):
+            rates.add(count_totals(metrics, clock.now))
+    snapshot = _view(pipeline, rates, clock).snapshot(StatusQuery())
+    assert snapshot["sources"]["count"] == 5000
+    assert len(snapshot["sources"]["rows"]) == 100
+    assert snapshot["sources"]["rows"][0]["source"] == "worker-4999"  # the busiest total first once rates are equal
+    assert len(json.dumps(snapshot)) < 30_000
+    assert len(rates) == 7
