@@ -7,7 +7,7 @@ FROM python:3.11-slim AS build
 WORKDIR /src
 COPY requirements/build.txt ./requirements/
 RUN pip install --no-cache-dir --disable-pip-version-check --require-hashes --no-deps -r requirements/build.txt
-COPY pyproject.toml README.md ./
+COPY pyproject.toml README.md LICENSE ./
 COPY schemas ./schemas
 COPY producers ./producers
 COPY aggregator ./aggregator

@@ -212,6 +212,7 @@ def test_dockerfile_runs_the_aggregator_as_a_non_root_user_with_a_healthcheck() 
     needed = {
         "pyproject.toml",
         pyproject["project"]["readme"],
+        *pyproject["project"]["license-files"],
         *pyproject["tool"]["hatch"]["build"]["targets"]["wheel"]["packages"],
     }
     copied = set()
