@@ -419,7 +419,7 @@ def top(
 
     from aggregator.top import Target, TopView
 
-    view = TopView(Target.parse(url), sources)
+    view = TopView(Target.parse(url), sources, live=not once)
     view.refresh()
     if once:
         if view.current is None:

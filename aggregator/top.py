@@ -113,9 +113,10 @@ class TopView:
     Rates come from the difference of two scrapes (for the first one, from /status.json's last minute).
     """
 
-    def __init__(self, target: Target, sources_shown: int = 15) -> None:
+    def __init__(self, target: Target, sources_shown: int = 15, live: bool = True) -> None:
         self.target = target
         self.sources_shown = sources_shown
+        self.live = live
         self.previous: Scrape | None = None
         self.current: Scrape | None = None
         self.error: str = ""
@@ -155,7 +156,8 @@ class TopView:
         header.append("  consuming" if connected else "  NOT CONSUMING", style="green" if connected else "bold red")
         if scrape.status is not None and not scrape.status.get("ready", True):
             header.append(f" (not ready: {scrape.status.get('readiness', '')})", style="bold red")
-        header.append(f"  updated {time.strftime('%H:%M:%S', time.localtime(scrape.at))}  Ctrl-C quits", style="dim")
+        quits = "  Ctrl-C quits" if self.live else ""
+        header.append(f"  updated {time.strftime('%H:%M:%S', time.localtime(scrape.at))}{quits}", style="dim")
         return header
 
     def _overview(self, scrape: Scrape) -> Table:
