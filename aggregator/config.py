@@ -59,7 +59,7 @@ class HttpSettings(_Section):
     """The scrape endpoint."""
 
     host: str = "0.0.0.0"
-    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 9464
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 10464
 
 
 class CatalogSettings(_Section):

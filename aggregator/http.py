@@ -1,16 +1,18 @@
-"""The scrape endpoint: /metrics with content negotiation, /healthz and /readyz."""
+"""The HTTP endpoints: /metrics with content negotiation, /healthz, /readyz, and the status page."""
 
 import gzip
 from collections.abc import Callable
 from typing import NamedTuple
 
 import anyio
+import msgspec
 from aiohttp import web
 from prometheus_client.exposition import generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 from prometheus_client.registry import CollectorRegistry
 
 from aggregator.exposition import CONTENT_TYPE_OPENMETRICS, CONTENT_TYPE_TEXT, Exposition, wants_openmetrics
+from aggregator.status import StatusQuery, StatusView
 
 # Below this a body is sent as is: compressing it costs more than it saves on loopback.
 GZIP_MIN_BYTES = 64 * 1024
@@ -24,9 +26,15 @@ class Readiness(NamedTuple):
 
 
 def make_app(
-    exposition: Exposition, registry: CollectorRegistry, readiness: Callable[[], Readiness]
+    exposition: Exposition,
+    registry: CollectorRegistry,
+    readiness: Callable[[], Readiness],
+    status: StatusView | None = None,
 ) -> web.Application:
-    """The store's metrics, then the registry's (the aggregator's process metrics), and the health probes."""
+    """The store's metrics, then the registry's (the aggregator's process metrics), and the health probes.
+
+    With `status`, also the status page and its data.
+    """
 
     def respond(openmetrics: bool, compress: bool) -> tuple[bytes, dict[str, str]]:
         body = exposition.render(openmetrics)
@@ -61,7 +69,24 @@ def make_app(
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
+    if status is not None:
+        add_status_routes(app, status)
     return app
+
+
+def add_status_routes(app: web.Application, status: StatusView) -> None:
+    """/ (the page, which polls) and /status.json (its data); neither is cached by browsers or proxies."""
+    no_store = {"Cache-Control": "no-store"}
+
+    async def page(_: web.Request) -> web.Response:
+        return web.Response(body=status.page, content_type="text/html", charset="utf-8", headers=no_store)
+
+    async def status_json(request: web.Request) -> web.Response:
+        body = msgspec.json.encode(status.snapshot(StatusQuery.parse(dict(request.query))))
+        return web.Response(body=body, content_type="application/json", headers=no_store)
+
+    app.router.add_get("/", page)
+    app.router.add_get("/status.json", status_json)
 
 
 async def start_http(app: web.Application, host: str, port: int) -> web.AppRunner:

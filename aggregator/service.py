@@ -21,10 +21,13 @@ from aggregator.exposition import Exposition
 from aggregator.http import Readiness, make_app, start_http
 from aggregator.ingest import Ingest
 from aggregator.pipeline import Pipeline
+from aggregator.rates import RateWindow, count_totals
 from aggregator.readview import ReadView
 from aggregator.reload import Reloader
 from aggregator.selfmetrics import SelfMetrics
+from aggregator.status import StatusView
 from aggregator.store import Store
+from aggregator.version import build_info
 
 log = logging.getLogger(__name__)
 
@@ -88,6 +91,22 @@ class Aggregator:
         metrics.set_gauge(metrics.start_time, now, now)
         metrics.set_gauge(metrics.consumer_connected, 0.0, now)  # exists, at 0, before the first connection
         metrics.set_gauge(metrics.checkpoint_failing, 0.0, now)
+        build = build_info()
+        metrics.set_build_info(build.version, build.revision, build.python, now)
+        # Rates on the status page are measured from the totals restored from the checkpoint, not from zero.
+        self.rates = RateWindow()
+        self.rates.add(count_totals(metrics, now))
+        self.status = StatusView(
+            self.store,
+            metrics,
+            self.ingest.sources,
+            self.rates,
+            self.pipeline.refusal_log,
+            self.readiness,
+            build,
+            settings.catalog.namespace,
+            checkpoints=self.checkpointer is not None,
+        )
 
     def readiness(self) -> Readiness:
         """Ready while consuming and able to commit; otherwise why not."""
@@ -108,7 +127,8 @@ class Aggregator:
         self._drained = anyio.Event()
         committed = True
         http = self.settings.http
-        runner = await start_http(make_app(self.exposition, self.registry, self.readiness), http.host, http.port)
+        app = make_app(self.exposition, self.registry, self.readiness, self.status)
+        runner = await start_http(app, http.host, http.port)
         log.info("serving /metrics on http://%s:%d", http.host, http.port)
         try:
             async with anyio.create_task_group() as group:
@@ -177,6 +197,8 @@ class Aggregator:
                 metrics.expired_series.inc((), expired)
             metrics.set_gauge(metrics.consumer_connected, 1.0 if self.consumer.ready else 0.0, now)
             metrics.set_gauge(metrics.checkpoint_failing, 1.0 if self.consumer.ledger.failure else 0.0, now)
+            if self.rates.due(now):
+                self.rates.add(count_totals(metrics, now))
             if now - last_depth >= QUEUE_DEPTH_INTERVAL:
                 last_depth = now
                 await self._probe_queues(now)

@@ -258,6 +258,25 @@ def test_prometheus_scrapes_both_aggregators_and_evaluates_every_shipped_rule(st
     assert {rule["duration"] for rule in loaded if rule["type"] == "alerting"} == {0}
 
 
+def test_prometheus_reads_each_aggregators_build_info(stack: Stack) -> None:
+    """`tickbus_build_info` reaches Prometheus from each aggregator: 1, with this distribution's version, the
+    revision and Python as labels (what a dashboard joins on to show which build runs where)."""
+    import platform
+
+    from aggregator.version import revision, version
+
+    found = {
+        sample["metric"]["instance"]: sample
+        for sample in stack.prometheus.query(f'tickbus_build_info{{job="{AGGREGATOR_JOB}"}}')
+    }
+    assert set(found) == {stack.instance, stack.broken_instance}
+    for sample in found.values():
+        assert sample["metric"]["version"] == version()
+        assert sample["metric"]["revision"] == revision()
+        assert sample["metric"]["python"] == platform.python_version()
+        assert float(sample["value"][1]) == 1.0
+
+
 def test_the_scraped_exposition_passes_promtool_check_metrics(stack: Stack) -> None:
     """With every kind of series present, `promtool check metrics` finds nothing to lint in /metrics."""
     request = urllib.request.Request(f"{stack.aggregator.url}/metrics", headers={"Accept": "text/plain"})

@@ -63,7 +63,7 @@ from tests.support.prometheus import (
 
 SERVICES = {"rabbitmq", "aggregator", "prometheus", "grafana"}
 # What docs/deployment.md tells people to open: service -> container port.
-PUBLISHED = {"rabbitmq": {5672, 15672}, "aggregator": {9464}, "prometheus": {9090}, "grafana": {3000}}
+PUBLISHED = {"rabbitmq": {5672, 15672}, "aggregator": {10464}, "prometheus": {9090}, "grafana": {3000}}
 DASHBOARD_UIDS = {
     "tickbus-trading-overview",
     "tickbus-execution-quality",
@@ -179,7 +179,8 @@ def test_compose_configures_the_aggregator_through_its_cli_environment() -> None
     user, password = rabbitmq["RABBITMQ_DEFAULT_USER"], rabbitmq["RABBITMQ_DEFAULT_PASS"]
     assert environment["TICKBUS_AMQP_URL"] == f"amqp://{user}:{password}@rabbitmq:5672/"
     assert aggregator["depends_on"]["rabbitmq"]["condition"] == "service_healthy"
-    assert "/healthz" in " ".join(aggregator["healthcheck"]["test"])
+    # Healthy means ready (consuming, queue bound), so `depends_on: service_healthy` gates publishers on it.
+    assert "/readyz" in " ".join(aggregator["healthcheck"]["test"])
     # Prometheus scrapes the aggregator service on that port.
     scrape = {job["job_name"]: job for job in load_yaml(PROMETHEUS_CONFIG)["scrape_configs"]}
     assert scrape["tickbus"]["static_configs"][0]["targets"] == [f"aggregator:{port}"]
@@ -197,8 +198,11 @@ def test_dockerfile_runs_the_aggregator_as_a_non_root_user_with_a_healthcheck() 
     assert entry == ["aggregator", "run"]
     health_options, _, health_command = keyword_args["HEALTHCHECK"].partition(" CMD ")
     assert "--interval=" in health_options
+    # The image checks liveness (an orchestrator replacing unhealthy containers must not kill an aggregator
+    # waiting for its broker); compose checks readiness with the same command.
     compose_health = _services()["aggregator"]["healthcheck"]["test"]
-    assert exec_form(health_command) == compose_health[1:]
+    assert "/healthz" in health_command
+    assert exec_form(health_command) == [part.replace("/readyz", "/healthz") for part in compose_health[1:]]
     env = dockerfile_env(final)
     assert json.loads(keyword_args["VOLUME"]) == [env["TICKBUS_STATE_DIR"]]
     assert env["TICKBUS_STATE_DIR"] == _services()["aggregator"]["environment"]["TICKBUS_STATE_DIR"]
@@ -209,6 +213,7 @@ def test_dockerfile_runs_the_aggregator_as_a_non_root_user_with_a_healthcheck() 
         "pyproject.toml",
         "setup.py",
         pyproject["project"]["readme"],
+        *pyproject["project"]["license-files"],
         *{package.split(".")[0] for package in pyproject["tool"]["setuptools"]["packages"]},
     }
     copied = set()
@@ -218,6 +223,37 @@ def test_dockerfile_runs_the_aggregator_as_a_non_root_user_with_a_healthcheck() 
     assert needed <= copied, f"the build stage does not copy {needed - copied}"
     ignored = {line.strip() for line in DOCKERIGNORE.read_text().splitlines() if line and not line.startswith("#")}
     assert needed & ignored == set()
+
+
+def test_the_default_port_is_the_same_everywhere() -> None:
+    """The config default, the CLI's help, the image, compose, Prometheus's scrape target and the README agree."""
+    port = load_settings().http.port
+    final = final_stage(dockerfile_instructions())
+    assert dict(final)["EXPOSE"] == str(port)
+    assert dockerfile_env(final)["TICKBUS_HTTP_PORT"] == str(port)
+    aggregator = _services()["aggregator"]
+    assert aggregator["environment"]["TICKBUS_HTTP_PORT"] == str(port)
+    assert aggregator["ports"] == [f"127.0.0.1:{port}:{port}"]
+    scrape = {job["job_name"]: job for job in load_yaml(PROMETHEUS_CONFIG)["scrape_configs"]}
+    assert scrape["tickbus"]["static_configs"][0]["targets"] == [f"aggregator:{port}"]
+    command = typer.main.get_command(app)
+    assert isinstance(command, typer.core.TyperGroup)
+    port_option = next(param for param in command.commands["run"].params if param.name == "port")
+    assert f"default {port}" in str(getattr(port_option, "help", ""))
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    assert f"localhost:{port}/metrics" in readme
+    assert f"port = {port}" in readme
+    # Not the OpenTelemetry Prometheus exporter's 9464, nor in the range Prometheus allocates to exporters.
+    assert port != 9464
+    assert not 9090 <= port <= 9999
+
+
+def test_the_image_reports_the_revision_it_was_built_from() -> None:
+    """The TICKBUS_REVISION build argument reaches the final stage's environment; compose passes it."""
+    final = final_stage(dockerfile_instructions())
+    assert ("ARG", "TICKBUS_REVISION=unknown") in final
+    assert dockerfile_env(final)["TICKBUS_REVISION"] == "${TICKBUS_REVISION}"
+    assert _services()["aggregator"]["build"]["args"]["TICKBUS_REVISION"] == "unknown"
 
 
 def test_prometheus_config_and_rules_pass_promtool_check(prometheus_version: str) -> None:
