@@ -39,6 +39,11 @@ def _number(value: float) -> str:
     return "+Inf" if value > 0 else "-Inf"
 
 
+def _exemplar(exemplar: Any) -> str:
+    """An OpenMetrics exemplar after a sample: ` # {trace_id="..."} value timestamp`."""
+    return f' # {{{exemplar.label}="{_escape_label(exemplar.id)}"}} {_number(exemplar.value)} {exemplar.ts!r}'
+
+
 def bucket_label(bound: float) -> str:
     """The `le` label of a bucket bound, as both renderings write it."""
     return repr(float(bound))
@@ -73,38 +78,51 @@ class FamilyText:
         if cached is not None and cached[0] == family.version and not family.volatile:
             return cached[1]
         version = family.version
-        text = self.header(openmetrics) + self._samples()
+        text = self.header(openmetrics) + self._samples(openmetrics)
         self.blocks[openmetrics] = (version, text)
         return text
 
-    def _samples(self) -> str:
+    def _samples(self, openmetrics: bool) -> str:
         family = self.family
-        prefixes = self.prefixes
+        # OpenMetrics alone carries exemplars (Prometheus text has no syntax for them).
+        exemplars = getattr(family, "exemplars", None) if openmetrics else None
         series = family.series
         # The keys now: the event loop may add series while this runs in a worker thread.
         keys = list(series)
-        if len(prefixes) > len(keys) * 2:  # many series expired since: drop their prefixes
-            self.prefixes = prefixes = {key: prefixes[key] for key in keys if key in prefixes}
-        names = family.label_names
+        if len(self.prefixes) > len(keys) * 2:  # many series expired since: drop their prefixes
+            self.prefixes = {key: self.prefixes[key] for key in keys if key in self.prefixes}
+        if isinstance(family, HistogramFamily):
+            return self._histogram_samples(family, keys, exemplars or {})
+        return self._plain_samples(family, keys, exemplars or {})
+
+    def _histogram_samples(self, family: HistogramFamily, keys: list[LabelKey], exemplars: dict[Any, Any]) -> str:
+        prefixes, series = self.prefixes, family.series
+        bounds = [*map(bucket_label, family.bounds), "+Inf"]
         out: list[str] = []
         append = out.append
-        if isinstance(family, HistogramFamily):
-            bounds = [*map(bucket_label, family.bounds), "+Inf"]
-            for key in keys:
-                counts = series.get(key)
-                if counts is None:
-                    continue
-                prefix = prefixes.get(key)
-                if prefix is None:
-                    prefix = prefixes[key] = self._histogram_prefixes(key, bounds)
-                cumulative = 0.0
-                for line_prefix, count in zip(prefix[0], counts, strict=False):
-                    cumulative += count
+        for key in keys:
+            counts = series.get(key)
+            if counts is None:
+                continue
+            prefix = prefixes.get(key)
+            if prefix is None:
+                prefix = prefixes[key] = self._histogram_prefixes(key, bounds)
+            cumulative = 0.0
+            marks = exemplars.get(key)
+            for index, (line_prefix, count) in enumerate(zip(prefix[0], counts, strict=False)):
+                cumulative += count
+                if marks and index in marks:
+                    append("%s%d%s\n" % (line_prefix, cumulative, _exemplar(marks[index])))  # noqa: UP031
+                else:
                     append("%s%d\n" % (line_prefix, cumulative))  # noqa: UP031 (counts are whole numbers)
-                append("%s%d\n%s%s\n" % (prefix[1], cumulative, prefix[2], _number(counts[-1])))  # noqa: UP031
-            return "".join(out)
-        sample_name = family.name
+            append("%s%d\n%s%s\n" % (prefix[1], cumulative, prefix[2], _number(counts[-1])))  # noqa: UP031
+        return "".join(out)
+
+    def _plain_samples(self, family: AnyFamily, keys: list[LabelKey], exemplars: dict[Any, Any]) -> str:
+        prefixes, series, names, sample_name = self.prefixes, family.series, family.label_names, family.name
         gauge = isinstance(family, GaugeFamily)
+        out: list[str] = []
+        append = out.append
         for key in keys:
             value = series.get(key)
             if value is None:
@@ -112,7 +130,10 @@ class FamilyText:
             prefix = prefixes.get(key)
             if prefix is None:
                 prefix = prefixes[key] = f"{sample_name}{_labels(names, key)} "
-            append(f"{prefix}{_number(value[0] if gauge else value)}\n")
+            if key in exemplars:
+                append(f"{prefix}{_number(value)}{_exemplar(exemplars[key])}\n")
+            else:
+                append(f"{prefix}{_number(value[0] if gauge else value)}\n")
         return "".join(out)
 
     def _histogram_prefixes(self, key: LabelKey, bounds: list[str]) -> tuple[list[str], str, str]:

@@ -9,6 +9,7 @@ from aggregator.catalog import BUILTIN_CATALOG, MetricSpec
 from aggregator.compiler import compile_catalog, compiled_loop
 from aggregator.config import CatalogSettings, CustomMetric
 from aggregator.custom import CustomMetrics
+from aggregator.exemplars import ExemplarRecorder
 from aggregator.selfmetrics import SelfMetrics
 from aggregator.sources import Sources
 from aggregator.store import AnyFamily, Store
@@ -58,6 +59,7 @@ class Ingest:
         self.loop = compiled_loop(compiled)
         self._plan = None if self.loop is None else self.loop.plan(self.compiled)
         self._plan_apply = None if self.loop is None else self.loop.apply
+        self.exemplars = ExemplarRecorder(self.compiled)
         kinds: list[type[EventBase]] = [*catalog, Metric]
         self._tags: dict[type[Any], str] = {event_type: kind_of(event_type) for event_type in kinds}
 
@@ -91,6 +93,7 @@ class Ingest:
             for event in events:
                 for update in updaters[type(event)]:
                     update(event, now)
+        self.exemplars.record(applied, kinds)
         # Counted per message with C-level iteration: a message repeats a few (kind, source) pairs.
         tags = self._tags
         received = self.self_metrics.events_received

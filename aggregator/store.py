@@ -153,6 +153,8 @@ class CounterFamily(Family):
         super().__init__(*args, **kwargs)
         # series key -> {producer instance: last running total it reported}, newest instances last
         self.running_totals: dict[LabelKey, dict[str, float]] = {}
+        # series key -> the last exemplar (aggregator.exemplars) of an event that added to it
+        self.exemplars: dict[LabelKey, Any] = {}
         if not self.label_names:
             self.series[()] = 0.0  # a total with no labels exists, at zero, from the start
 
@@ -206,6 +208,7 @@ class CounterFamily(Family):
     def discard(self, key: LabelKey) -> None:
         super().discard(key)
         self.running_totals.pop(key, None)
+        self.exemplars.pop(key, None)
 
 
 class GaugeFamily(Family):
@@ -295,6 +298,8 @@ class HistogramFamily(Family):
         super().__init__(*args, **kwargs)
         self.bounds = tuple(float(bound) for bound in buckets)
         self._width = len(self.bounds) + 2
+        # series key -> {bucket index: the last exemplar (aggregator.exemplars) observed into that bucket}
+        self.exemplars: dict[LabelKey, dict[int, Any]] = {}
         if not self.label_names:
             self.series[()] = self.empty()
 
@@ -317,6 +322,10 @@ class HistogramFamily(Family):
     def row(self, key: LabelKey) -> Any:
         counts = self.series.get(key)
         return None if counts is None else counts.tolist()
+
+    def discard(self, key: LabelKey) -> None:
+        super().discard(key)
+        self.exemplars.pop(key, None)
 
     def load(self, key: LabelKey, row: Any) -> None:
         if row is None:

@@ -25,6 +25,7 @@ from typing import Any
 import pytest
 
 from producers.emitter import Emitter, EmitterSettings
+from schemas.events import Order
 from tests.support import incidents
 from tests.support.broker import publish_raw
 from tests.support.deploy import (
@@ -498,3 +499,29 @@ def test_the_image_entry_command_with_compose_environment_is_healthy(tmp_path: P
     assert code == 0, log_path.read_text(errors="replace")
     # With the aggregator gone, the healthchecks fail.
     assert all(code != 0 for code in healthy())
+
+
+def test_prometheus_keeps_the_order_id_exemplar_of_a_slow_fill(stack: Stack) -> None:
+    """A fill with an order id, scraped as OpenMetrics: Prometheus's exemplar API leads from the bucket to the order."""
+    order_id = f"o-{int(time.time() * 1000)}"
+    started = time.time()
+    fill = Order(
+        ts=time.time(), source=EMITTER_SOURCE, symbol="EXM", side="buy", status="filled", latency=4.2, order_id=order_id
+    )
+    assert stack.emitter.emit(fill)
+    assert stack.emitter.flush(30)
+    stack.prometheus.wait_scraped_after(stack.instance, time.time())
+
+    def found() -> bool:
+        data = stack.prometheus.api(
+            "query_exemplars",
+            query=f'trading_order_latency_seconds_bucket{{source="{EMITTER_SOURCE}"}}',
+            start=str(started - 60),
+            end=str(time.time() + 60),
+        )
+        ids = {exemplar["labels"].get("order_id") for series in data for exemplar in series["exemplars"]}
+        buckets = {series["seriesLabels"]["le"] for series in data for exemplar in series["exemplars"]
+                   if exemplar["labels"].get("order_id") == order_id}  # fmt: skip
+        return order_id in ids and buckets == {"5.0"}
+
+    wait_for(found, timeout=30, what="the order's exemplar in Prometheus")

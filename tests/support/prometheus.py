@@ -155,6 +155,8 @@ class PrometheusServer:
             f"--storage.tsdb.path={storage}",
             f"--web.listen-address={self.address}",
             "--log.level=warn",
+            # As compose runs it: exemplars scraped from OpenMetrics are kept and queryable.
+            "--enable-feature=exemplar-storage",
         ]
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)
