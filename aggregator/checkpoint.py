@@ -1,5 +1,6 @@
 """Checkpoints: a full base plus a journal of the series each commit changed, so a commit costs what changed."""
 
+import abc
 import logging
 import os
 import re
@@ -203,7 +204,77 @@ class Commit:
         return sum(len(keys) for _, keys in self.families)
 
 
-class Checkpointer:
+class CommitLog(abc.ABC):
+    """What every checkpoint store shares: the commit point (copy on write), the commit, failures counted.
+
+    A store (a state directory, a RabbitMQ stream) appends a commit's record durably in `_append` and
+    may compact afterwards in `_after_commit`.
+    """
+
+    def __init__(self, store: Store, recent_ids: RecentIds, metrics: SelfMetrics, blackbox: BlackBox | None) -> None:
+        self.store = store
+        self.recent_ids = recent_ids
+        self.metrics = metrics
+        # Failures after the last good checkpoint are kept here, so the counter never goes backwards.
+        self.blackbox = blackbox
+        self.sequence = 0
+
+    def capture(self) -> Commit:
+        """The commit point, on the event loop: O(families), whatever the store's size."""
+        self.sequence += 1
+        families = [(family, family.freeze()) for family in self.store.families.values()]
+        return Commit(self.sequence, families, self.recent_ids.take_new())
+
+    async def persist(self, commit: Commit) -> None:
+        """Append the commit durably while ingestion goes on; raise OSError if it fails."""
+        try:
+            size = await self._append(commit)
+        except OSError:
+            self._thaw(commit, written=False)
+            failures = self.metrics.checkpoint_failures
+            failures.inc(())
+            if self.blackbox is not None:
+                self.blackbox.count_checkpoint_failure(int(failures.series[()]))
+            raise
+        self._thaw(commit, written=True)
+        now = time.time()
+        metrics = self.metrics
+        metrics.checkpoint_seconds.observe((), time.perf_counter() - commit.started)
+        metrics.checkpoint_rows.inc((), commit.size)
+        metrics.set_gauge(metrics.last_checkpoint, now, now)
+        await self._after_commit(commit, size)
+
+    @abc.abstractmethod
+    async def _append(self, commit: Commit) -> int:
+        """Write the commit's record durably; its size in bytes. Raise OSError if it could not."""
+
+    async def _after_commit(self, commit: Commit, size: int) -> None:
+        """Compact, when the store wants to (after a commit succeeded)."""
+
+    def _thaw(self, commit: Commit, written: bool) -> None:
+        for family, _ in commit.families:
+            family.thaw(written)
+        if not written:
+            self.recent_ids.give_back(commit.recent_ids)
+
+    def _reconcile_failures(self) -> None:
+        if self.blackbox is None:
+            return
+        failures = self.metrics.checkpoint_failures
+        restored = failures.series.get((), 0.0)
+        kept = float(self.blackbox.checkpoint_failures)
+        if kept > restored:
+            failures.series[()] = kept
+        self.blackbox.count_checkpoint_failure(int(max(kept, restored)))
+
+    def _apply_record(self, record: Record) -> None:
+        self.store.apply_changes(record.families)
+        for message_id in record.recent_ids:
+            self.recent_ids.add(message_id)
+        self.sequence = max(self.sequence, record.sequence)
+
+
+class Checkpointer(CommitLog):
     """Owns the state directory: restores the newest good state, journals each commit, compacts the journal.
 
     A commit appends the rows of the series changed since the last one to the journal (a record with a
@@ -220,13 +291,8 @@ class Checkpointer:
         blackbox: BlackBox | None = None,
         compact_after_bytes: int = COMPACT_AFTER_BYTES,
     ) -> None:
+        super().__init__(store, recent_ids, metrics, blackbox)
         self.directory = directory
-        self.store = store
-        self.recent_ids = recent_ids
-        self.metrics = metrics
-        # Failures after the last good checkpoint are kept here, so the counter never goes backwards.
-        self.blackbox = blackbox
-        self.sequence = 0
         self.segment = 0
         self._base_bytes = 0
         self._journal_bytes = 0
@@ -313,10 +379,7 @@ class Checkpointer:
                 raise CheckpointError(f"journal segment {path} is unreadable: {error}") from None
             records, stopped = read_records(data)
             for record in records:
-                self.store.apply_changes(record.families)
-                for message_id in record.recent_ids:
-                    self.recent_ids.add(message_id)
-                self.sequence = max(self.sequence, record.sequence)
+                self._apply_record(record)
             replayed += len(records)
             if not stopped:
                 continue
@@ -333,49 +396,12 @@ class Checkpointer:
         self.recent_ids.take_new()  # restored ids are not new: the next commit need not journal them again
         return replayed
 
-    def _reconcile_failures(self) -> None:
-        if self.blackbox is None:
-            return
-        failures = self.metrics.checkpoint_failures
-        restored = failures.series.get((), 0.0)
-        kept = float(self.blackbox.checkpoint_failures)
-        if kept > restored:
-            failures.series[()] = kept
-        self.blackbox.count_checkpoint_failure(int(max(kept, restored)))
-
     # --- committing ------------------------------------------------------------------------------------
 
-    def capture(self) -> Commit:
-        """The commit point, on the event loop: O(families), whatever the store's size."""
-        self.sequence += 1
-        families = [(family, family.freeze()) for family in self.store.families.values()]
-        return Commit(self.sequence, families, self.recent_ids.take_new())
-
-    async def persist(self, commit: Commit) -> None:
-        """Append the commit to the journal in a thread while ingestion goes on; raise OSError if it fails."""
-        try:
-            size = await anyio.to_thread.run_sync(self._write_record, commit)
-        except OSError:
-            self._thaw(commit, written=False)
-            failures = self.metrics.checkpoint_failures
-            failures.inc(())
-            if self.blackbox is not None:
-                self.blackbox.count_checkpoint_failure(int(failures.series[()]))
-            raise
-        self._thaw(commit, written=True)
+    async def _append(self, commit: Commit) -> int:
+        size = await anyio.to_thread.run_sync(self._write_record, commit)
         self._journal_bytes += size
-        now = time.time()
-        metrics = self.metrics
-        metrics.checkpoint_seconds.observe((), time.perf_counter() - commit.started)
-        metrics.checkpoint_rows.inc((), commit.size)
-        metrics.set_gauge(metrics.last_checkpoint, now, now)
-        await self._after_commit(commit)
-
-    def _thaw(self, commit: Commit, written: bool) -> None:
-        for family, _ in commit.families:
-            family.thaw(written)
-        if not written:
-            self.recent_ids.give_back(commit.recent_ids)
+        return size
 
     def _write_record(self, commit: Commit) -> int:
         data = encode_record(Record(commit.sequence, time.time(), commit.rows(), commit.recent_ids))
@@ -384,7 +410,7 @@ class Checkpointer:
 
     # --- compacting ------------------------------------------------------------------------------------
 
-    async def _after_commit(self, commit: Commit) -> None:
+    async def _after_commit(self, commit: Commit, size: int) -> None:
         pending = self._pending_base
         if pending is not None and commit.sequence > pending[1]:
             # Everything the new base holds was applied before this commit's point: it is all committed.
