@@ -248,6 +248,7 @@ class CommitLog(abc.ABC):
     async def _append(self, commit: Commit) -> int:
         """Write the commit's record durably; its size in bytes. Raise OSError if it could not."""
 
+    @abc.abstractmethod
     async def _after_commit(self, commit: Commit, size: int) -> None:
         """Compact, when the store wants to (after a commit succeeded)."""
 
