@@ -41,6 +41,8 @@ class AmqpSettings(_Section):
     # broker never dead-letters a backlog of good messages delivered during crashes.
     delivery_limit: Annotated[int, msgspec.Meta(ge=1)] = 100
     reconnect_max_seconds: PositiveSeconds = 30.0
+    # Replicas consuming the same queue as one active consumer and standbys (with state.stream).
+    single_active_consumer: bool = False
 
     def __post_init__(self) -> None:
         if not self.url.startswith(("amqp://", "amqps://")):
@@ -86,6 +88,12 @@ class StateSettings(_Section):
     dedup_window: Annotated[int, msgspec.Meta(ge=0)] = 50_000
     # A message the aggregator was processing when it died this many times is set aside as poison.
     poison_after: Annotated[int, msgspec.Meta(ge=1)] = 2
+    # Checkpoints in a RabbitMQ stream (`<queue>.state`) instead of `dir`: a standby replica
+    # (amqp.single_active_consumer) takes over from what the broker holds, with no shared disk.
+    # `dir`, if set too, keeps only the black box then.
+    stream: bool = False
+    # Retention of that stream: several times the size of the state (tickbus warns when it is not).
+    stream_max_bytes: Annotated[int, msgspec.Meta(ge=16 * 1024 * 1024)] = 512 * 1024 * 1024
 
 
 class CustomMetric(_Section):

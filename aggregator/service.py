@@ -25,6 +25,7 @@ from aggregator.rates import RateWindow, count_totals
 from aggregator.readview import ReadView
 from aggregator.reload import Reloader
 from aggregator.selfmetrics import SelfMetrics
+from aggregator.statestream import StreamCheckpointer, stream_name
 from aggregator.status import StatusView
 from aggregator.store import Store
 from aggregator.version import build_info
@@ -68,7 +69,17 @@ class Aggregator:
             with contextlib.suppress(OSError):  # the checkpointer says what is wrong with it
                 state_dir.mkdir(parents=True, exist_ok=True)
         self.blackbox = BlackBox.open(state_dir if state_dir is not None and state_dir.is_dir() else None)
-        if state_dir is not None:
+        self.stream: StreamCheckpointer | None = None
+        if settings.state.stream:
+            self.stream = StreamCheckpointer(
+                stream_name(settings.amqp.queue),
+                self.store,
+                self.recent_ids,
+                self.self_metrics,
+                self.blackbox,
+                max_bytes=settings.state.stream_max_bytes,
+            )
+        elif state_dir is not None:
             self.checkpointer = Checkpointer(state_dir, self.store, self.recent_ids, self.self_metrics, self.blackbox)
             self.checkpointer.restore()
         if self.blackbox.died_processing is not None:
@@ -81,12 +92,15 @@ class Aggregator:
         self.consumer = Consumer(
             settings.amqp,
             self.pipeline,
-            durability=self.checkpointer,
+            durability=self.stream or self.checkpointer,
             commit_interval=settings.state.checkpoint_interval_seconds,
             blackbox=self.blackbox,
             poison_after=settings.state.poison_after,
             crash_marker=crash_marker,
+            take_over=None if self.stream is None else self._take_over,
         )
+        if self.stream is not None:
+            self.stream.bind(self.consumer.open_channel)
         metrics, now = self.self_metrics, time.time()
         metrics.set_gauge(metrics.start_time, now, now)
         metrics.set_gauge(metrics.consumer_connected, 0.0, now)  # exists, at 0, before the first connection
@@ -107,6 +121,17 @@ class Aggregator:
             settings.catalog.namespace,
             checkpoints=self.checkpointer is not None,
         )
+
+    async def _take_over(self) -> None:
+        assert self.stream is not None
+        channel = await self.consumer.open_channel()
+        try:
+            await self.stream.declare(channel)
+        finally:
+            await channel.close()
+        await self.stream.take_over()
+        for family in self.store.families.values():
+            family.version += 1
 
     def readiness(self) -> Readiness:
         """Ready while consuming and able to commit; otherwise why not."""

@@ -201,6 +201,7 @@ class CounterFamily(Family):
 
     def restore(self, rows: Iterable[Any]) -> None:
         self.running_totals.clear()
+        self.exemplars.clear()
         super().restore(rows)
         if not self.label_names:
             self.series.setdefault((), 0.0)
@@ -335,6 +336,7 @@ class HistogramFamily(Family):
 
     def restore(self, rows: Iterable[Any]) -> None:
         rows = list(rows)
+        self.exemplars.clear()
         super().restore(rows)
         mismatched = sum(1 for _, row in rows if row is not None and len(row) != self._width)
         if not self.label_names:
