@@ -71,10 +71,23 @@ def run(
         str | None, typer.Option(envvar="TICKBUS_QUEUE", help="Queue to consume (default tickbus.aggregator).")
     ] = None,
     host: Annotated[
-        str | None, typer.Option(envvar="TICKBUS_HTTP_HOST", help="Address to serve on (default 0.0.0.0: all).")
+        str | None,
+        typer.Option(
+            envvar="TICKBUS_HTTP_HOST",
+            help="Address to serve on (default 127.0.0.1: this machine only; 0.0.0.0: all, as in a container).",
+        ),
     ] = None,
     port: Annotated[
         int | None, typer.Option(envvar="TICKBUS_HTTP_PORT", help="Port to serve /metrics on (default 9464).")
+    ] = None,
+    web_config_file: Annotated[
+        str | None,
+        typer.Option(
+            "--web.config.file",
+            "--web-config-file",
+            envvar="TICKBUS_WEB_CONFIG_FILE",
+            help="Web config file (exporter-toolkit format): TLS and basic auth for /metrics. Reloaded on change.",
+        ),
     ] = None,
     namespace: Annotated[
         str | None, typer.Option(envvar="TICKBUS_NAMESPACE", help="Prefix of the trading metrics (default trading).")
@@ -109,6 +122,7 @@ def run(
         "amqp.queue": queue,
         "http.host": host,
         "http.port": port,
+        "http.web_config_file": web_config_file,
         "catalog.namespace": namespace,
         "state.dir": state_dir,
         "log_level": log_level,
