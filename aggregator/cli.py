@@ -111,7 +111,8 @@ def run(
     """Consume metric events from RabbitMQ and serve them on /metrics (plus /healthz and /readyz).
 
     Settings come from defaults, then the --config file, then flags and TICKBUS_* environment variables.
-    SIGHUP reloads the config file: custom metrics, limits and the log level change live.
+    SIGHUP reloads the config file: custom metrics, limits and the log level change live. The web config
+    (--web.config.file) is reloaded on SIGHUP and whenever it or a file it names changes.
     Exits 1 if it stopped without committing what it applied (the broker redelivers it).
     """
     from aggregator.service import Aggregator
