@@ -169,7 +169,8 @@ def load_web_config(path: Path) -> WebConfig:
     except OSError as error:
         raise WebConfigError(f"{path}: cannot read the web config file: {error.strerror or error}") from None
     try:
-        document = msgspec.yaml.decode(text or b"{}", type=_WebConfigFile)
+        # Untyped first: a file of comments only (null) is an empty config, as exporter-toolkit reads it.
+        document = msgspec.convert(msgspec.yaml.decode(text) or {}, _WebConfigFile)
     except msgspec.ValidationError as error:
         raise WebConfigError(_where(path, f"invalid web config: {error}")) from None
     except msgspec.DecodeError as error:
@@ -178,8 +179,6 @@ def load_web_config(path: Path) -> WebConfig:
         places = _YAML_PLACE.findall(str(error))
         where = f" (line {places[-1][0]}, column {places[-1][1]})" if places else ""
         raise WebConfigError(f"{path}: not valid YAML{where}") from None
-    if document is None:  # an empty document
-        document = _WebConfigFile()
     directory = path.parent
     tls = _tls_settings(path, directory, document.tls_server_config)
     users = _users(path, document.basic_auth_users or {})

@@ -120,8 +120,9 @@ def test_an_exporter_toolkit_file_loads_with_paths_relative_to_it(tmp_path: Path
     assert guard.describe() == "TLS, client certificates (VerifyClientCertIfGiven), basic auth for 1 user(s)"
     # An empty file is a valid web config: plain HTTP, no auth (as exporter-toolkit reads it).
     empty = tmp_path / "empty.yml"
-    empty.write_text("")
-    assert WebGuard.open(empty).ssl_context is None
+    for text in ("", "# nothing yet\n"):
+        empty.write_text(text)
+        assert WebGuard.open(empty).ssl_context is None
 
 
 @pytest.mark.parametrize(
