@@ -173,6 +173,8 @@ def load_web_config(path: Path) -> WebConfig:
         document = msgspec.convert(msgspec.yaml.decode(text) or {}, _WebConfigFile)
     except msgspec.ValidationError as error:
         raise WebConfigError(_where(path, f"invalid web config: {error}")) from None
+    except ImportError:  # msgspec reads YAML with PyYAML
+        raise WebConfigError(f"{path}: reading a web config needs PyYAML (pip install pyyaml)") from None
     except msgspec.DecodeError as error:
         # The YAML parser may quote the line it stopped at, which can hold a hash or a password
         # pasted by mistake: only its place is told.

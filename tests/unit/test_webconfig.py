@@ -5,6 +5,7 @@ import contextlib
 import logging
 import shutil
 import ssl
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Callable
@@ -453,3 +454,11 @@ def test_the_listen_address_defaults_to_loopback() -> None:
     """Nothing outside the machine reads the metrics unless the operator chooses an address (docs/security.md)."""
     assert Settings().http.host == "127.0.0.1"
     assert load_settings(None, {"http.host": "0.0.0.0"}).http.host == "0.0.0.0"
+
+
+def test_without_pyyaml_the_error_says_what_is_missing(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """msgspec reads YAML with PyYAML: where it is not installed, the start fails with one line saying so."""
+    path = _web_config(tmp_path, _config(None, {"prometheus": bcrypt_hash(PASSWORD)}))
+    monkeypatch.setitem(sys.modules, "yaml", None)
+    with pytest.raises(WebConfigError, match=r"web.yml: reading a web config needs PyYAML"):
+        load_web_config(path)
