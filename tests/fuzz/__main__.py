@@ -36,7 +36,8 @@ def main() -> None:
         mutated: bytes = atheris.Mutate(data, max_size)
         return mutated
 
-    atheris.Setup(sys.argv, one_input, custom_mutator=mutator)
+    # libFuzzer runs argv[0] through the shell for -merge and -jobs: run this module again, not its file.
+    atheris.Setup([f"{sys.executable} -m tests.fuzz", *sys.argv[1:]], one_input, custom_mutator=mutator)
     atheris.Fuzz()
 
 
