@@ -313,9 +313,15 @@ class _Snapshot:
                 raise WebConfigError(
                     f"{config}: tls_server_config.{key}: cannot read {source}: {error.strerror or error}"
                 ) from None
-            descriptor = os.open(self.path / target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, stat.S_IRUSR | stat.S_IWUSR)
-            with os.fdopen(descriptor, "wb") as file:
-                file.write(data)
+            try:
+                descriptor = os.open(
+                    self.path / target, os.O_WRONLY | os.O_CREAT | os.O_EXCL, stat.S_IRUSR | stat.S_IWUSR
+                )
+                with os.fdopen(descriptor, "wb") as file:
+                    file.write(data)
+            except OSError:
+                self.close()
+                raise
 
     def close(self) -> None:
         self._directory.cleanup()
@@ -343,16 +349,18 @@ def _load_tls(context: ssl.SSLContext, config: WebConfig) -> None:
     """Check the certificate, key, versions and ciphers on a scratch context, then apply them to `context`."""
     tls = config.tls
     assert tls is not None
-    snapshot = _Snapshot(tls, config.path)
     try:
-        try:
-            _apply_tls(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), tls, snapshot.path)
-        except ssl.SSLError as error:
-            raise WebConfigError(
-                f"{config.path}: tls_server_config: the certificate {tls.cert_file} and key {tls.key_file} "
-                f"do not load: {_reason(error)}"
-            ) from None
+        snapshot = _Snapshot(tls, config.path)
+    except OSError as error:  # no room or no temporary directory for the copy
+        raise WebConfigError(f"{config.path}: cannot copy the certificate and key aside: {_reason(error)}") from None
+    try:
+        _apply_tls(ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER), tls, snapshot.path)
         _apply_tls(context, tls, snapshot.path)
+    except (ssl.SSLError, OSError) as error:
+        raise WebConfigError(
+            f"{config.path}: tls_server_config: the certificate {tls.cert_file} and key {tls.key_file} "
+            f"do not load: {_reason(error)}"
+        ) from None
     finally:
         snapshot.close()
 

@@ -6,6 +6,7 @@ import logging
 import shutil
 import ssl
 import sys
+import tempfile
 import urllib.error
 import urllib.request
 from collections.abc import AsyncIterator, Callable
@@ -462,3 +463,17 @@ def test_without_pyyaml_the_error_says_what_is_missing(tmp_path: Path, monkeypat
     monkeypatch.setitem(sys.modules, "yaml", None)
     with pytest.raises(WebConfigError, match=r"web.yml: reading a web config needs PyYAML"):
         load_web_config(path)
+
+
+def test_a_reload_that_cannot_copy_the_certificate_aside_keeps_running(
+    tmp_path: Path, tls: TlsFiles, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """No room for the certificate's copy (a full /tmp): the reload is refused with why, nothing raises."""
+    guard = WebGuard.open(_web_config(tmp_path, _config(tls)))
+
+    def full(*_: object, **__: object) -> None:
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(tempfile, "TemporaryDirectory", full)
+    assert guard.reload() == []
+    assert "cannot copy the certificate and key aside: No space left on device" in caplog.text
