@@ -89,10 +89,23 @@ def run(
         str | None, typer.Option(envvar="TICKBUS_QUEUE", help="Queue to consume (default tickbus.aggregator).")
     ] = None,
     host: Annotated[
-        str | None, typer.Option(envvar="TICKBUS_HTTP_HOST", help="Address to serve on (default 0.0.0.0: all).")
+        str | None,
+        typer.Option(
+            envvar="TICKBUS_HTTP_HOST",
+            help="Address to serve on (default 127.0.0.1: this machine only; 0.0.0.0: all, as in a container).",
+        ),
     ] = None,
     port: Annotated[
         int | None, typer.Option(envvar="TICKBUS_HTTP_PORT", help="Port to serve /metrics on (default 10464).")
+    ] = None,
+    web_config_file: Annotated[
+        str | None,
+        typer.Option(
+            "--web.config.file",
+            "--web-config-file",
+            envvar="TICKBUS_WEB_CONFIG_FILE",
+            help="Web config file (exporter-toolkit format): TLS and basic auth for /metrics. Reloaded on change.",
+        ),
     ] = None,
     namespace: Annotated[
         str | None, typer.Option(envvar="TICKBUS_NAMESPACE", help="Prefix of the trading metrics (default trading).")
@@ -116,7 +129,8 @@ def run(
     """Consume metric events from RabbitMQ and serve them on /metrics (plus /healthz and /readyz).
 
     Settings come from defaults, then the --config file, then flags and TICKBUS_* environment variables.
-    SIGHUP reloads the config file: custom metrics, limits and the log level change live.
+    SIGHUP reloads the config file: custom metrics, limits and the log level change live. The web config
+    (--web.config.file) is reloaded on SIGHUP and whenever it or a file it names changes.
     Exits 1 if it stopped without committing what it applied (the broker redelivers it).
     """
     from aggregator.service import Aggregator
@@ -127,6 +141,7 @@ def run(
         "amqp.queue": queue,
         "http.host": host,
         "http.port": port,
+        "http.web_config_file": web_config_file,
         "catalog.namespace": namespace,
         "state.dir": state_dir,
         "log_level": log_level,

@@ -60,8 +60,16 @@ class AmqpSettings(_Section):
 class HttpSettings(_Section):
     """The scrape endpoint."""
 
-    host: str = "0.0.0.0"
+    # Loopback by default: nothing outside this machine reads the metrics until an operator says so
+    # (a container sets 0.0.0.0, and publishes the port on the host where it chooses). docs/security.md.
+    host: str = "127.0.0.1"
     port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 10464
+    # The exporter-toolkit web config file (TLS, basic auth, headers); empty: plain HTTP, no auth.
+    web_config_file: str = ""
+    # Whether /healthz and /readyz ask for credentials too (orchestrators' probes usually cannot send them).
+    probes_need_auth: bool = False
+    # How often the web config file and the files it names are checked for changes; 0: only on SIGHUP.
+    web_config_poll_seconds: Annotated[float, msgspec.Meta(ge=0)] = 2.0
 
 
 class CatalogSettings(_Section):

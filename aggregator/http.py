@@ -1,12 +1,14 @@
 """The HTTP endpoints: /metrics with content negotiation, /healthz, /readyz, and the status page."""
 
 import gzip
-from collections.abc import Callable
+import ssl
+from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
 import anyio
 import msgspec
 from aiohttp import web
+from aiohttp.typedefs import Middleware
 from prometheus_client.exposition import generate_latest
 from prometheus_client.openmetrics.exposition import generate_latest as generate_openmetrics
 from prometheus_client.registry import CollectorRegistry
@@ -16,6 +18,8 @@ from aggregator.status import StatusQuery, StatusView
 
 # Below this a body is sent as is: compressing it costs more than it saves on loopback.
 GZIP_MIN_BYTES = 64 * 1024
+# The probes an orchestrator calls; they answer without credentials unless `http.probes_need_auth`.
+PROBES = ("/healthz", "/readyz")
 
 
 class Readiness(NamedTuple):
@@ -30,8 +34,11 @@ def make_app(
     registry: CollectorRegistry,
     readiness: Callable[[], Readiness],
     status: StatusView | None = None,
+    middlewares: Iterable[Middleware] = (),
 ) -> web.Application:
     """The store's metrics, then the registry's (the aggregator's process metrics), and the health probes.
+
+    `middlewares` wrap every route (the web config's basic auth and headers, webconfig.py).
 
     With `status`, also the status page and its data.
     """
@@ -65,7 +72,7 @@ def make_app(
             return web.Response(text=f"ready: {why}\n")
         return web.Response(status=503, text=f"not ready: {why}\n")
 
-    app = web.Application()
+    app = web.Application(middlewares=middlewares)
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
@@ -89,8 +96,11 @@ def add_status_routes(app: web.Application, status: StatusView) -> None:
     app.router.add_get("/status.json", status_json)
 
 
-async def start_http(app: web.Application, host: str, port: int) -> web.AppRunner:
+async def start_http(
+    app: web.Application, host: str, port: int, ssl_context: ssl.SSLContext | None = None
+) -> web.AppRunner:
+    """Serve `app` on host:port, over TLS with `ssl_context` (changes to the context apply to new connections)."""
     runner = web.AppRunner(app, access_log=None)
     await runner.setup()
-    await web.TCPSite(runner, host, port).start()
+    await web.TCPSite(runner, host, port, ssl_context=ssl_context).start()
     return runner

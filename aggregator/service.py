@@ -1,6 +1,7 @@
 """The aggregator service: builds the parts from settings and runs them until SIGTERM or Ctrl-C."""
 
 import contextlib
+import ipaddress
 import logging
 import signal
 import time
@@ -8,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import anyio
+from aiohttp import web
 from prometheus_client import GCCollector, PlatformCollector, ProcessCollector
 from prometheus_client.registry import CollectorRegistry
 
@@ -18,7 +20,7 @@ from aggregator.checkpoint import Checkpointer
 from aggregator.config import Settings
 from aggregator.dedup import RecentIds
 from aggregator.exposition import Exposition
-from aggregator.http import Readiness, make_app, start_http
+from aggregator.http import PROBES, Readiness, make_app, start_http
 from aggregator.ingest import Ingest
 from aggregator.pipeline import Pipeline
 from aggregator.rates import RateWindow, count_totals
@@ -29,8 +31,29 @@ from aggregator.statestream import StreamCheckpointer, stream_name
 from aggregator.status import StatusView
 from aggregator.store import Store
 from aggregator.version import build_info
+from aggregator.webconfig import WebGuard
 
 log = logging.getLogger(__name__)
+
+
+def _exposure(web_guard: WebGuard | None) -> str:
+    """What a listener beyond loopback gives away with this web config ("" when TLS and basic auth are on)."""
+    if web_guard is None:
+        return "without a web config: anyone who reaches this port reads /metrics (set http.web_config_file)"
+    if web_guard.config.tls is None:
+        return "without TLS: credentials and metrics cross the network in clear text"
+    tls = web_guard.config.tls
+    if not web_guard.config.users and tls.client_auth_type != "RequireAndVerifyClientCert":
+        return "without basic auth or client certificates: anyone who reaches this port reads /metrics"
+    return ""
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
 
 MAINTENANCE_INTERVAL = 1.0
 QUEUE_DEPTH_INTERVAL = 5.0
@@ -57,7 +80,10 @@ class Aggregator:
                 "events with the pure-Python loop, about a third as fast"
             )
         self.exposition = Exposition(ReadView(self.store, self.ingest.sources))
-        self.reloader = Reloader(load_settings or (lambda: settings), settings, self.ingest)
+        web_config = settings.http.web_config_file
+        # Raises WebConfigError (a ValueError naming the file and the key) before anything is served.
+        self.web = WebGuard.open(Path(web_config)) if web_config else None
+        self.reloader = Reloader(load_settings or (lambda: settings), settings, self.ingest, self.web)
         # The aggregator's own process metrics (CPU, memory, file descriptors, GC) come from prometheus_client.
         self.registry = CollectorRegistry(auto_describe=True)
         ProcessCollector(registry=self.registry)
@@ -151,13 +177,12 @@ class Aggregator:
         self._consuming = anyio.Event()
         self._drained = anyio.Event()
         committed = True
-        http = self.settings.http
-        app = make_app(self.exposition, self.registry, self.readiness, self.status)
-        runner = await start_http(app, http.host, http.port)
-        log.info("serving /metrics on http://%s:%d", http.host, http.port)
+        runner = await self._start_http()
         try:
             async with anyio.create_task_group() as group:
                 group.start_soon(self._on_signals)
+                if self.web is not None and self.settings.http.web_config_poll_seconds > 0:
+                    group.start_soon(self.web.watch, self.settings.http.web_config_poll_seconds)
                 group.start_soon(self._serve)
                 await self._stop_requested.wait()
                 if self._consuming.is_set():
@@ -169,6 +194,22 @@ class Aggregator:
             await runner.cleanup()
             self.blackbox.close()
         return committed
+
+    async def _start_http(self) -> web.AppRunner:
+        """Serve /metrics and the probes as the web config says, and log how (and how exposed)."""
+        http, web_guard = self.settings.http, self.web
+        middlewares = [web_guard.middleware(() if http.probes_need_auth else PROBES)] if web_guard else []
+        app = make_app(self.exposition, self.registry, self.readiness, self.status, middlewares)
+        ssl_context = web_guard.ssl_context if web_guard else None
+        runner = await start_http(app, http.host, http.port, ssl_context)
+        scheme = web_guard.scheme if web_guard else "http"
+        how = web_guard.describe() if web_guard else "no TLS, no basic auth"
+        log.info("serving /metrics on %s://%s:%d (%s)", scheme, http.host, http.port, how)
+        if not _loopback(http.host):
+            exposure = _exposure(web_guard)
+            if exposure:
+                log.warning("serving on %s %s; see docs/security.md", http.host, exposure)
+        return runner
 
     async def _close(self) -> bool:
         """Commit, ack and disconnect; log what was actually done."""

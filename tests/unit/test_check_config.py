@@ -40,7 +40,7 @@ def test_the_summary_says_what_the_file_declares_and_hides_the_password(tmp_path
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == (
         f"{config}: OK: consumes exchange 'desk' into queue 'desk.q' (quorum, prefetch 2000) at "
-        "amqp://desk:***@broker:5672/; serves 0.0.0.0:10999; namespace 'trading'; 2 custom metric(s) "
+        "amqp://desk:***@broker:5672/; serves 127.0.0.1:10999; namespace 'trading'; 2 custom metric(s) "
         "(1 counter, 1 gauge); checkpoints in /var/lib/tickbus"
     )
 

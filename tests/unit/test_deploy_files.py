@@ -5,20 +5,24 @@ import copy
 import json
 import re
 import shutil
+import stat
 import subprocess
 import tomllib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import bcrypt
 import jsonschema
 import pytest
 import typer.main
 import yaml
+from cryptography import x509
 from prometheus_client import CollectorRegistry, ProcessCollector
 
 from aggregator.cli import app
 from aggregator.config import load_settings
+from aggregator.webconfig import load_web_config
 from tests.support.deploy import (
     AGGREGATOR_CONFIG,
     COMPOSE_SCHEMA,
@@ -28,6 +32,7 @@ from tests.support.deploy import (
     DOCKERFILE,
     DOCKERIGNORE,
     REPO,
+    SECRETS_DIR,
     aggregator_families,
     bind_mounts,
     compose_document,
@@ -44,6 +49,7 @@ from tests.support.deploy import (
     named_volumes,
     panel_queries,
     panels,
+    service_secrets,
     variable_references,
 )
 from tests.support.prometheus import (
@@ -60,6 +66,7 @@ from tests.support.prometheus import (
     rules,
     with_short_for,
 )
+from tests.support.web import PROMETHEUS_PASSWORD, WEB_CA, WEB_CONFIG, make_web_secrets
 
 SERVICES = {"rabbitmq", "aggregator", "prometheus", "grafana"}
 # What docs/deployment.md tells people to open: service -> container port.
@@ -198,11 +205,16 @@ def test_dockerfile_runs_the_aggregator_as_a_non_root_user_with_a_healthcheck() 
     assert entry == ["aggregator", "run"]
     health_options, _, health_command = keyword_args["HEALTHCHECK"].partition(" CMD ")
     assert "--interval=" in health_options
-    # The image checks liveness (an orchestrator replacing unhealthy containers must not kill an aggregator
-    # waiting for its broker); compose checks readiness with the same command.
-    compose_health = _services()["aggregator"]["healthcheck"]["test"]
-    assert "/healthz" in health_command
-    assert exec_form(health_command) == [part.replace("/readyz", "/healthz") for part in compose_health[1:]]
+    # The image checks liveness over plain HTTP (the image without a web config; an orchestrator replacing
+    # unhealthy containers must not kill an aggregator waiting for its broker); compose checks readiness over
+    # TLS (test_compose_serves_metrics_over_tls_with_basic_auth_from_secrets).
+    compose_health = " ".join(_services()["aggregator"]["healthcheck"]["test"])
+    image_health = " ".join(exec_form(health_command))
+    assert "/healthz" in image_health
+    assert "/readyz" in compose_health
+    assert "https://" in compose_health
+    for probe in (image_health, compose_health):
+        assert "os.environ.get('TICKBUS_HTTP_PORT', '10464')" in probe
     env = dockerfile_env(final)
     assert json.loads(keyword_args["VOLUME"]) == [env["TICKBUS_STATE_DIR"]]
     assert env["TICKBUS_STATE_DIR"] == _services()["aggregator"]["environment"]["TICKBUS_STATE_DIR"]
@@ -254,6 +266,52 @@ def test_the_image_reports_the_revision_it_was_built_from() -> None:
     assert ("ARG", "TICKBUS_REVISION=unknown") in final
     assert dockerfile_env(final)["TICKBUS_REVISION"] == "${TICKBUS_REVISION}"
     assert _services()["aggregator"]["build"]["args"]["TICKBUS_REVISION"] == "unknown"
+
+
+def test_compose_serves_metrics_over_tls_with_basic_auth_from_secrets(tmp_path: Path) -> None:
+    """The aggregator reads its web config from a compose secret, listens on all interfaces of its container
+    only, and Prometheus scrapes it with https, the CA and the password from secrets that scripts/web-secrets
+    makes: a certificate for the `aggregator` host name and a bcrypt hash of exactly that password."""
+    document = interpolate(compose_document(), {})
+    services = document["services"]
+    environment = services["aggregator"]["environment"]
+    assert environment["TICKBUS_HTTP_HOST"] == "0.0.0.0"
+    assert all(port.startswith("${TICKBUS_BIND_ADDRESS:-127.0.0.1}:") for port in
+               compose_document()["services"]["aggregator"]["ports"])  # fmt: skip
+    aggregator_secrets = service_secrets(document, "aggregator")
+    prometheus_secrets = service_secrets(document, "prometheus")
+    assert {path.parent for path in (aggregator_secrets | prometheus_secrets).values()} == {SECRETS_DIR}
+    web_config_path = environment["TICKBUS_WEB_CONFIG_FILE"]
+    assert aggregator_secrets[web_config_path].name == WEB_CONFIG
+    # The certificate and key the web config names sit next to it, in the same mount.
+    secrets = make_web_secrets(tmp_path / "secrets")
+    assert {path.name for path in (aggregator_secrets | prometheus_secrets).values()} <= {
+        path.name for path in secrets.iterdir()
+    }
+    config = load_web_config(secrets / WEB_CONFIG)
+    assert config.tls is not None
+    for path in config.tls.files:
+        assert f"/run/secrets/{path.name}" in aggregator_secrets, f"{path.name} is not mounted next to the web config"
+    # The private key is readable by the container's user (10001), protected by the directory instead.
+    assert stat.S_IMODE(secrets.stat().st_mode) == 0o700
+    assert stat.S_IMODE(config.tls.key_file.stat().st_mode) == 0o644
+    assert (secrets / ".gitignore").read_text() == "*\n"
+    certificate = x509.load_pem_x509_certificate(config.tls.cert_file.read_bytes())
+    names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "aggregator" in names.get_values_for_type(x509.DNSName)
+    job = {job["job_name"]: job for job in load_yaml(PROMETHEUS_CONFIG)["scrape_configs"]}["tickbus"]
+    assert job["scheme"] == "https"
+    assert prometheus_secrets[job["tls_config"]["ca_file"]].name == WEB_CA
+    assert prometheus_secrets[job["basic_auth"]["password_file"]].name == PROMETHEUS_PASSWORD
+    password = (secrets / PROMETHEUS_PASSWORD).read_bytes()
+    assert len(password) >= 24
+    assert bcrypt.checkpw(password, config.users[job["basic_auth"]["username"]])
+    assert "password" not in job["basic_auth"], "the password comes from a file, never from prometheus.yml"
+    # Run again: nothing is renewed; with --force, everything is.
+    make_web_secrets(secrets)
+    assert (secrets / PROMETHEUS_PASSWORD).read_bytes() == password
+    make_web_secrets(secrets, "--force")
+    assert (secrets / PROMETHEUS_PASSWORD).read_bytes() != password
 
 
 def test_prometheus_config_and_rules_pass_promtool_check(prometheus_version: str) -> None:
