@@ -11,7 +11,7 @@ from aggregator.ingest import Ingest
 log = logging.getLogger(__name__)
 
 # Read once at start: a change to these is refused with a message, the running values stay.
-RESTART_ONLY = ("amqp", "http", "state")
+RESTART_ONLY = ("amqp", "http", "state", "source_auth")
 
 
 def _differences(old: object, new: object, prefix: str) -> list[str]:

@@ -46,7 +46,7 @@ class Aggregator:
         self.self_metrics = SelfMetrics(self.store)
         self.ingest = Ingest(settings.catalog, settings.metrics, self.store, self.self_metrics)
         self.recent_ids = RecentIds(settings.state.dedup_window)
-        self.pipeline = Pipeline(self.ingest, self.recent_ids)
+        self.pipeline = Pipeline(self.ingest, self.recent_ids, source_auth=settings.source_auth)
         self.exposition = Exposition(ReadView(self.store, self.ingest.sources))
         self.reloader = Reloader(load_settings or (lambda: settings), settings, self.ingest)
         # The aggregator's own process metrics (CPU, memory, file descriptors, GC) come from prometheus_client.
