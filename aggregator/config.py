@@ -71,20 +71,22 @@ class AmqpSettings(_Section):
         tls_files = [key for key in ("ca_file", "cert_file", "key_file") if getattr(self, key)]
         if tls_files and parts.scheme != "amqps":
             raise ValueError(
-                f"{tls_files[0]} is set but the url is amqp://: use amqps:// and the broker's TLS port "
+                f"amqp.{tls_files[0]} is set but the url is amqp://: use amqps:// and the broker's TLS port "
                 "(5671 by default)"
             )
         if bool(self.cert_file) != bool(self.key_file):
-            raise ValueError("cert_file and key_file go together (the client certificate and its private key)")
+            raise ValueError(
+                "amqp.cert_file and amqp.key_file go together (the client certificate and its private key)"
+            )
         if self.password_file:
             if parts.password is not None:
-                raise ValueError("the password is given twice: in the url and in password_file; keep one")
+                raise ValueError("the password is given twice: in amqp.url and in amqp.password_file; keep one")
             if not parts.username:
-                raise ValueError("password_file needs a user in the url (amqps://USER@host:5671/)")
+                raise ValueError("amqp.password_file needs a user in amqp.url (amqps://USER@host:5671/)")
         for key in ("ca_file", "cert_file", "key_file", "password_file"):
             path = getattr(self, key)
             if path and not Path(path).is_file():
-                raise ValueError(f"{key}: {path} does not exist or is not a file")
+                raise ValueError(f"amqp.{key}: {path} does not exist or is not a file")
 
     @property
     def tls(self) -> bool:

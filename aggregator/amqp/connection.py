@@ -149,6 +149,13 @@ def explain(error: BaseException, amqp: AmqpSettings) -> str:
                 f"RabbitMQ refused the login of user {url.user or 'guest'!r}{where}: a wrong password, an unknown "
                 f"user or a user without access to the vhost ({describe(cause)})"
             )
+        if isinstance(cause, ConnectionResetError) and amqp.tls and not amqp.cert_file:
+            # With TLS 1.3 a broker that wants a client certificate may close the connection before its alert
+            # reaches the client.
+            return (
+                f"{describe(cause)}: the broker closed the TLS connection; if it asks for a client certificate "
+                "(ssl_options.fail_if_no_peer_cert), set amqp.cert_file and amqp.key_file"
+            )
     return describe(error)
 
 
