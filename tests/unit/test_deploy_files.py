@@ -63,7 +63,7 @@ from tests.support.prometheus import (
 
 SERVICES = {"rabbitmq", "aggregator", "prometheus", "grafana"}
 # What docs/deployment.md tells people to open: service -> container port.
-PUBLISHED = {"rabbitmq": {5672, 15672}, "aggregator": {9464}, "prometheus": {9090}, "grafana": {3000}}
+PUBLISHED = {"rabbitmq": {5671, 15671}, "aggregator": {9464}, "prometheus": {9090}, "grafana": {3000}}
 DASHBOARD_UIDS = {
     "tickbus-trading-overview",
     "tickbus-execution-quality",
@@ -129,9 +129,11 @@ def test_compose_validates_against_the_compose_spec() -> None:
 
 
 def test_every_compose_variable_has_a_default() -> None:
-    """`docker compose up` works without an .env file: every ${VAR} has a default."""
+    """`docker compose up` works without an .env file: every ${VAR} has a default (and no RabbitMQ credential
+    is a variable any more: they are secrets made by scripts/make-deploy-secrets)."""
     variables = compose_variables(compose_document())
-    assert "RABBITMQ_PASSWORD" in variables
+    assert "RABBITMQ_PORT" in variables
+    assert {"RABBITMQ_USER", "RABBITMQ_PASSWORD"} & set(variables) == set()
     assert {name for name, default in variables.items() if default is None} == set()
 
 
@@ -175,9 +177,12 @@ def test_compose_configures_the_aggregator_through_its_cli_environment() -> None
     assert named_volumes(aggregator).get(environment["TICKBUS_STATE_DIR"]) == "aggregator-state"
     port = int(environment["TICKBUS_HTTP_PORT"])
     assert {int(mapping.split(":")[-1]) for mapping in aggregator["ports"]} == {port}
-    rabbitmq = services["rabbitmq"]["environment"]
-    user, password = rabbitmq["RABBITMQ_DEFAULT_USER"], rabbitmq["RABBITMQ_DEFAULT_PASS"]
-    assert environment["TICKBUS_AMQP_URL"] == f"amqp://{user}:{password}@rabbitmq:5672/"
+    # Over TLS to the broker's name, as the aggregator's own user whose password, like the CA, is a mounted secret.
+    assert environment["TICKBUS_AMQP_URL"] == "amqps://tickbus-aggregator@rabbitmq:5671/"
+    assert environment["TICKBUS_AMQP_CA_FILE"] == "/run/secrets/tickbus-ca.pem"
+    assert environment["TICKBUS_AMQP_PASSWORD_FILE"] == "/run/secrets/amqp-aggregator.password"
+    assert set(aggregator["secrets"]) == {"tickbus-ca.pem", "amqp-aggregator.password"}
+    assert "environment" not in services["rabbitmq"], "the broker's users come from its definitions, not variables"
     assert aggregator["depends_on"]["rabbitmq"]["condition"] == "service_healthy"
     assert "/healthz" in " ".join(aggregator["healthcheck"]["test"])
     # Prometheus scrapes the aggregator service on that port.
