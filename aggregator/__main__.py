@@ -1,5 +1,5 @@
 """`python -m aggregator` runs the CLI."""
 
-from aggregator.cli import main
+from aggregator.launch import main
 
 main()

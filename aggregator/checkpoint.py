@@ -1,11 +1,13 @@
-"""Checkpoints: the store and recent message ids written atomically to disk, and restored at start."""
+"""Checkpoints: a full base plus a journal of the series each commit changed, so a commit costs what changed."""
 
+import abc
 import logging
 import os
+import re
 import struct
 import time
 import zlib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -15,16 +17,24 @@ import msgspec
 from aggregator.blackbox import BlackBox
 from aggregator.dedup import RecentIds
 from aggregator.selfmetrics import SelfMetrics
-from aggregator.store import Store
+from aggregator.store import AnyFamily, LabelKey, Store
 
 log = logging.getLogger(__name__)
 
 MAGIC = b"TBCK"
-FORMAT_VERSION = 2
-# magic, format version, payload length, CRC-32 of the payload
+FORMAT_VERSION = 3
+LEGACY_VERSION = 2
+# Bases: magic, format version, payload length, CRC-32 of the payload.
 HEADER = struct.Struct(">4sHQI")
-CURRENT = "checkpoint"
-PREVIOUS = "checkpoint.prev"
+# Journal records: payload length, CRC-32 of the payload.
+RECORD = struct.Struct(">QI")
+BASE = "base"
+BASE_PREVIOUS = "base.prev"
+# What the first release wrote: a whole snapshot per commit. Read as a base when upgrading.
+LEGACY = ("checkpoint", "checkpoint.prev")
+SEGMENT = re.compile(r"^journal\.(\d{8})$")
+# A base is rewritten once the journal behind it grows past the larger of this and the base's size.
+COMPACT_AFTER_BYTES = 32 * 1024 * 1024
 
 
 class CheckpointError(RuntimeError):
@@ -36,14 +46,32 @@ class CorruptCheckpoint(ValueError):
 
 
 class Snapshot(msgspec.Struct):
+    """A full copy of the state: every series, and the recent message ids.
+
+    `first_segment` is the first journal segment to replay on top of it: the one opened when its
+    copying began, so every change made while it was copied is replayed again (rows hold values,
+    not increments, so replaying them is idempotent).
+    """
+
     written_at: float
     sequence: int
+    families: dict[str, Any]
+    recent_ids: list[str]
+    first_segment: int = 0
+
+
+class Record(msgspec.Struct):
+    """One commit in the journal: the rows of the series it changed (None: deleted), and the ids it applied."""
+
+    sequence: int
+    written_at: float
     families: dict[str, Any]
     recent_ids: list[str]
 
 
 _encoder = msgspec.msgpack.Encoder()
-_decoder = msgspec.msgpack.Decoder(Snapshot)
+_snapshot_decoder = msgspec.msgpack.Decoder(Snapshot)
+_record_decoder = msgspec.msgpack.Decoder(Record)
 
 
 def encode_checkpoint(snapshot: Snapshot) -> bytes:
@@ -57,7 +85,7 @@ def decode_checkpoint(data: bytes) -> Snapshot:
     magic, version, length, crc = HEADER.unpack_from(data)
     if magic != MAGIC:
         raise CorruptCheckpoint("not a tickbus checkpoint (bad magic)")
-    if version != FORMAT_VERSION:
+    if version not in (FORMAT_VERSION, LEGACY_VERSION):
         raise CorruptCheckpoint(f"format version {version}, this aggregator reads {FORMAT_VERSION}")
     payload = data[HEADER.size :]
     if len(payload) != length:
@@ -65,27 +93,84 @@ def decode_checkpoint(data: bytes) -> Snapshot:
     if zlib.crc32(payload) != crc:
         raise CorruptCheckpoint("checksum mismatch")
     try:
-        return _decoder.decode(payload)
+        snapshot = _snapshot_decoder.decode(payload)
     except msgspec.DecodeError as error:
         raise CorruptCheckpoint(f"undecodable payload: {error}") from None
+    if version == LEGACY_VERSION:
+        snapshot.families = _from_legacy(snapshot.families)
+    return snapshot
 
 
-def _write_durably(directory: Path, data: bytes) -> None:
-    """Write, fsync, keep the last good checkpoint as the previous one, rename into place, fsync the directory."""
-    temporary = directory / f"{CURRENT}.tmp"
-    with temporary.open("wb") as file:
+def _from_legacy(families: dict[str, Any]) -> dict[str, Any]:
+    """Format 2 rows (the first release) as format 3 rows: running totals and gauge times inline."""
+    converted: dict[str, Any] = {}
+    for name, (kind, rows) in families.items():
+        if kind == "counter":
+            series_rows, running_rows = rows
+            totals = {tuple(key): value for key, value in running_rows}
+            converted[name] = [
+                kind,
+                [[key, [value, totals[tuple(key)]] if tuple(key) in totals else value] for key, value in series_rows],
+            ]
+        elif kind == "gauge":
+            converted[name] = [kind, [[key, [value[0], value[1], updated]] for key, value, updated in rows]]
+        else:
+            converted[name] = [kind, rows]
+    return converted
+
+
+def encode_record(record: Record) -> bytes:
+    payload = _encoder.encode(record)
+    return RECORD.pack(len(payload), zlib.crc32(payload)) + payload
+
+
+def read_records(data: bytes) -> tuple[list[Record], str]:
+    """The records of a journal segment, and why reading stopped early ('' if it read to the end)."""
+    records: list[Record] = []
+    offset = 0
+    while offset < len(data):
+        if len(data) - offset < RECORD.size:
+            return records, f"a torn record header at byte {offset}"
+        length, crc = RECORD.unpack_from(data, offset)
+        payload = data[offset + RECORD.size : offset + RECORD.size + length]
+        if len(payload) != length:
+            return records, f"a torn record at byte {offset} ({len(payload)} of {length} bytes)"
+        if zlib.crc32(payload) != crc:
+            return records, f"a record with a bad checksum at byte {offset}"
+        try:
+            records.append(_record_decoder.decode(payload))
+        except msgspec.DecodeError as error:
+            return records, f"an undecodable record at byte {offset}: {error}"
+        offset += RECORD.size + length
+    return records, ""
+
+
+def _fsync_directory(directory: Path) -> None:
+    descriptor = os.open(directory, os.O_RDONLY)
+    try:
+        os.fsync(descriptor)
+    finally:
+        os.close(descriptor)
+
+
+def _write_durably(path: Path, data: bytes) -> None:
+    """Write a new file, fsync it, and fsync its directory."""
+    with path.open("wb") as file:
         file.write(data)
         file.flush()
         os.fsync(file.fileno())
-    current = directory / CURRENT
-    if current.exists():
-        os.replace(current, directory / PREVIOUS)
-    os.replace(temporary, current)
-    directory_fd = os.open(directory, os.O_RDONLY)
-    try:
-        os.fsync(directory_fd)
-    finally:
-        os.close(directory_fd)
+    _fsync_directory(path.parent)
+
+
+def _append_durably(path: Path, data: bytes) -> None:
+    """Append to a journal segment and fsync it (and the directory, when the segment is new)."""
+    new = not path.exists()
+    with path.open("ab") as file:
+        file.write(data)
+        file.flush()
+        os.fsync(file.fileno())
+    if new:
+        _fsync_directory(path.parent)
 
 
 @dataclass
@@ -94,26 +179,84 @@ class Restored:
     sequence: int
     written_at: float
     fell_back: bool
+    replayed: int = 0
 
 
-class Checkpointer:
-    """Owns the state directory: restores the newest good checkpoint and writes new ones atomically."""
+@dataclass
+class Commit:
+    """What one commit writes, fixed at its commit point: the keys each family changed, and the new ids."""
 
-    def __init__(
-        self,
-        directory: Path,
-        store: Store,
-        recent_ids: RecentIds,
-        metrics: SelfMetrics,
-        blackbox: BlackBox | None = None,
-    ) -> None:
-        self.directory = directory
+    sequence: int
+    families: list[tuple[AnyFamily, set[LabelKey]]]
+    recent_ids: list[str]
+    started: float = field(default_factory=time.perf_counter)
+
+    def rows(self) -> dict[str, Any]:
+        """The committed rows, read in the writer's thread while ingestion goes on (see Family.committed_row)."""
+        return {
+            family.name: [str(family.type), [[list(key), family.committed_row(key)] for key in keys]]
+            for family, keys in self.families
+            if keys
+        }
+
+    @property
+    def size(self) -> int:
+        return sum(len(keys) for _, keys in self.families)
+
+
+class CommitLog(abc.ABC):
+    """What every checkpoint store shares: the commit point (copy on write), the commit, failures counted.
+
+    A store (a state directory, a RabbitMQ stream) appends a commit's record durably in `_append` and
+    may compact afterwards in `_after_commit`.
+    """
+
+    def __init__(self, store: Store, recent_ids: RecentIds, metrics: SelfMetrics, blackbox: BlackBox | None) -> None:
         self.store = store
         self.recent_ids = recent_ids
         self.metrics = metrics
         # Failures after the last good checkpoint are kept here, so the counter never goes backwards.
         self.blackbox = blackbox
         self.sequence = 0
+
+    def capture(self) -> Commit:
+        """The commit point, on the event loop: O(families), whatever the store's size."""
+        self.sequence += 1
+        families = [(family, family.freeze()) for family in self.store.families.values()]
+        return Commit(self.sequence, families, self.recent_ids.take_new())
+
+    async def persist(self, commit: Commit) -> None:
+        """Append the commit durably while ingestion goes on; raise OSError if it fails."""
+        try:
+            size = await self._append(commit)
+        except OSError:
+            self._thaw(commit, written=False)
+            failures = self.metrics.checkpoint_failures
+            failures.inc(())
+            if self.blackbox is not None:
+                self.blackbox.count_checkpoint_failure(int(failures.series[()]))
+            raise
+        self._thaw(commit, written=True)
+        now = time.time()
+        metrics = self.metrics
+        metrics.checkpoint_seconds.observe((), time.perf_counter() - commit.started)
+        metrics.checkpoint_rows.inc((), commit.size)
+        metrics.set_gauge(metrics.last_checkpoint, now, now)
+        await self._after_commit(commit, size)
+
+    @abc.abstractmethod
+    async def _append(self, commit: Commit) -> int:
+        """Write the commit's record durably; its size in bytes. Raise OSError if it could not."""
+
+    @abc.abstractmethod
+    async def _after_commit(self, commit: Commit, size: int) -> None:
+        """Compact, when the store wants to (after a commit succeeded)."""
+
+    def _thaw(self, commit: Commit, written: bool) -> None:
+        for family, _ in commit.families:
+            family.thaw(written)
+        if not written:
+            self.recent_ids.give_back(commit.recent_ids)
 
     def _reconcile_failures(self) -> None:
         if self.blackbox is None:
@@ -125,66 +268,211 @@ class Checkpointer:
             failures.series[()] = kept
         self.blackbox.count_checkpoint_failure(int(max(kept, restored)))
 
+    def _apply_record(self, record: Record) -> None:
+        self.store.apply_changes(record.families)
+        for message_id in record.recent_ids:
+            self.recent_ids.add(message_id)
+        self.sequence = max(self.sequence, record.sequence)
+
+
+class Checkpointer(CommitLog):
+    """Owns the state directory: restores the newest good state, journals each commit, compacts the journal.
+
+    A commit appends the rows of the series changed since the last one to the journal (a record with a
+    checksum, fsynced), so it costs in proportion to what changed, never to the store. The journal is
+    folded into a new base in the background once it outgrows the base.
+    """
+
+    def __init__(
+        self,
+        directory: Path,
+        store: Store,
+        recent_ids: RecentIds,
+        metrics: SelfMetrics,
+        blackbox: BlackBox | None = None,
+        compact_after_bytes: int = COMPACT_AFTER_BYTES,
+    ) -> None:
+        super().__init__(store, recent_ids, metrics, blackbox)
+        self.directory = directory
+        self.segment = 0
+        self._base_bytes = 0
+        self._journal_bytes = 0
+        self._compact_after_bytes = compact_after_bytes
+        self._compacting = False
+        # A base copied and written, waiting for a commit that covers everything it holds:
+        # (its first segment, the sequence of the last commit before its copy ended).
+        self._pending_base: tuple[int, int] | None = None
+
+    # --- restoring -------------------------------------------------------------------------------------
+
     def restore(self) -> Restored | None:
-        """Load the current checkpoint, or the previous one if the current is damaged; None if there is none."""
+        """Load the newest readable base and replay the journal after it; None if there is no state yet."""
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
         except OSError as error:
             raise CheckpointError(f"state directory {self.directory} is unusable: {error}") from None
-        candidates = [self.directory / CURRENT, self.directory / PREVIOUS]
-        problems = []
-        for index, path in enumerate(candidates):
-            if not path.exists():
-                continue
+        segments = self._segments()
+        problems: list[str] = []
+        restored: Restored | None = None
+        first = 0
+        existing = [self.directory / name for name in (BASE, BASE_PREVIOUS, *LEGACY)]
+        for path in [path for path in existing if path.exists()]:
             try:
                 snapshot = decode_checkpoint(path.read_bytes())
             except (CorruptCheckpoint, OSError) as error:
                 log.error("checkpoint %s is unreadable: %s", path, error)
                 problems.append(f"{path}: {error}")
                 continue
+            self._base_bytes = path.stat().st_size
             self.store.restore(snapshot.families)
             self.recent_ids.restore(snapshot.recent_ids)
             self.sequence = snapshot.sequence
-            fell_back = index > 0 and bool(problems)
-            if fell_back:
+            restored = Restored(path, snapshot.sequence, snapshot.written_at, bool(problems))
+            first = snapshot.first_segment
+            break
+        else:
+            if problems:
+                raise CheckpointError(
+                    "no readable checkpoint in "
+                    f"{self.directory} ({'; '.join(problems)}). Starting empty would lose every count: move the "
+                    "files aside to start from zero on purpose."
+                )
+            if segments and min(segments) > 0:
+                raise CheckpointError(
+                    f"the journal in {self.directory} starts at segment {min(segments)} but there is no base "
+                    "for it: the base files were removed. Move the journal aside to start from zero on purpose."
+                )
+        replayed = self._replay([number for number in segments if number >= first])
+        if restored is None and replayed:
+            restored = Restored(self.directory / self._segment_name(first), self.sequence, time.time(), False)
+        if restored is not None:
+            restored.replayed = replayed
+            if restored.fell_back:
                 log.error(
                     "fell back to the previous checkpoint %s (sequence %d, written %s): counts applied after it "
                     "and already acknowledged are missing",
-                    path,
-                    snapshot.sequence,
-                    time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(snapshot.written_at)),
+                    restored.path,
+                    restored.sequence,
+                    time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(restored.written_at)),
                 )
             else:
-                log.info("restored checkpoint %s (sequence %d)", path, snapshot.sequence)
-            self._reconcile_failures()
-            return Restored(path, snapshot.sequence, snapshot.written_at, fell_back)
-        if problems:
-            raise CheckpointError(
-                "no readable checkpoint in "
-                f"{self.directory} ({'; '.join(problems)}). Starting empty would lose every count: move the "
-                "files aside to start from zero on purpose."
-            )
-        self._reconcile_failures()
-        return None
-
-    def snapshot(self) -> bytes:
-        """The state now, encoded: take it on the event loop, so nothing changes underneath."""
-        self.sequence += 1
-        return encode_checkpoint(
-            Snapshot(time.time(), self.sequence, self.store.snapshot(), self.recent_ids.snapshot())
+                log.info(
+                    "restored checkpoint %s and %d journal record(s) (sequence %d)",
+                    restored.path,
+                    replayed,
+                    self.sequence,
+                )
+        # Never append to a segment a crash may have torn: every run starts a new one.
+        self.segment = max(segments, default=-1) + 1
+        self._journal_bytes = sum(
+            (self.directory / self._segment_name(number)).stat().st_size for number in segments if number >= first
         )
+        self._reconcile_failures()
+        return restored
 
-    async def persist(self, data: bytes) -> None:
-        """Write a snapshot durably, in a thread so the event loop goes on ingesting."""
+    def _replay(self, segments: list[int]) -> int:
+        replayed = 0
+        for position, number in enumerate(segments):
+            path = self.directory / self._segment_name(number)
+            try:
+                data = path.read_bytes()
+            except OSError as error:
+                raise CheckpointError(f"journal segment {path} is unreadable: {error}") from None
+            records, stopped = read_records(data)
+            for record in records:
+                self._apply_record(record)
+            replayed += len(records)
+            if not stopped:
+                continue
+            if position == len(segments) - 1 and "torn" in stopped:
+                # The last commit of a run that died while writing it: it was never acked.
+                log.info("journal segment %s ends in %s; the commit it held was not acknowledged", path, stopped)
+            else:
+                log.error(
+                    "journal segment %s is damaged (%s): counts applied after it and already acknowledged are missing",
+                    path,
+                    stopped,
+                )
+                break
+        self.recent_ids.take_new()  # restored ids are not new: the next commit need not journal them again
+        return replayed
+
+    # --- committing ------------------------------------------------------------------------------------
+
+    async def _append(self, commit: Commit) -> int:
+        size = await anyio.to_thread.run_sync(self._write_record, commit)
+        self._journal_bytes += size
+        return size
+
+    def _write_record(self, commit: Commit) -> int:
+        data = encode_record(Record(commit.sequence, time.time(), commit.rows(), commit.recent_ids))
+        _append_durably(self.directory / self._segment_name(self.segment), data)
+        return len(data)
+
+    # --- compacting ------------------------------------------------------------------------------------
+
+    async def _after_commit(self, commit: Commit, size: int) -> None:
+        pending = self._pending_base
+        if pending is not None and commit.sequence > pending[1]:
+            # Everything the new base holds was applied before this commit's point: it is all committed.
+            self._pending_base = None
+            try:
+                await anyio.to_thread.run_sync(self._install_base, pending[0])
+            except OSError as error:
+                log.error("installing the compacted base failed (%s); the journal keeps everything", error)
+        elif not self._compacting and self._journal_bytes > max(self._compact_after_bytes, self._base_bytes):
+            self._compacting = True
+            self.segment += 1  # changes from here on go to a segment the new base replays
+            first = self.segment
+            self._journal_bytes = 0
+            try:
+                size = await anyio.to_thread.run_sync(self._write_base, first)
+            except OSError as error:
+                log.error("compacting the journal failed (%s); it goes on growing until a compaction succeeds", error)
+            else:
+                self._base_bytes = size
+                self._pending_base = (first, self.sequence)
+            finally:
+                self._compacting = False
+
+    def _write_base(self, first_segment: int) -> int:
+        """Copy the live state (see Snapshot) and write it as the next base; its size in bytes."""
         started = time.perf_counter()
-        try:
-            await anyio.to_thread.run_sync(_write_durably, self.directory, data)
-        except OSError:
-            failures = self.metrics.checkpoint_failures
-            failures.inc(())
-            if self.blackbox is not None:
-                self.blackbox.count_checkpoint_failure(int(failures.series[()]))
-            raise
-        now = time.time()
-        self.metrics.checkpoint_seconds.observe((), time.perf_counter() - started)
-        self.metrics.set_gauge(self.metrics.last_checkpoint, now, now)
+        snapshot = Snapshot(
+            time.time(), self.sequence, self.store.snapshot(), self.recent_ids.snapshot(), first_segment
+        )
+        data = encode_checkpoint(snapshot)
+        _write_durably(self.directory / f"{BASE}.tmp", data)
+        self.metrics.compaction_seconds.observe((), time.perf_counter() - started)
+        return len(data)
+
+    def _install_base(self, first_segment: int) -> None:
+        directory = self.directory
+        base = directory / BASE
+        previous = directory / BASE_PREVIOUS
+        if base.exists():
+            os.replace(base, previous)
+        os.replace(directory / f"{BASE}.tmp", base)
+        _fsync_directory(directory)
+        # The previous base stays, with the segments it needs; older segments and the first release's files go.
+        keep_from = first_segment
+        if previous.exists():
+            try:
+                keep_from = decode_checkpoint(previous.read_bytes()).first_segment
+            except CorruptCheckpoint:
+                keep_from = first_segment
+        for number in self._segments():
+            if number < keep_from:
+                (directory / self._segment_name(number)).unlink(missing_ok=True)
+        for name in LEGACY:
+            (directory / name).unlink(missing_ok=True)
+        log.info("compacted the journal into a new base of %d bytes", base.stat().st_size)
+
+    # --- files -----------------------------------------------------------------------------------------
+
+    @staticmethod
+    def _segment_name(number: int) -> str:
+        return f"journal.{number:08d}"
+
+    def _segments(self) -> list[int]:
+        return sorted(int(match[1]) for path in self.directory.iterdir() if (match := SEGMENT.match(path.name)))

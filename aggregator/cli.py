@@ -24,6 +24,7 @@ from aggregator.amqp.topology import TopologyError
 from aggregator.checkpoint import CheckpointError
 from aggregator.config import AmqpSettings, ConfigError, load_settings
 from aggregator.custom import Declarations
+from aggregator.version import build_info
 from schemas.asyncapi import asyncapi_text
 from schemas.events import EVENT_TYPES, KINDS, Event, Metric, kind_of
 from schemas.jsonschema import event_json_schema
@@ -36,7 +37,6 @@ app = typer.Typer(
     name="aggregator",
     help="tickbus: typed metric events over RabbitMQ, served as one Prometheus scrape target.",
     no_args_is_help=True,
-    add_completion=False,
     pretty_exceptions_enable=False,
 )
 
@@ -100,6 +100,24 @@ def _checked(amqp: AmqpSettings) -> AmqpSettings:
     return amqp
 
 
+def _print_version(wanted: bool) -> None:
+    if wanted:
+        typer.echo(build_info().line())
+        raise typer.Exit()
+
+
+@app.callback()
+def main_options(
+    version: Annotated[
+        bool,
+        typer.Option(
+            "--version", is_eager=True, callback=_print_version, help="Print the version, revision and Python; exit."
+        ),
+    ] = False,
+) -> None:
+    """tickbus: typed metric events over RabbitMQ, served as one Prometheus scrape target."""
+
+
 def _print_or_write(text: str, output: Path | None) -> None:
     if output is None:
         typer.echo(text, nl=False)
@@ -112,7 +130,7 @@ def _fail(message: str, code: int = 1) -> typer.Exit:
     return typer.Exit(code)
 
 
-@app.command(epilog="Example:  aggregator run --config tickbus.toml --port 9464   (then: curl localhost:9464/metrics)")
+@app.command(epilog="Example:  aggregator run --config tickbus.toml --port 10464  (then: curl localhost:10464/metrics)")
 def run(
     config: Annotated[
         Path | None, typer.Option("--config", "-c", envvar="TICKBUS_CONFIG", help="TOML config file.")
@@ -127,10 +145,23 @@ def run(
         str | None, typer.Option(envvar="TICKBUS_QUEUE", help="Queue to consume (default tickbus.aggregator).")
     ] = None,
     host: Annotated[
-        str | None, typer.Option(envvar="TICKBUS_HTTP_HOST", help="Address to serve on (default 0.0.0.0: all).")
+        str | None,
+        typer.Option(
+            envvar="TICKBUS_HTTP_HOST",
+            help="Address to serve on (default 127.0.0.1: this machine only; 0.0.0.0: all, as in a container).",
+        ),
     ] = None,
     port: Annotated[
-        int | None, typer.Option(envvar="TICKBUS_HTTP_PORT", help="Port to serve /metrics on (default 9464).")
+        int | None, typer.Option(envvar="TICKBUS_HTTP_PORT", help="Port to serve /metrics on (default 10464).")
+    ] = None,
+    web_config_file: Annotated[
+        str | None,
+        typer.Option(
+            "--web.config.file",
+            "--web-config-file",
+            envvar="TICKBUS_WEB_CONFIG_FILE",
+            help="Web config file (exporter-toolkit format): TLS and basic auth for /metrics. Reloaded on change.",
+        ),
     ] = None,
     namespace: Annotated[
         str | None, typer.Option(envvar="TICKBUS_NAMESPACE", help="Prefix of the trading metrics (default trading).")
@@ -154,7 +185,8 @@ def run(
     """Consume metric events from RabbitMQ and serve them on /metrics (plus /healthz and /readyz).
 
     Settings come from defaults, then the --config file, then flags and TICKBUS_* environment variables.
-    SIGHUP reloads the config file: custom metrics, limits and the log level change live.
+    SIGHUP reloads the config file: custom metrics, limits and the log level change live. The web config
+    (--web.config.file) is reloaded on SIGHUP and whenever it or a file it names changes.
     Exits 1 if it stopped without committing what it applied (the broker redelivers it).
     """
     from aggregator.service import Aggregator
@@ -165,6 +197,7 @@ def run(
         "amqp.queue": queue,
         "http.host": host,
         "http.port": port,
+        "http.web_config_file": web_config_file,
         "catalog.namespace": namespace,
         "state.dir": state_dir,
         "log_level": log_level,
@@ -356,6 +389,32 @@ def schema(
     _print_or_write(text, output)
 
 
+@app.command(
+    "check-config",
+    epilog="Examples:  aggregator check-config deploy/tickbus.toml\n\n"
+    "           docker compose run --rm aggregator check-config /etc/tickbus/tickbus.toml",
+)
+def check_config(
+    config: Annotated[Path, typer.Argument(help="The TOML config file to check.", show_default=False)],
+) -> None:
+    """Check a config file before deploying it: exit 0 and what it declares, or exit 2 and every problem.
+
+    Each problem names its key. Checks the file alone: flags and TICKBUS_* variables given to
+    `aggregator run` may still override it.
+    """
+    from aggregator.configcheck import check_config as check
+
+    result = check(config)
+    if result.ok:
+        typer.echo(result.summary())
+        return
+    count = len(result.problems)
+    typer.echo(f"{config}: {count} problem{'s' if count > 1 else ''}", err=True)
+    for problem in result.problems:
+        typer.echo(f"{config}: {problem}", err=True)
+    raise typer.Exit(2)
+
+
 @app.command(epilog="Example:  aggregator catalog --output docs/metrics.md")
 def catalog(
     config: Annotated[
@@ -374,24 +433,94 @@ def catalog(
     _print_or_write(text, output)
 
 
-@app.command(epilog="Example:  aggregator bench --output bench-results.json")
+@app.command(
+    epilog="Examples:  aggregator bench --output bench-results.json\n\n"
+    "           aggregator bench --quick --picture bench.svg"
+)
 def bench(
     amqp_url: AmqpUrl = None,
     output: Annotated[Path, typer.Option("--output", "-o", help="Write the figures here as JSON.")] = Path(
         "bench-results.json"
     ),
     quick: Annotated[bool, typer.Option(help="Half the volumes: a faster, noisier run.")] = False,
+    picture: Annotated[
+        Path | None,
+        typer.Option(
+            help="Also draw the results (each ratio against its target, and freshness) as PNG or SVG, by the "
+            "file's suffix. Needs matplotlib. From a saved run: python -m benchmarks.picture RESULTS.json FILE."
+        ),
+    ] = None,
 ) -> None:
     """Benchmark tickbus side by side with its baselines (raw aio-pika, prometheus_client) on the local broker."""
+    import importlib.util
+
+    from rich.console import Console
+
     from benchmarks import harness as benchmarks
 
-    def progress(step: str) -> None:
-        typer.echo(f"[{time.strftime('%H:%M:%S')}] {step}", err=True)
+    if picture is not None:
+        from benchmarks.picture import FORMATS
 
-    report = benchmarks.run(amqp_url or DEFAULT_AMQP_URL, quick, progress)
-    output.write_text(json.dumps(benchmarks.as_json(report), indent=2) + "\n", encoding="utf-8")
+        if picture.suffix.lower() not in FORMATS:
+            raise _fail(f"--picture {picture}: name a .png or .svg file", 2)
+        if importlib.util.find_spec("matplotlib") is None:
+            raise _fail("--picture needs matplotlib: pip install matplotlib (the dev extra has it)", 2)
+    console = Console(stderr=True)
+    with console.status("starting", spinner="dots") as status:
+
+        def progress(step: str) -> None:
+            console.log(step)
+            status.update(step)
+
+        report = benchmarks.run(amqp_url or DEFAULT_AMQP_URL, quick, progress)
+    results = benchmarks.as_json(report)
+    output.write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
     typer.echo(benchmarks.table(report))
     typer.echo(f"\nfreshness: {report.extra['freshness']}\nwritten to {output}")
+    if picture is not None:
+        from benchmarks.picture import draw
+
+        typer.echo(f"picture: {draw(results, picture)}")
+
+
+@app.command(
+    epilog="Examples:  aggregator top\n\n"
+    "           aggregator top http://metrics-host:10464 --interval 5\n\n"
+    "           aggregator top http://user:password@metrics-host:10464"
+)
+def top(
+    url: Annotated[
+        str, typer.Argument(envvar="TICKBUS_URL", help="The aggregator's HTTP address (its /metrics and /status.json).")
+    ] = "http://127.0.0.1:10464",
+    interval: Annotated[float, typer.Option(min=0.2, help="Seconds between refreshes.")] = 2.0,
+    sources: Annotated[int, typer.Option(min=1, help="How many of the busiest sources to show.")] = 15,
+    once: Annotated[bool, typer.Option("--once", help="Print one screen and exit (for scripts and logs).")] = False,
+) -> None:
+    """A live view of a running aggregator, local or remote; Ctrl-C quits.
+
+    Events/s by kind and source, rejections with their latest example, sources up and down, queue depth,
+    checkpoint age: from its /metrics, and its /status.json where it serves one.
+    """
+    from rich.console import Console
+    from rich.live import Live
+
+    from aggregator.top import Target, TopView
+
+    view = TopView(Target.parse(url), sources, live=not once)
+    view.refresh()
+    if once:
+        if view.current is None:
+            raise _fail(view.error)
+        Console().print(view.render())
+        return
+    try:
+        with Live(view.render(), screen=True, auto_refresh=False) as live:
+            while True:
+                time.sleep(interval)
+                view.refresh()
+                live.update(view.render(), refresh=True)
+    except KeyboardInterrupt:
+        pass
 
 
 dlq_app = typer.Typer(
@@ -449,12 +578,18 @@ def dlq_list(
     amqp_password_file: AmqpPasswordFile = None,
     queue: Queue = None,
     limit: Annotated[int, typer.Option(help="At most this many, oldest first.")] = 100,
+    as_json: Annotated[
+        bool, typer.Option("--json", help="A JSON array for scripts: every field, the body as text and base64.")
+    ] = False,
 ) -> None:
     """List dead letters with their reason, leaving them in the queue."""
     amqp = _amqp_settings(
         config, _amqp_overrides(amqp_url, amqp_ca_file, amqp_cert_file, amqp_key_file, amqp_password_file), None, queue
     )
     views = _with_dlq(amqp, lambda dlq: dlq.peek(limit))
+    if as_json:
+        typer.echo(json.dumps([view.as_json() for view in views], indent=2))
+        return
     if not views:
         typer.echo(f"{amqp.dead_letter_queue_name}: empty")
         return
@@ -507,16 +642,30 @@ def dlq_replay(
     limit: Annotated[int, typer.Option(help="At most this many.")] = 10_000,
 ) -> None:
     """Publish dead letters back to the exchange (after fixing the config, say); replaying twice counts once."""
+    from rich.console import Console
+    from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
+
     amqp = _amqp_settings(
         config,
         _amqp_overrides(amqp_url, amqp_ca_file, amqp_cert_file, amqp_key_file, amqp_password_file),
         exchange,
         queue,
     )
-    try:
-        replayed = _with_dlq(amqp, lambda dlq: dlq.replay(limit, reason))
-    except ReplayRefused as error:
-        raise _fail(str(error)) from None
+    columns = (TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn())
+    with Progress(*columns, console=Console(stderr=True)) as bar:
+        task = bar.add_task(f"replaying from {amqp.dead_letter_queue_name}", total=None)
+
+        def progress(done: int, total: int) -> None:
+            bar.update(task, completed=done, total=total)
+
+        try:
+            replayed = _with_dlq(amqp, lambda dlq: dlq.replay(limit, reason, progress))
+        except ReplayRefused as error:
+            refused = str(error)
+        else:
+            refused = ""
+    if refused:
+        raise _fail(refused)
     typer.echo(f"replayed {replayed} dead letter(s) to exchange {amqp.exchange!r}")
 
 

@@ -1,6 +1,7 @@
 """A prometheus_client Collector over the store's read view: the reference the fast renderer is tested against."""
 
 from collections.abc import Iterator
+from typing import Any
 
 from prometheus_client.metrics_core import (
     CounterMetricFamily,
@@ -9,6 +10,7 @@ from prometheus_client.metrics_core import (
     Metric,
 )
 from prometheus_client.registry import Collector
+from prometheus_client.samples import Exemplar
 
 from aggregator.exposition import bucket_label
 from aggregator.readview import ReadView
@@ -20,6 +22,10 @@ def _unit(family: AnyFamily) -> str:
     return family.unit if family.unit and family.name.endswith("_" + family.unit) else ""
 
 
+def _exemplar(exemplar: Any) -> Exemplar:
+    return Exemplar({exemplar.label: exemplar.id}, exemplar.value, exemplar.ts)
+
+
 def family_metric(family: AnyFamily) -> Metric:
     """The prometheus_client view of one store family."""
     labels = list(family.label_names)
@@ -27,6 +33,10 @@ def family_metric(family: AnyFamily) -> Metric:
         counter = CounterMetricFamily(family.name, family.help, labels=labels)
         for key, value in family.series.items():
             counter.add_metric(key, value)
+            exemplar = family.exemplars.get(key)
+            if exemplar is not None:
+                sample = counter.samples[-1]
+                counter.samples[-1] = sample._replace(exemplar=_exemplar(exemplar))
         return counter
     if isinstance(family, GaugeFamily):
         gauge = GaugeMetricFamily(family.name, family.help, labels=labels, unit=_unit(family))
@@ -37,10 +47,12 @@ def family_metric(family: AnyFamily) -> Metric:
     bounds = [bucket_label(bound) for bound in family.bounds] + ["+Inf"]
     for key, counts in family.series.items():
         cumulative = 0
-        buckets = []
-        for bound, count in zip(bounds, counts, strict=False):
-            cumulative += count
-            buckets.append((bound, cumulative))
+        buckets: list[Any] = []
+        marks = family.exemplars.get(key, {})
+        for index, (bound, count) in enumerate(zip(bounds, counts, strict=False)):
+            cumulative += int(count)
+            mark = marks.get(index)
+            buckets.append((bound, cumulative) if mark is None else (bound, cumulative, _exemplar(mark)))
         histogram.add_metric(list(key), buckets, counts[-1])
     return histogram
 

@@ -95,59 +95,81 @@ def make_updater(spec: MetricSpec, family: AnyFamily) -> Updater:
     """One function that applies an event to `family` as `spec` says.
 
     This is the hot path, one call per event and metric: the condition is checked and an existing
-    series updated inline, and only a new series (admission, the cardinality guard) goes to the family.
+    series updated inline (marked dirty for the next commit), and only a new series (admission, the
+    cardinality guard) goes to the family.
     """
     feed = Feed.of(spec)
-    labels_of, value_of, check, allowed, negate = (
-        feed.labels_of,
-        feed.sample_of,
-        feed.condition_of,
-        feed.allowed,
-        feed.negate,
-    )
-    series = family.series
-
-    if isinstance(family, CounterFamily) and spec.cumulative_key is not None:
-        instance_of = _getter(spec.cumulative_key)
-        assert value_of is not None, "a running total needs a value"
-
-        def add_running_total(event: Any, now: float) -> None:
-            total = value_of(event)
-            if total is not None:
-                family.add_running_total(labels_of(event), instance_of(event), total)
-
-        return add_running_total
     if isinstance(family, CounterFamily):
-        inc = family.inc
-
-        def increment(event: Any, now: float) -> None:
-            if check is not None and (check(event) in allowed) is negate:
-                return
-            amount = 1.0 if value_of is None else value_of(event)
-            if amount is None:
-                return
-            key = labels_of(event)
-            current = series.get(key)
-            if current is None:
-                inc(key, amount)
-            else:
-                series[key] = current + amount
-
-        return increment
-    assert value_of is not None, "gauges and histograms need a value"
+        if spec.cumulative_key is not None:
+            return _running_total_updater(feed, family, _getter(spec.cumulative_key))
+        return _counter_updater(feed, family)
+    assert feed.sample_of is not None, "gauges and histograms need a value"
     if isinstance(family, GaugeFamily):
-        gauge_set = family.set
+        return _gauge_updater(feed, family)
+    return _histogram_updater(feed, family)
 
-        def set_gauge(event: Any, now: float) -> None:
-            if check is not None and (check(event) in allowed) is negate:
-                return
-            sample = value_of(event)
-            if sample is not None:
-                gauge_set(labels_of(event), sample, event.ts, now)
 
-        return set_gauge
-    observe = family.observe
-    bounds = family.bounds
+def _running_total_updater(feed: Feed, family: CounterFamily, instance_of: Callable[[Any], Any]) -> Updater:
+    labels_of, value_of = feed.labels_of, feed.sample_of
+    assert value_of is not None, "a running total needs a value"
+
+    def add_running_total(event: Any, now: float) -> None:
+        total = value_of(event)
+        if total is not None:
+            family.add_running_total(labels_of(event), instance_of(event), total)
+
+    return add_running_total
+
+
+def _counter_updater(feed: Feed, family: CounterFamily) -> Updater:
+    labels_of, value_of, check, allowed, negate = (
+        feed.labels_of, feed.sample_of, feed.condition_of, feed.allowed, feed.negate
+    )  # fmt: skip
+    series, inc = family.series, family.inc
+
+    def increment(event: Any, now: float) -> None:
+        if check is not None and (check(event) in allowed) is negate:
+            return
+        amount = 1.0 if value_of is None else value_of(event)
+        if amount is None:
+            return
+        key = labels_of(event)
+        current = series.get(key)
+        if current is None:
+            inc(key, amount)
+            return
+        if family.writing is None:
+            family.dirty.add(key)
+        else:
+            family.touch(key)
+        series[key] = current + amount
+
+    return increment
+
+
+def _gauge_updater(feed: Feed, family: GaugeFamily) -> Updater:
+    labels_of, value_of, check, allowed, negate = (
+        feed.labels_of, feed.sample_of, feed.condition_of, feed.allowed, feed.negate
+    )  # fmt: skip
+    assert value_of is not None
+    gauge_set = family.set
+
+    def set_gauge(event: Any, now: float) -> None:
+        if check is not None and (check(event) in allowed) is negate:
+            return
+        sample = value_of(event)
+        if sample is not None:
+            gauge_set(labels_of(event), sample, event.ts, now)
+
+    return set_gauge
+
+
+def _histogram_updater(feed: Feed, family: HistogramFamily) -> Updater:
+    labels_of, value_of, check, allowed, negate = (
+        feed.labels_of, feed.sample_of, feed.condition_of, feed.allowed, feed.negate
+    )  # fmt: skip
+    assert value_of is not None
+    series, observe, bounds = family.series, family.observe, family.bounds
 
     def observe_histogram(event: Any, now: float) -> None:
         if check is not None and (check(event) in allowed) is negate:
@@ -159,9 +181,13 @@ def make_updater(spec: MetricSpec, family: AnyFamily) -> Updater:
         counts = series.get(key)
         if counts is None:
             observe(key, sample)
+            return
+        if family.writing is None:
+            family.dirty.add(key)
         else:
-            counts[bisect_left(bounds, sample)] += 1
-            counts[-1] += sample
+            family.touch(key)
+        counts[bisect_left(bounds, sample)] += 1
+        counts[-1] += sample
 
     return observe_histogram
 
@@ -174,6 +200,8 @@ class CompiledCatalog:
     specs: list[tuple[MetricSpec, AnyFamily]]
     updaters: dict[type[Any], tuple[Updater, ...]]
     families: dict[type[Any], tuple[AnyFamily, ...]]
+    # Per event type: each spec with its family, in the order of `updaters`.
+    by_type: dict[type[Any], tuple[tuple[MetricSpec, AnyFamily], ...]]
     # The heartbeat gauge whose arrival times make `source_up`.
     last_seen: GaugeFamily
 
@@ -197,14 +225,57 @@ def compile_catalog(
     specs: list[tuple[MetricSpec, AnyFamily]] = []
     updaters: dict[type[Any], tuple[Updater, ...]] = {}
     families: dict[type[Any], tuple[AnyFamily, ...]] = {}
+    by_type: dict[type[Any], tuple[tuple[MetricSpec, AnyFamily], ...]] = {}
     for event_type, event_specs in catalog.items():
-        made = [
+        made = tuple(
             (spec, store.add(make_family(spec, full_name(namespace, spec.name), max_series, on_overflow)))
             for spec in event_specs
-        ]
+        )
         specs += made
+        by_type[event_type] = made
         updaters[event_type] = tuple(make_updater(spec, family) for spec, family in made)
         families[event_type] = tuple(family for _, family in made)
     last_seen = store.families[full_name(namespace, LAST_SEEN)]
     assert isinstance(last_seen, GaugeFamily)
-    return CompiledCatalog(namespace, specs, updaters, families, last_seen)
+    return CompiledCatalog(namespace, specs, updaters, families, by_type, last_seen)
+
+
+Plan = dict[type[Any], tuple[Any, ...]]
+
+
+class CompiledLoop:
+    """The apply loop compiled from aggregator/_fastapply.pyx: the update functions' work, in C.
+
+    The pure-Python update functions stay the reference, and a test holds the two to the same series.
+    """
+
+    def __init__(self, module: Any) -> None:
+        self._module = module
+        self.apply: Callable[[list[Any], Plan, float], None] = module.apply
+
+    def plan(self, compiled: CompiledCatalog) -> Plan:
+        """Each event type's updates in compiled form (falling back to its update function where needed)."""
+        make = self._module.make_update
+        return {
+            event_type: tuple(
+                make(spec, family, event_type, updater)
+                for (spec, family), updater in zip(pairs, compiled.updaters[event_type], strict=True)
+            )
+            for event_type, pairs in compiled.by_type.items()
+        }
+
+
+def compiled_loop(wanted: bool | None = None) -> CompiledLoop | None:
+    """The compiled loop if it was built (or `wanted`); None for the pure-Python one."""
+    if wanted is False:
+        return None
+    try:
+        from aggregator import _fastapply
+    except ImportError:
+        if wanted:
+            raise RuntimeError(
+                "the compiled apply loop (aggregator._fastapply) is not built: install tickbus where a C "
+                "compiler is available"
+            ) from None
+        return None
+    return CompiledLoop(_fastapply)

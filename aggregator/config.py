@@ -56,6 +56,8 @@ class AmqpSettings(_Section):
     # broker never dead-letters a backlog of good messages delivered during crashes.
     delivery_limit: Annotated[int, msgspec.Meta(ge=1)] = 100
     reconnect_max_seconds: PositiveSeconds = 30.0
+    # Replicas consuming the same queue as one active consumer and standbys (with state.stream).
+    single_active_consumer: bool = False
 
     def __post_init__(self) -> None:
         # Never quote the URL in an error: it may hold a password.
@@ -104,8 +106,16 @@ class AmqpSettings(_Section):
 class HttpSettings(_Section):
     """The scrape endpoint."""
 
-    host: str = "0.0.0.0"
-    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 9464
+    # Loopback by default: nothing outside this machine reads the metrics until an operator says so
+    # (a container sets 0.0.0.0, and publishes the port on the host where it chooses). docs/security.md.
+    host: str = "127.0.0.1"
+    port: Annotated[int, msgspec.Meta(ge=0, le=65535)] = 10464
+    # The exporter-toolkit web config file (TLS, basic auth, headers); empty: plain HTTP, no auth.
+    web_config_file: str = ""
+    # Whether /healthz and /readyz ask for credentials too (orchestrators' probes usually cannot send them).
+    probes_need_auth: bool = False
+    # How often the web config file and the files it names are checked for changes; 0: only on SIGHUP.
+    web_config_poll_seconds: Annotated[float, msgspec.Meta(ge=0)] = 2.0
 
 
 class CatalogSettings(_Section):
@@ -132,6 +142,12 @@ class StateSettings(_Section):
     dedup_window: Annotated[int, msgspec.Meta(ge=0)] = 50_000
     # A message the aggregator was processing when it died this many times is set aside as poison.
     poison_after: Annotated[int, msgspec.Meta(ge=1)] = 2
+    # Checkpoints in a RabbitMQ stream (`<queue>.state`) instead of `dir`: a standby replica
+    # (amqp.single_active_consumer) takes over from what the broker holds, with no shared disk.
+    # `dir`, if set too, keeps only the black box then.
+    stream: bool = False
+    # Retention of that stream: several times the size of the state (tickbus warns when it is not).
+    stream_max_bytes: Annotated[int, msgspec.Meta(ge=16 * 1024 * 1024)] = 512 * 1024 * 1024
 
 
 SourcePattern = Annotated[str, msgspec.Meta(pattern=r"^(\*|[A-Za-z0-9_.:-]{1,64}|[A-Za-z0-9_.:-]{1,63}\*)$")]

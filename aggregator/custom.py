@@ -5,6 +5,7 @@ from collections.abc import Callable, Sequence
 from aggregator.catalog import MetricSpec, MetricType
 from aggregator.compiler import full_name, make_family
 from aggregator.config import CustomMetric
+from aggregator.exemplars import Exemplar, exemplar_of, keep
 from aggregator.store import AnyFamily, CounterFamily, Family, GaugeFamily, HistogramFamily, Store
 from schemas.events import Metric
 from schemas.wire import Reason
@@ -130,4 +131,7 @@ class CustomMetrics:
         else:
             assert isinstance(family, HistogramFamily)
             family.observe(key, event.value)
+        found = exemplar_of(event)
+        if found is not None and not isinstance(family, GaugeFamily):
+            keep(family, key if key in family.series else family.overflow_key, Exemplar(*found, event.value, event.ts))
         return family

@@ -1,6 +1,7 @@
 """Rendering the store as Prometheus text or OpenMetrics, reusing what did not change since the last scrape."""
 
 import math
+import threading
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -11,8 +12,10 @@ from aggregator.store import AnyFamily, CounterFamily, GaugeFamily, HistogramFam
 CONTENT_TYPE_TEXT = "text/plain; version=0.0.4; charset=utf-8"
 CONTENT_TYPE_OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset=utf-8"
 # Back-to-back scrapes (several Prometheus replicas, a scrape storm) share one rendering within this
-# window, so they cannot starve ingestion; it adds at most this much to what a scrape may miss.
+# window, or within ten times what the last rendering cost if that is longer: rendering then never
+# takes more than about a tenth of the time, whatever the store's size.
 MIN_RENDER_INTERVAL = 0.005
+RENDER_COST_FACTOR = 10.0
 
 
 def _escape_label(value: str) -> str:
@@ -34,6 +37,11 @@ def _number(value: float) -> str:
     if math.isnan(value):
         return "NaN"
     return "+Inf" if value > 0 else "-Inf"
+
+
+def _exemplar(exemplar: Any) -> str:
+    """An OpenMetrics exemplar after a sample: ` # {trace_id="..."} value timestamp`."""
+    return f' # {{{exemplar.label}="{_escape_label(exemplar.id)}"}} {_number(exemplar.value)} {exemplar.ts!r}'
 
 
 def bucket_label(bound: float) -> str:
@@ -70,37 +78,62 @@ class FamilyText:
         if cached is not None and cached[0] == family.version and not family.volatile:
             return cached[1]
         version = family.version
-        text = self.header(openmetrics) + self._samples()
+        text = self.header(openmetrics) + self._samples(openmetrics)
         self.blocks[openmetrics] = (version, text)
         return text
 
-    def _samples(self) -> str:
+    def _samples(self, openmetrics: bool) -> str:
         family = self.family
-        prefixes = self.prefixes
-        if len(prefixes) > len(family.series) * 2:  # many series expired since: drop their prefixes
-            self.prefixes = prefixes = {key: prefixes[key] for key in family.series if key in prefixes}
-        names = family.label_names
+        # OpenMetrics alone carries exemplars (Prometheus text has no syntax for them).
+        exemplars = getattr(family, "exemplars", None) if openmetrics else None
+        series = family.series
+        # The keys now: the event loop may add series while this runs in a worker thread.
+        keys = list(series)
+        if len(self.prefixes) > len(keys) * 2:  # many series expired since: drop their prefixes
+            self.prefixes = {key: self.prefixes[key] for key in keys if key in self.prefixes}
+        if isinstance(family, HistogramFamily):
+            return self._histogram_samples(family, keys, exemplars or {})
+        return self._plain_samples(family, keys, exemplars or {})
+
+    def _histogram_samples(self, family: HistogramFamily, keys: list[LabelKey], exemplars: dict[Any, Any]) -> str:
+        prefixes, series = self.prefixes, family.series
+        bounds = [*map(bucket_label, family.bounds), "+Inf"]
         out: list[str] = []
         append = out.append
-        if isinstance(family, HistogramFamily):
-            bounds = [*map(bucket_label, family.bounds), "+Inf"]
-            for key, counts in family.series.items():
-                prefix = prefixes.get(key)
-                if prefix is None:
-                    prefix = prefixes[key] = self._histogram_prefixes(key, bounds)
-                cumulative = 0
-                for line_prefix, count in zip(prefix[0], counts, strict=False):
-                    cumulative += count
-                    append(f"{line_prefix}{cumulative}\n")
-                append(f"{prefix[1]}{cumulative}\n{prefix[2]}{_number(counts[-1])}\n")
-            return "".join(out)
-        sample_name = family.name
+        for key in keys:
+            counts = series.get(key)
+            if counts is None:
+                continue
+            prefix = prefixes.get(key)
+            if prefix is None:
+                prefix = prefixes[key] = self._histogram_prefixes(key, bounds)
+            cumulative = 0.0
+            marks = exemplars.get(key)
+            for index, (line_prefix, count) in enumerate(zip(prefix[0], counts, strict=False)):
+                cumulative += count
+                if marks and index in marks:
+                    append("%s%d%s\n" % (line_prefix, cumulative, _exemplar(marks[index])))  # noqa: UP031
+                else:
+                    append("%s%d\n" % (line_prefix, cumulative))  # noqa: UP031 (counts are whole numbers)
+            append("%s%d\n%s%s\n" % (prefix[1], cumulative, prefix[2], _number(counts[-1])))  # noqa: UP031
+        return "".join(out)
+
+    def _plain_samples(self, family: AnyFamily, keys: list[LabelKey], exemplars: dict[Any, Any]) -> str:
+        prefixes, series, names, sample_name = self.prefixes, family.series, family.label_names, family.name
         gauge = isinstance(family, GaugeFamily)
-        for key, value in family.series.items():
+        out: list[str] = []
+        append = out.append
+        for key in keys:
+            value = series.get(key)
+            if value is None:
+                continue
             prefix = prefixes.get(key)
             if prefix is None:
                 prefix = prefixes[key] = f"{sample_name}{_labels(names, key)} "
-            append(f"{prefix}{_number(value[0] if gauge else value)}\n")
+            if key in exemplars:
+                append(f"{prefix}{_number(value)}{_exemplar(exemplars[key])}\n")
+            else:
+                append(f"{prefix}{_number(value[0] if gauge else value)}\n")
         return "".join(out)
 
     def _histogram_prefixes(self, key: LabelKey, bounds: list[str]) -> tuple[list[str], str, str]:
@@ -112,24 +145,35 @@ class FamilyText:
 
 
 class Exposition:
-    """The /metrics body for the whole store, plus the series derived at scrape time."""
+    """The /metrics body for the whole store, plus the series derived at scrape time.
 
-    def __init__(self, view: ReadView, min_interval: float = MIN_RENDER_INTERVAL) -> None:
+    Safe to call from worker threads (the HTTP server renders off the event loop): one rendering at a
+    time, and it reads each family's keys once, then their current values.
+    """
+
+    def __init__(
+        self, view: ReadView, min_interval: float = MIN_RENDER_INTERVAL, cost_factor: float = RENDER_COST_FACTOR
+    ) -> None:
         self._view = view
         self._texts: dict[str, FamilyText] = {}
         self._min_interval = min_interval
-        # format -> (monotonic time rendered, body)
-        self._last: dict[bool, tuple[float, bytes]] = {}
+        self._cost_factor = cost_factor
+        # format -> (monotonic time rendered, body, seconds it took)
+        self._last: dict[bool, tuple[float, bytes, float]] = {}
+        self._lock = threading.Lock()
 
     def render(self, openmetrics: bool = False) -> bytes:
-        """The body for one scrape; scrapes closer together than `min_interval` share one rendering."""
-        now = time.monotonic()
-        last = self._last.get(openmetrics)
-        if last is not None and now - last[0] < self._min_interval:
-            return last[1]
-        body = self._render(openmetrics)
-        self._last[openmetrics] = (now, body)
-        return body
+        """The body for one scrape; scrapes close together share one rendering (see MIN_RENDER_INTERVAL)."""
+        with self._lock:
+            now = time.monotonic()
+            last = self._last.get(openmetrics)
+            # A minimum interval of 0 turns sharing off (tests and benchmarks that want every rendering).
+            window = max(self._min_interval, self._cost_factor * last[2]) if last and self._min_interval else 0.0
+            if last is not None and now - last[0] < window:
+                return last[1]
+            body = self._render(openmetrics)
+            self._last[openmetrics] = (now, body, time.monotonic() - now)
+            return body
 
     def _render(self, openmetrics: bool) -> bytes:
         texts = self._texts

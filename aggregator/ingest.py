@@ -6,9 +6,10 @@ from collections.abc import Mapping, Sequence
 from typing import Any
 
 from aggregator.catalog import BUILTIN_CATALOG, MetricSpec
-from aggregator.compiler import compile_catalog
+from aggregator.compiler import compile_catalog, compiled_loop
 from aggregator.config import CatalogSettings, CustomMetric
 from aggregator.custom import CustomMetrics
+from aggregator.exemplars import ExemplarRecorder
 from aggregator.selfmetrics import SelfMetrics
 from aggregator.sources import Sources
 from aggregator.store import AnyFamily, Store
@@ -32,7 +33,13 @@ class Ingest:
         store: Store,
         self_metrics: SelfMetrics,
         catalog: Mapping[type[EventBase], tuple[MetricSpec, ...]] = BUILTIN_CATALOG,
+        compiled: bool | None = None,
     ) -> None:
+        """Bind the catalog and the custom metrics to `store`.
+
+        `compiled`: apply with the compiled loop (True), the pure-Python one (False), or the compiled
+        one when it was built (None).
+        """
         self.store = store
         self.settings = settings
         self.self_metrics = self_metrics
@@ -49,6 +56,10 @@ class Ingest:
         self.sources = Sources(settings, self.compiled.last_seen, self.compiled.source_up_name)
         self._updaters = self.compiled.updaters
         self._families = self.compiled.families
+        self.loop = compiled_loop(compiled)
+        self._plan = None if self.loop is None else self.loop.plan(self.compiled)
+        self._plan_apply = None if self.loop is None else self.loop.apply
+        self.exemplars = ExemplarRecorder(self.compiled)
         kinds: list[type[EventBase]] = [*catalog, Metric]
         self._tags: dict[type[Any], str] = {event_type: kind_of(event_type) for event_type in kinds}
 
@@ -75,11 +86,14 @@ class Ingest:
             if refused:
                 indexes = {index for index, _, _ in refused}
                 applied = [event for index, event in enumerate(events) if index not in indexes]
+        elif self._plan_apply is not None and self._plan is not None:
+            self._plan_apply(list(events), self._plan, now)
         else:
             updaters = self._updaters
             for event in events:
                 for update in updaters[type(event)]:
                     update(event, now)
+        self.exemplars.record(applied, kinds)
         # Counted per message with C-level iteration: a message repeats a few (kind, source) pairs.
         tags = self._tags
         received = self.self_metrics.events_received

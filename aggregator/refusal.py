@@ -29,15 +29,33 @@ class Refusal:
     source: str = ""
 
 
+@dataclass(frozen=True)
+class RefusalExample:
+    """The latest refusal of one reason, for the status page: when (wall clock), why, and from whom."""
+
+    at: float
+    detail: str
+    kind: str
+    source: str
+    message_id: str
+
+
 class RefusalLog:
-    """Each refusal is logged with its reason, but a flood of one reason is summarised once per window."""
+    """Each refusal is logged with its reason, but a flood of one reason is summarised once per window.
+
+    It also keeps the latest refusal of each reason (`examples`): bounded by the reasons there are.
+    """
 
     def __init__(self, window: float = LOG_WINDOW_SECONDS) -> None:
         self._window = window
         # reason -> (start of its logging window, refusals not logged in it)
         self._windows: dict[Reason, tuple[float, int]] = {}
+        self.examples: dict[Reason, RefusalExample] = {}
 
     def log(self, refusal: Refusal, message_id: str | None) -> None:
+        self.examples[refusal.reason] = RefusalExample(
+            time.time(), refusal.detail, refusal.kind, refusal.source, message_id or ""
+        )
         now = time.monotonic()
         window_start, suppressed = self._windows.get(refusal.reason, (0.0, 0))
         if window_start and now - window_start < self._window:

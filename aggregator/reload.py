@@ -7,6 +7,7 @@ import msgspec
 
 from aggregator.config import ConfigError, Settings
 from aggregator.ingest import Ingest
+from aggregator.webconfig import WebGuard
 
 log = logging.getLogger(__name__)
 
@@ -23,22 +24,27 @@ def _differences(old: object, new: object, prefix: str) -> list[str]:
 class Reloader:
     """Applies a newly loaded configuration to a running aggregator."""
 
-    def __init__(self, load: Callable[[], Settings], settings: Settings, ingest: Ingest) -> None:
+    def __init__(
+        self, load: Callable[[], Settings], settings: Settings, ingest: Ingest, web: WebGuard | None = None
+    ) -> None:
         self._load = load
         self.settings = settings
         self._ingest = ingest
+        self._web = web
 
     def reload(self) -> list[str]:
         """Load the configuration again and apply what can change live; returns what changed.
 
         Logs each change, each refused one (with why), and a configuration that does not load at all
-        (the running one stays). Never raises: a reload cannot stop the aggregator.
+        (the running one stays). The web config file is read again too, whatever became of the
+        settings. Never raises: a reload cannot stop the aggregator.
         """
+        web_changes = self._web.reload() if self._web is not None else []
         try:
             new = self._load()
         except ConfigError as error:
             log.error("reload refused: %s; the running configuration stays", error)
-            return []
+            return web_changes
         old = self.settings
         needs_restart = [
             name
@@ -67,6 +73,6 @@ class Reloader:
         self.settings = msgspec.structs.replace(old, catalog=catalog, metrics=metrics, log_level=new.log_level)
         for change in changes:
             log.info("reload: %s", change)
-        if not changes and not needs_restart:
+        if not changes and not web_changes and not needs_restart:
             log.info("reload: nothing changed")
-        return changes
+        return changes + web_changes

@@ -80,7 +80,19 @@ class SelfMetrics:
             "apply_seconds", "Time to decode and apply one message.", LATENCY_BUCKETS, unit="seconds"
         )
         self.checkpoint_seconds = add_histogram(
-            "checkpoint_seconds", "Time to write one checkpoint.", LATENCY_BUCKETS, unit="seconds"
+            "checkpoint_seconds",
+            "Time to commit: from the commit point to its journal record written and fsynced.",
+            LATENCY_BUCKETS,
+            unit="seconds",
+        )
+        self.checkpoint_rows = add_counter(
+            "checkpoint_rows_total", "Series rows written to the checkpoint journal (the series each commit changed)."
+        )
+        self.compaction_seconds = add_histogram(
+            "checkpoint_compaction_seconds",
+            "Time to copy the state into a new checkpoint base, in the background.",
+            LATENCY_BUCKETS,
+            unit="seconds",
         )
         self.last_checkpoint = add_gauge(
             "last_checkpoint_timestamp_seconds", "Time of the last successful checkpoint.", unit="seconds"
@@ -100,9 +112,20 @@ class SelfMetrics:
         self.start_time = add_gauge(
             "start_time_seconds", "Start time of the aggregator, seconds since the epoch.", unit="seconds"
         )
+        self.build_info = add_gauge(
+            "build_info", "Version, source revision and Python of the aggregator, as labels; always 1.",
+            "version", "revision", "python",
+        )  # fmt: skip
 
     def set_gauge(self, family: GaugeFamily, value: float, now: float) -> None:
         family.set((), value, now, now)
+
+    def set_build_info(self, version: str, revision: str, python: str, now: float) -> None:
+        """Set the one `build_info` series to this run's build (a restored checkpoint may hold an older build's)."""
+        family = self.build_info
+        for key in list(family.series):
+            family.discard(key)
+        family.set((version, revision, python), 1.0, now, now)
 
     def count_overflow(self, family: Family) -> None:
         """A family folded a new label set into its overflow series: count it, and say so once per family."""

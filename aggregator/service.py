@@ -1,6 +1,7 @@
 """The aggregator service: builds the parts from settings and runs them until SIGTERM or Ctrl-C."""
 
 import contextlib
+import ipaddress
 import logging
 import signal
 import time
@@ -8,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import anyio
+from aiohttp import web
 from prometheus_client import GCCollector, PlatformCollector, ProcessCollector
 from prometheus_client.registry import CollectorRegistry
 
@@ -18,15 +20,40 @@ from aggregator.checkpoint import Checkpointer
 from aggregator.config import Settings
 from aggregator.dedup import RecentIds
 from aggregator.exposition import Exposition
-from aggregator.http import Readiness, make_app, start_http
+from aggregator.http import PROBES, Readiness, make_app, start_http
 from aggregator.ingest import Ingest
 from aggregator.pipeline import Pipeline
+from aggregator.rates import RateWindow, count_totals
 from aggregator.readview import ReadView
 from aggregator.reload import Reloader
 from aggregator.selfmetrics import SelfMetrics
+from aggregator.statestream import StreamCheckpointer, stream_name
+from aggregator.status import StatusView
 from aggregator.store import Store
+from aggregator.version import build_info
+from aggregator.webconfig import WebGuard
 
 log = logging.getLogger(__name__)
+
+
+def _exposure(web_guard: WebGuard | None) -> str:
+    """What a listener beyond loopback gives away with this web config ("" when TLS and basic auth are on)."""
+    if web_guard is None:
+        return "without a web config: anyone who reaches this port reads /metrics (set http.web_config_file)"
+    if web_guard.config.tls is None:
+        return "without TLS: credentials and metrics cross the network in clear text"
+    tls = web_guard.config.tls
+    if not web_guard.config.users and tls.client_auth_type != "RequireAndVerifyClientCert":
+        return "without basic auth or client certificates: anyone who reaches this port reads /metrics"
+    return ""
+
+
+def _loopback(host: str) -> bool:
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host == "localhost"
+
 
 MAINTENANCE_INTERVAL = 1.0
 QUEUE_DEPTH_INTERVAL = 5.0
@@ -47,8 +74,16 @@ class Aggregator:
         self.ingest = Ingest(settings.catalog, settings.metrics, self.store, self.self_metrics)
         self.recent_ids = RecentIds(settings.state.dedup_window)
         self.pipeline = Pipeline(self.ingest, self.recent_ids, source_auth=settings.source_auth)
+        if self.ingest.loop is None:
+            log.warning(
+                "the compiled apply loop is not built (tickbus was installed without a C compiler): applying "
+                "events with the pure-Python loop, about a third as fast"
+            )
         self.exposition = Exposition(ReadView(self.store, self.ingest.sources))
-        self.reloader = Reloader(load_settings or (lambda: settings), settings, self.ingest)
+        web_config = settings.http.web_config_file
+        # Raises WebConfigError (a ValueError naming the file and the key) before anything is served.
+        self.web = WebGuard.open(Path(web_config)) if web_config else None
+        self.reloader = Reloader(load_settings or (lambda: settings), settings, self.ingest, self.web)
         # The aggregator's own process metrics (CPU, memory, file descriptors, GC) come from prometheus_client.
         self.registry = CollectorRegistry(auto_describe=True)
         ProcessCollector(registry=self.registry)
@@ -60,7 +95,17 @@ class Aggregator:
             with contextlib.suppress(OSError):  # the checkpointer says what is wrong with it
                 state_dir.mkdir(parents=True, exist_ok=True)
         self.blackbox = BlackBox.open(state_dir if state_dir is not None and state_dir.is_dir() else None)
-        if state_dir is not None:
+        self.stream: StreamCheckpointer | None = None
+        if settings.state.stream:
+            self.stream = StreamCheckpointer(
+                stream_name(settings.amqp.queue),
+                self.store,
+                self.recent_ids,
+                self.self_metrics,
+                self.blackbox,
+                max_bytes=settings.state.stream_max_bytes,
+            )
+        elif state_dir is not None:
             self.checkpointer = Checkpointer(state_dir, self.store, self.recent_ids, self.self_metrics, self.blackbox)
             self.checkpointer.restore()
         if self.blackbox.died_processing is not None:
@@ -73,16 +118,46 @@ class Aggregator:
         self.consumer = Consumer(
             settings.amqp,
             self.pipeline,
-            durability=self.checkpointer,
+            durability=self.stream or self.checkpointer,
             commit_interval=settings.state.checkpoint_interval_seconds,
             blackbox=self.blackbox,
             poison_after=settings.state.poison_after,
             crash_marker=crash_marker,
+            take_over=None if self.stream is None else self._take_over,
         )
+        if self.stream is not None:
+            self.stream.bind(self.consumer.open_channel)
         metrics, now = self.self_metrics, time.time()
         metrics.set_gauge(metrics.start_time, now, now)
         metrics.set_gauge(metrics.consumer_connected, 0.0, now)  # exists, at 0, before the first connection
         metrics.set_gauge(metrics.checkpoint_failing, 0.0, now)
+        build = build_info()
+        metrics.set_build_info(build.version, build.revision, build.python, now)
+        # Rates on the status page are measured from the totals restored from the checkpoint, not from zero.
+        self.rates = RateWindow()
+        self.rates.add(count_totals(metrics, now))
+        self.status = StatusView(
+            self.store,
+            metrics,
+            self.ingest.sources,
+            self.rates,
+            self.pipeline.refusal_log,
+            self.readiness,
+            build,
+            settings.catalog.namespace,
+            checkpoints=self.checkpointer is not None,
+        )
+
+    async def _take_over(self) -> None:
+        assert self.stream is not None
+        channel = await self.consumer.open_channel()
+        try:
+            await self.stream.declare(channel)
+        finally:
+            await channel.close()
+        await self.stream.take_over()
+        for family in self.store.families.values():
+            family.version += 1
 
     def readiness(self) -> Readiness:
         """Ready while consuming and able to commit; otherwise why not."""
@@ -102,12 +177,12 @@ class Aggregator:
         self._consuming = anyio.Event()
         self._drained = anyio.Event()
         committed = True
-        http = self.settings.http
-        runner = await start_http(make_app(self.exposition, self.registry, self.readiness), http.host, http.port)
-        log.info("serving /metrics on http://%s:%d", http.host, http.port)
+        runner = await self._start_http()
         try:
             async with anyio.create_task_group() as group:
                 group.start_soon(self._on_signals)
+                if self.web is not None and self.settings.http.web_config_poll_seconds > 0:
+                    group.start_soon(self.web.watch, self.settings.http.web_config_poll_seconds)
                 group.start_soon(self._serve)
                 await self._stop_requested.wait()
                 if self._consuming.is_set():
@@ -119,6 +194,22 @@ class Aggregator:
             await runner.cleanup()
             self.blackbox.close()
         return committed
+
+    async def _start_http(self) -> web.AppRunner:
+        """Serve /metrics and the probes as the web config says, and log how (and how exposed)."""
+        http, web_guard = self.settings.http, self.web
+        middlewares = [web_guard.middleware(() if http.probes_need_auth else PROBES)] if web_guard else []
+        app = make_app(self.exposition, self.registry, self.readiness, self.status, middlewares)
+        ssl_context = web_guard.ssl_context if web_guard else None
+        runner = await start_http(app, http.host, http.port, ssl_context)
+        scheme = web_guard.scheme if web_guard else "http"
+        how = web_guard.describe() if web_guard else "no TLS, no basic auth"
+        log.info("serving /metrics on %s://%s:%d (%s)", scheme, http.host, http.port, how)
+        if not _loopback(http.host):
+            exposure = _exposure(web_guard)
+            if exposure:
+                log.warning("serving on %s %s; see docs/security.md", http.host, exposure)
+        return runner
 
     async def _close(self) -> bool:
         """Commit, ack and disconnect; log what was actually done."""
@@ -172,6 +263,8 @@ class Aggregator:
                 metrics.expired_series.inc((), expired)
             metrics.set_gauge(metrics.consumer_connected, 1.0 if self.consumer.ready else 0.0, now)
             metrics.set_gauge(metrics.checkpoint_failing, 1.0 if self.consumer.ledger.failure else 0.0, now)
+            if self.rates.due(now):
+                self.rates.add(count_totals(metrics, now))
             if now - last_depth >= QUEUE_DEPTH_INTERVAL:
                 last_depth = now
                 await self._probe_queues(now)

@@ -2,7 +2,7 @@
 
 import bisect
 import logging
-import sys
+from array import array
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
@@ -14,10 +14,20 @@ LabelKey = tuple[str, ...]
 OVERFLOW_VALUE = "__overflow__"
 # Producer instances whose running totals are remembered per series: restarts beyond this are long gone.
 MAX_INSTANCES_PER_SERIES = 16
+# A label whose values repeat (source, strategy, side) keeps one copy of each value for all its series; one
+# with more distinct values than this (an order book's symbols) stops: its values are unique anyway, and a
+# table of them would cost more than it saves.
+SHARED_VALUES_PER_LABEL = 4096
 
 
 class Family:
-    """One metric family: identity, label names and the series limit shared by every type."""
+    """One metric family: identity, label names, the series limit, and what changed since the last commit.
+
+    Every change to a series marks its key dirty, and a commit writes the dirty series only (see
+    aggregator.checkpoint). While a commit is being written the values it writes must stay as they were
+    at its commit point: the first change to such a series keeps its old row in `frozen` (copy on
+    write), so the writer never needs the event loop to stop.
+    """
 
     type: MetricType
 
@@ -43,27 +53,93 @@ class Family:
         # can reuse a family's rendered text while it is unchanged. Volatile families are always rendered.
         self.version = 0
         self.volatile = False
+        # Per label: one copy of each value, or None once the label has too many values to share.
+        self._shared: list[dict[str, str] | None] = [{} for _ in self.label_names]
+        # Keys changed since the last commit point.
+        self.dirty: set[LabelKey] = set()
+        # While a commit is written: the keys it writes, and the rows they had at its commit point.
+        self.writing: set[LabelKey] | None = None
+        self.frozen: dict[LabelKey, Any] = {}
+
+    def touch(self, key: LabelKey) -> None:
+        """`key` is about to change: mark it dirty, and keep its committed row if a commit is writing it."""
+        writing = self.writing
+        if writing is not None and key in writing and key not in self.frozen:
+            self.frozen[key] = self.row(key)
+        self.dirty.add(key)
+
+    def row(self, key: LabelKey) -> Any:
+        """The checkpoint row of one series (None if it does not exist); never shared with the live value."""
+        return self.series.get(key)
+
+    def load(self, key: LabelKey, row: Any) -> None:
+        """Set one series from a checkpoint row (None deletes it)."""
+        if row is None:
+            self.series.pop(key, None)
+        else:
+            self.series[key] = row
+
+    def freeze(self) -> set[LabelKey]:
+        """The commit point: the dirty keys become the ones being written, and new changes start a new set."""
+        keys, self.dirty = self.dirty, set()
+        self.writing, self.frozen = keys, {}
+        return keys
+
+    def committed_row(self, key: LabelKey) -> Any:
+        """The row of `key` as at the commit point; safe to call from the writer's thread."""
+        row = self.row(key)  # the live row first: a change after it leaves the old one in `frozen`
+        return self.frozen.get(key, row)
+
+    def thaw(self, written: bool) -> None:
+        """The commit is written (or failed: then its keys are dirty again, to go in the next one)."""
+        if not written and self.writing:
+            self.dirty |= self.writing
+        self.writing, self.frozen = None, {}
 
     def _admit(self, key: LabelKey) -> LabelKey:
         """The key to store a new series under: itself, or the overflow series once the limit is hit."""
         if len(self.series) < self.max_series or key == self.overflow_key:
-            # Label values repeat across series (source, strategy...): keep one copy of each.
-            return tuple(map(sys.intern, key))
+            return self.shared_key(key)
         if self._on_overflow is not None:
             self._on_overflow(self)
         return self.overflow_key
 
-    def snapshot(self) -> list[Any]:
-        return [[list(key), value] for key, value in self.series.items()]
+    def shared_key(self, key: Iterable[str]) -> LabelKey:
+        """`key` with each repeating label value replaced by the one copy the family keeps of it."""
+        shared = []
+        tables = self._shared
+        for position, value in enumerate(key):
+            table = tables[position] if position < len(tables) else None
+            kept = value
+            if table is not None:
+                found = table.get(value)
+                if found is not None:
+                    kept = found
+                elif len(table) >= SHARED_VALUES_PER_LABEL:
+                    tables[position] = None
+                else:
+                    table[value] = value
+            shared.append(kept)
+        return tuple(shared)
+
+    def rows(self) -> list[list[Any]]:
+        """Every series as [key, row], for a full checkpoint."""
+        row = self.row
+        return [[list(key), row(key)] for key in list(self.series)]
 
     def restore(self, rows: Iterable[Any]) -> None:
-        # In place: update functions hold a reference to the series dict.
+        """Replace every series with checkpoint rows; nothing restored is dirty."""
         self.series.clear()
-        self.series.update((tuple(map(sys.intern, key)), value) for key, value in rows)
+        load = self.load
+        shared_key = self.shared_key
+        for key, row in rows:
+            load(shared_key(key), row)
+        self.dirty.clear()
         self.version += 1
 
     def discard(self, key: LabelKey) -> None:
         """Forget one series."""
+        self.touch(key)
         del self.series[key]
         self.version += 1
 
@@ -77,6 +153,8 @@ class CounterFamily(Family):
         super().__init__(*args, **kwargs)
         # series key -> {producer instance: last running total it reported}, newest instances last
         self.running_totals: dict[LabelKey, dict[str, float]] = {}
+        # series key -> the last exemplar (aggregator.exemplars) of an event that added to it
+        self.exemplars: dict[LabelKey, Any] = {}
         if not self.label_names:
             self.series[()] = 0.0  # a total with no labels exists, at zero, from the start
 
@@ -86,6 +164,7 @@ class CounterFamily(Family):
         if current is None:
             key = self._admit(key)
             current = series.get(key, 0.0)
+        self.touch(key)
         series[key] = current + amount
 
     def add_running_total(self, key: LabelKey, instance: str, total: float) -> None:
@@ -94,6 +173,7 @@ class CounterFamily(Family):
         Totals are kept per producer instance, so two live instances of one source (or reports of an
         old and a new instance arriving interleaved) each add only their own increase.
         """
+        self.touch(key)
         instances = self.running_totals.setdefault(key, {})
         previous = instances.pop(instance, None)
         increase = total - previous if previous is not None and total >= previous else total
@@ -103,17 +183,33 @@ class CounterFamily(Family):
         if increase or key not in self.series:
             self.inc(key, increase)
 
-    def snapshot(self) -> list[Any]:
-        return [super().snapshot(), [[list(k), v] for k, v in self.running_totals.items()]]
+    def row(self, key: LabelKey) -> Any:
+        value = self.series.get(key)
+        if value is None:
+            return None
+        totals = self.running_totals.get(key)
+        return [value, dict(totals)] if totals else value
+
+    def load(self, key: LabelKey, row: Any) -> None:
+        if isinstance(row, list):
+            value, totals = row
+            self.running_totals[key] = dict(totals)
+        else:
+            value = row
+            self.running_totals.pop(key, None)
+        super().load(key, value)
 
     def restore(self, rows: Iterable[Any]) -> None:
-        series_rows, running_rows = rows
-        super().restore(series_rows)
-        self.running_totals = {tuple(k): dict(v) for k, v in running_rows}
+        self.running_totals.clear()
+        self.exemplars.clear()
+        super().restore(rows)
+        if not self.label_names:
+            self.series.setdefault((), 0.0)
 
     def discard(self, key: LabelKey) -> None:
         super().discard(key)
         self.running_totals.pop(key, None)
+        self.exemplars.pop(key, None)
 
 
 class GaugeFamily(Family):
@@ -139,6 +235,7 @@ class GaugeFamily(Family):
             current = series.get(key)
         if current is not None and event_ts < current[1]:
             return
+        self.touch(key)
         series[key] = (value, event_ts)
         self.updated[key] = now
 
@@ -148,6 +245,7 @@ class GaugeFamily(Family):
         for other in [k for k in self.series if k[: self.exclusive_prefix] == prefix]:
             if self.series[other][1] > event_ts:
                 return False
+            self.touch(other)
             del self.series[other]
             self.updated.pop(other, None)
         return True
@@ -163,23 +261,29 @@ class GaugeFamily(Family):
             if when < older_than and source_activity.get(key[0] if key else "", 0.0) < older_than
         ]
         for key in stale:
+            self.touch(key)
             del self.series[key]
             del self.updated[key]
         if stale:
             self.version += 1
         return len(stale)
 
-    def snapshot(self) -> list[Any]:
-        return [[list(key), list(value), self.updated.get(key, 0.0)] for key, value in self.series.items()]
+    def row(self, key: LabelKey) -> Any:
+        value = self.series.get(key)
+        return None if value is None else [value[0], value[1], self.updated.get(key, 0.0)]
+
+    def load(self, key: LabelKey, row: Any) -> None:
+        if row is None:
+            self.series.pop(key, None)
+            self.updated.pop(key, None)
+        else:
+            value, event_ts, updated = row
+            self.series[key] = (value, event_ts)
+            self.updated[key] = updated
 
     def restore(self, rows: Iterable[Any]) -> None:
-        self.series.clear()
         self.updated.clear()
-        for key, value, updated in rows:
-            interned = tuple(map(sys.intern, key))
-            self.series[interned] = (value[0], value[1])
-            self.updated[interned] = updated
-        self.version += 1
+        super().restore(rows)
 
     def discard(self, key: LabelKey) -> None:
         super().discard(key)
@@ -187,7 +291,7 @@ class GaugeFamily(Family):
 
 
 class HistogramFamily(Family):
-    """Fixed buckets; each series is [count per bucket..., count above the last bound, sum]."""
+    """Fixed buckets; each series is an array of doubles: [count per bucket..., count above the last bound, sum]."""
 
     type = MetricType.HISTOGRAM
 
@@ -195,8 +299,13 @@ class HistogramFamily(Family):
         super().__init__(*args, **kwargs)
         self.bounds = tuple(float(bound) for bound in buckets)
         self._width = len(self.bounds) + 2
+        # series key -> {bucket index: the last exemplar (aggregator.exemplars) observed into that bucket}
+        self.exemplars: dict[LabelKey, dict[int, Any]] = {}
         if not self.label_names:
-            self.series[()] = self._empty()
+            self.series[()] = self.empty()
+
+    def empty(self) -> "array[float]":
+        return array("d", bytes(8 * self._width))
 
     def observe(self, key: LabelKey, value: float) -> None:
         series = self.series
@@ -205,23 +314,37 @@ class HistogramFamily(Family):
             key = self._admit(key)
             counts = series.get(key)
             if counts is None:
-                counts = series[key] = self._empty()
+                counts = series[key] = self.empty()
+        self.touch(key)
         # Prometheus buckets are upper-inclusive: value == bound lands in that bound's bucket.
         counts[bisect.bisect_left(self.bounds, value)] += 1
         counts[-1] += value
 
-    def _empty(self) -> list[Any]:
-        return [0] * (self._width - 1) + [0.0]
+    def row(self, key: LabelKey) -> Any:
+        counts = self.series.get(key)
+        return None if counts is None else counts.tolist()
+
+    def discard(self, key: LabelKey) -> None:
+        super().discard(key)
+        self.exemplars.pop(key, None)
+
+    def load(self, key: LabelKey, row: Any) -> None:
+        if row is None:
+            self.series.pop(key, None)
+        elif len(row) == self._width:
+            self.series[key] = array("d", row)
 
     def restore(self, rows: Iterable[Any]) -> None:
+        rows = list(rows)
+        self.exemplars.clear()
         super().restore(rows)
-        mismatched = [key for key, counts in self.series.items() if len(counts) != self._width]
-        for key in mismatched:
-            del self.series[key]
+        mismatched = sum(1 for _, row in rows if row is not None and len(row) != self._width)
+        if not self.label_names:
+            self.series.setdefault((), self.empty())
         if mismatched:
             log.warning(
                 "checkpoint has %d series of %s with other buckets than configured now; dropping them",
-                len(mismatched),
+                mismatched,
                 self.name,
             )
 
@@ -256,33 +379,53 @@ class Store:
         return expired
 
     def snapshot(self) -> dict[str, Any]:
-        """Every family as [type, rows]: plain data for the checkpoint."""
-        return {name: [str(family.type), family.snapshot()] for name, family in self.families.items()}
+        """Every family as [type, rows]: plain data for a full checkpoint."""
+        return {name: [str(family.type), family.rows()] for name, family in list(self.families.items())}
 
-    def restore(self, snapshot: dict[str, Any]) -> None:
+    def restore(self, snapshot: Mapping[str, Any]) -> None:
         """Load a snapshot; what the configuration no longer defines the same way is dropped with a warning.
 
         A metric may be gone, have another type, or other labels (a custom metric's declaration
         changed): its old series cannot be served under the new definition.
         """
         for name, (kind, rows) in snapshot.items():
-            family = self.families.get(name)
+            family = self._compatible(name, kind)
             if family is None:
-                log.warning("checkpoint has metric %s, which is no longer defined; dropping it", name)
                 continue
-            if kind != family.type:
+            width = len(family.label_names)
+            kept = [[key, row] for key, row in rows if len(key) == width]
+            family.restore(kept)
+            if len(kept) != len(rows):
+                log.warning(
+                    "checkpoint has %d series of %s with other labels than configured now; dropping them",
+                    len(rows) - len(kept),
+                    name,
+                )
+
+    def apply_changes(self, changes: Mapping[str, tuple[str, list[Any]]]) -> None:
+        """Apply a journal record: [key, row] per changed series (row None: deleted), last one wins."""
+        for name, (kind, rows) in changes.items():
+            family = self._compatible(name, kind, quiet=True)
+            if family is None:
+                continue
+            width = len(family.label_names)
+            load = family.load
+            shared_key = family.shared_key
+            for key, row in rows:
+                if len(key) == width:
+                    load(shared_key(key), row)
+            family.version += 1
+
+    def _compatible(self, name: str, kind: str, quiet: bool = False) -> AnyFamily | None:
+        family = self.families.get(name)
+        if family is None:
+            if not quiet:
+                log.warning("checkpoint has metric %s, which is no longer defined; dropping it", name)
+            return None
+        if kind != family.type:
+            if not quiet:
                 log.warning(
                     "checkpoint has metric %s as a %s, configured now as a %s; dropping it", name, kind, family.type
                 )
-                continue
-            family.restore(rows)
-            width = len(family.label_names)
-            mismatched = [key for key in family.series if len(key) != width]
-            for key in mismatched:
-                family.discard(key)
-            if mismatched:
-                log.warning(
-                    "checkpoint has %d series of %s with other labels than configured now; dropping them",
-                    len(mismatched),
-                    name,
-                )
+            return None
+        return family

@@ -509,18 +509,24 @@ def bench_memory(series: int, progress: Progress) -> list[Figure]:
         # Fresh strings per series, as decoding gives them.
         return [("bench", f"strategy{index % 20}", f"SYM{index}".encode().decode()) for index in range(series)]
 
+    def at_rest(family: Any) -> Any:
+        family.thaw(written=True)  # after a commit: the set of changed series is empty again
+        family.freeze()
+        family.thaw(written=True)
+        return family
+
     def ours_counters() -> Any:
         family = CounterFamily("c_total", "h", ["source", "strategy", "symbol"], max_series=series * 2)
         for key in label_keys():
             family.inc(key)
-        return family
+        return at_rest(family)
 
     def ours_histograms() -> Any:
         family = HistogramFamily("h_seconds", "h", ["source", "strategy", "symbol"], max_series=series * 2,
                                  buckets=[0.001, 0.01, 0.1, 1.0, 10.0])  # fmt: skip
         for key in label_keys():
             family.observe(key, 0.05)
-        return family
+        return at_rest(family)
 
     def theirs(kind: str) -> Callable[[], Any]:
         def build() -> Any:

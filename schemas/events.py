@@ -30,10 +30,16 @@ Severity = Literal["debug", "info", "warning", "error", "critical"]
 
 
 class EventBase(msgspec.Struct, kw_only=True, frozen=True, omit_defaults=True, tag_field="kind"):
-    """Fields every event carries: when it happened and who emitted it."""
+    """Fields every event carries: when it happened and who emitted it, and optionally a trace id.
+
+    `trace_id` (an order's `order_id` too) becomes an OpenMetrics exemplar on the histogram bucket and
+    counter the event updates, so a slow bucket leads to the request or order that landed there; ids
+    never become labels.
+    """
 
     ts: Timestamp
     source: SourceName
+    trace_id: Identifier = ""
 
 
 class Signal(EventBase, tag="signal", frozen=True):

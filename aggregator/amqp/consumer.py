@@ -5,6 +5,7 @@ import logging
 import os
 import signal
 import time
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiormq
@@ -34,11 +35,12 @@ class Consumer:
         self,
         amqp: AmqpSettings,
         pipeline: Pipeline,
-        durability: Durability | None = None,
+        durability: "Durability[Any] | None" = None,
         commit_interval: float = 0.2,
         blackbox: BlackBox | None = None,
         poison_after: int = 2,
         crash_marker: bytes | None = None,
+        take_over: Callable[[], Awaitable[Any]] | None = None,
     ) -> None:
         self.amqp = amqp
         self.pipeline = pipeline
@@ -46,6 +48,10 @@ class Consumer:
         self._poison_after = poison_after
         # Fault injection for drills and tests: a body holding this marker kills the process, as a crash would.
         self._crash_marker = crash_marker
+        # A standby replica (single active consumer): before the first message after (re)connecting, the
+        # state is loaded from the broker; delivery is how the broker says this replica is the active one.
+        self._take_over = take_over
+        self._taken_over = take_over is None
         self._commit_interval = commit_interval
         dropped = pipeline.ingest.self_metrics.dead_letters_dropped
         self.letters = DeadLetterPublisher(
@@ -87,6 +93,11 @@ class Consumer:
             redacted(self.amqp.url),
         )
 
+    async def open_channel(self) -> AbstractChannel:
+        """A confirm channel on the consumer's connection."""
+        assert self.connection is not None
+        return await self.connection.channel(publisher_confirms=True)
+
     async def _open_dead_letter_channel(self) -> AbstractChannel:
         assert self.connection is not None
         channel = await self.connection.channel(publisher_confirms=True)
@@ -97,6 +108,9 @@ class Consumer:
         if self.consuming:
             log.warning("lost the connection to RabbitMQ; reconnecting")
         self.consuming = False
+        if self._take_over is not None:
+            # Another replica may be the active one meanwhile: take over again before applying anything.
+            self._taken_over = False
 
     def _on_reconnected(self, *_: Any) -> None:
         log.info("reconnected to RabbitMQ; consuming again")
@@ -118,6 +132,10 @@ class Consumer:
                     if ledger.unacked and time.monotonic() - ledger.last_commit >= self._commit_interval:
                         await ledger.commit()
                     continue
+                if not self._taken_over:
+                    assert self._take_over is not None
+                    await self._take_over()
+                    self._taken_over = True
                 self._handle(item)
                 if not ledger.failure and (
                     ledger.unacked >= ledger.commit_every or (not ledger.durable and self._inbox.empty())

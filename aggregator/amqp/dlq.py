@@ -1,7 +1,8 @@
 """The operator's dead-letter queue tool: list, show, replay and purge what the aggregator refused."""
 
+import base64
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
@@ -37,6 +38,20 @@ class DeadLetterView:
     batch_index: int | None
     content_type: str
     body: bytes
+
+    def as_json(self) -> dict[str, Any]:
+        """Every field as JSON-ready data (`dlq list --json`): the body as text and, exactly, as base64."""
+        return {
+            "position": self.position,
+            "reason": self.reason,
+            "detail": self.detail,
+            "routing_key": self.routing_key,
+            "message_id": self.message_id,
+            "batch_index": self.batch_index,
+            "content_type": self.content_type,
+            "body": self.body_text(),
+            "body_base64": base64.b64encode(self.body).decode(),
+        }
 
     def body_text(self) -> str:
         """The body as readable text: MessagePack shown as JSON, anything else as UTF-8 (replacing bad bytes)."""
@@ -92,13 +107,15 @@ class DeadLetterQueue:
             queue = await channel.declare_queue(amqp.dead_letter_queue_name, durable=True, passive=True)
             yield cls(channel, queue, amqp)
 
-    async def _take(self, limit: int) -> list[AbstractIncomingMessage]:
+    async def _take(self, limit: int, taking: Callable[[int], None] | None = None) -> list[AbstractIncomingMessage]:
         taken: list[AbstractIncomingMessage] = []
         while len(taken) < limit:
             message = await self._queue.get(no_ack=False, fail=False)
             if message is None:
                 break
             taken.append(message)
+            if taking is not None:
+                taking(len(taken))
         return taken
 
     async def _put_back(self, messages: list[AbstractIncomingMessage]) -> None:
@@ -112,17 +129,28 @@ class DeadLetterQueue:
         await self._put_back(taken)
         return views
 
-    async def replay(self, limit: int, reason: str | None = None) -> int:
+    @property
+    def count(self) -> int:
+        """Messages the dead-letter queue held when it was opened."""
+        return int(self._queue.declaration_result.message_count or 0)
+
+    async def replay(
+        self, limit: int, reason: str | None = None, progress: Callable[[int, int], None] | None = None
+    ) -> int:
         """Publish dead letters back to the exchange under their original routing key; returns how many.
 
         Each replay gets a message id derived from the original, so replaying the same letter twice
-        after it was applied counts it once.
+        after it was applied counts it once. `progress(done, total)` follows the work: each letter is taken
+        from the queue, then published (or put back), two steps per letter.
         """
-        taken = await self._take(limit)
+        expected = min(limit, self.count)
+        taken = await self._take(limit, None if progress is None else lambda got: progress(got, 2 * max(expected, got)))
         exchange = await self._channel.get_exchange(self._amqp.exchange)
         replayed = 0
         keep = []
-        for message in taken:
+        for done, message in enumerate(taken):
+            if progress is not None:
+                progress(len(taken) + done, 2 * len(taken))
             view = _view(0, message)
             if reason is not None and view.reason != reason:
                 keep.append(message)
@@ -153,6 +181,8 @@ class DeadLetterQueue:
                 ) from None
             await message.ack()
             replayed += 1
+        if progress is not None:
+            progress(2 * len(taken), 2 * len(taken))
         await self._put_back(keep)
         return replayed
 

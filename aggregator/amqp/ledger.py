@@ -4,7 +4,7 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable
-from typing import Protocol
+from typing import Any, Protocol, TypeVar
 
 import aiormq
 from aio_pika.exceptions import ChannelInvalidStateError
@@ -12,6 +12,7 @@ from aio_pika.exceptions import ChannelInvalidStateError
 from aggregator.amqp.connection import describe
 
 log = logging.getLogger(__name__)
+C = TypeVar("C")
 
 
 class Ackable(Protocol):
@@ -20,12 +21,12 @@ class Ackable(Protocol):
     async def ack(self, multiple: bool = False) -> None: ...
 
 
-class Durability(Protocol):
+class Durability(Protocol[C]):
     """Where applied state is made durable before messages are acked (the checkpointer)."""
 
-    def snapshot(self) -> bytes: ...
+    def capture(self) -> C: ...
 
-    async def persist(self, data: bytes) -> None: ...
+    async def persist(self, commit: C) -> None: ...
 
 
 class Letters(Protocol):
@@ -40,14 +41,14 @@ class AckLedger:
     The order for every ack: (1) the messages were applied, (2) every dead letter published for them
     was confirmed by the broker, (3) a checkpoint holding their effect is on disk, (4) one `ack` with
     `multiple` for the newest of them. Without durability (no state directory) step 3 is skipped.
-    The snapshot is taken on the event loop; the write runs in the background while ingestion goes
-    on, and the ack follows it. One write at a time.
+    The commit point is fixed on the event loop (in O(families), see aggregator.checkpoint); the
+    write runs in the background while ingestion goes on, and the ack follows it. One write at a time.
     """
 
     def __init__(
         self,
         letters: Letters,
-        durability: Durability | None,
+        durability: "Durability[Any] | None",
         commit_every: int,
         settled: Callable[[list[bytes]], None] = lambda tokens: None,
     ) -> None:
@@ -100,15 +101,15 @@ class AckLedger:
             await self._ack(message, tokens)
             return
         self._persisting = asyncio.create_task(
-            self._persist_then_ack(self._durability.snapshot(), message, count, tokens)
+            self._persist_then_ack(self._durability.capture(), message, count, tokens)
         )
         if wait:
             await self._persisting
 
-    async def _persist_then_ack(self, data: bytes, message: Ackable, count: int, tokens: list[bytes]) -> None:
+    async def _persist_then_ack(self, commit: Any, message: Ackable, count: int, tokens: list[bytes]) -> None:
         assert self._durability is not None
         try:
-            await self._durability.persist(data)
+            await self._durability.persist(commit)
         except OSError as error:
             # Nothing is acked: the broker keeps the messages, and once the prefetch window is full it
             # stops delivering until a checkpoint succeeds again.

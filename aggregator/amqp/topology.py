@@ -27,6 +27,8 @@ def queue_arguments(amqp: AmqpSettings) -> dict[str, Any]:
     if amqp.queue_type == "quorum":
         arguments["x-queue-type"] = "quorum"
         arguments["x-delivery-limit"] = amqp.delivery_limit
+    if amqp.single_active_consumer:
+        arguments["x-single-active-consumer"] = True
     return arguments
 
 

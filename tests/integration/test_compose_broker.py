@@ -1,5 +1,5 @@
 """The compose stack's RabbitMQ, run for real without Docker: a private node with deploy/rabbitmq/rabbitmq.conf and
-the secrets scripts/make-deploy-secrets makes (its own ports and paths). It has no guest, speaks TLS with the
+the secrets scripts/amqp-secrets makes (its own ports and paths). It has no guest, speaks TLS with the
 deployment's CA, holds the least-privilege users, bounds the dead letters and message sizes, and the aggregator
 connects with exactly the settings compose gives it."""
 
@@ -47,7 +47,7 @@ def _password(broker: ComposeBroker, file: str) -> str:
 
 
 def _context(broker: ComposeBroker) -> ssl.SSLContext:
-    return ssl.create_default_context(cafile=str(broker.secrets / "ca.pem"))
+    return ssl.create_default_context(cafile=str(broker.secrets / "amqp-ca.crt"))
 
 
 async def _session(broker: ComposeBroker, user: str, password: str, action: Callable[[AbstractChannel], object]
@@ -99,8 +99,8 @@ def test_no_guest_and_the_deployment_users_only(compose_broker: ComposeBroker) -
     assert users["tickbus-admin"] == ["administrator"]
     refused = asyncio.run(_session(compose_broker, "guest", "guest", _nothing))
     assert isinstance(refused, aiormq.exceptions.ProbableAuthenticationError), repr(refused)
-    for user, file in (("tickbus-aggregator", "amqp-aggregator.password"), ("tickbus-producer",
-                       "amqp-producer.password"), ("tickbus-operator", "amqp-operator.password")):  # fmt: skip
+    for user, file in (("tickbus-aggregator", "amqp-aggregator-password"), ("tickbus-producer",
+                       "amqp-producer-password"), ("tickbus-operator", "amqp-operator-password")):  # fmt: skip
         assert _as(compose_broker, user, file, _nothing) is None, user
 
 
@@ -126,8 +126,9 @@ def test_the_aggregator_runs_with_compose_settings_and_a_producer_publishes_only
     args = _aggregator_settings(compose_broker)
     aggregator = start_aggregator(NAMES, extra_args=args[2:], amqp_url=args[1])
     producer = [
-        "--amqp-url", compose_broker.url("tickbus-producer"), "--amqp-ca-file", str(compose_broker.secrets / "ca.pem"),
-        "--amqp-password-file", str(compose_broker.secrets / "amqp-producer.password"),
+        "--amqp-url", compose_broker.url("tickbus-producer"),
+        "--amqp-ca-file", str(compose_broker.secrets / "amqp-ca.crt"),
+        "--amqp-password-file", str(compose_broker.secrets / "amqp-producer-password"),
     ]  # fmt: skip
     sent = subprocess.run(
         [sys.executable, "-m", "aggregator", "emit", "heartbeat", "--source", "compose-1", *producer],
@@ -148,14 +149,14 @@ def test_the_aggregator_runs_with_compose_settings_and_a_producer_publishes_only
         return await channel.queue_delete(NAMES.queue)
 
     for action in (consume, dead_letter, delete):
-        refused = _as(compose_broker, "tickbus-producer", "amqp-producer.password", action)
+        refused = _as(compose_broker, "tickbus-producer", "amqp-producer-password", action)
         assert isinstance(refused, aiormq.exceptions.ChannelAccessRefused), (action.__name__, repr(refused))
 
     async def too_big(channel: AbstractChannel) -> object:
         exchange = await channel.get_exchange(NAMES.exchange, ensure=False)
         return await exchange.publish(aio_pika.Message(b"x" * (MAX_MESSAGE_BYTES + 1)), routing_key="signal")
 
-    refused = _as(compose_broker, "tickbus-producer", "amqp-producer.password", too_big)
+    refused = _as(compose_broker, "tickbus-producer", "amqp-producer-password", too_big)
     assert isinstance(refused, aiormq.exceptions.ChannelPreconditionFailed), repr(refused)
     assert f"larger than configured max size {MAX_MESSAGE_BYTES}" in str(refused.args[0])
 
@@ -165,7 +166,7 @@ def test_the_aggregator_runs_with_compose_settings_and_a_producer_publishes_only
     )
     (policy,) = json.loads(compose_broker.node.rabbitmqctl("list_policies", "--formatter", "json"))
     assert json.loads(policy["definition"]) == {"max-length-bytes": 104857600, "overflow": "reject-publish"}
-    password = _password(compose_broker, "amqp-aggregator.password")
+    password = _password(compose_broker, "amqp-aggregator-password")
     assert password not in aggregator.log()
     aggregator.stop()
     time.sleep(0.1)

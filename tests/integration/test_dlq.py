@@ -1,5 +1,7 @@
 """`aggregator dlq` over the real broker: list and show with reasons, replay after a config fix, purge."""
 
+import base64
+import json
 import subprocess
 import sys
 import time
@@ -93,3 +95,34 @@ def test_replay_to_an_exchange_nothing_listens_on_keeps_the_letters(
     assert replay.returncode == 1
     assert "no queue is bound" in replay.stderr
     assert [message.headers["x-tickbus-reason"] for message in drain(names.dead_letter_queue)] == ["undeclared_metric"]
+
+
+def test_list_as_json_for_scripts_and_replay_shows_its_progress(
+    names: Names, start_aggregator: StartAggregator
+) -> None:
+    """`dlq list --json` gives every field and the exact body; `dlq replay` draws its progress on stderr and
+    still prints the count on stdout."""
+    aggregator = start_aggregator(names)
+    bodies = [_metric("undeclared_thing", source=f"risk-{index}") for index in range(5)]
+    publish_raw(
+        names.exchange, [RawMessage(body, "metric", message_id=f"u{index}") for index, body in enumerate(bodies)]
+    )
+    publish_raw(names.exchange, [RawMessage(b"{broken", "signal", message_id="b1")])
+    wait_for(lambda: total(aggregator.scrape(), "tickbus_events_rejected_total") == 6, what="six rejections")
+
+    listing = _dlq(names, "list", "--json")
+    assert listing.returncode == 0, listing.stderr
+    letters = json.loads(listing.stdout)
+    assert [letter["position"] for letter in letters] == [1, 2, 3, 4, 5, 6]
+    assert [letter["reason"] for letter in letters] == ["undeclared_metric"] * 5 + ["malformed"]
+    assert [letter["message_id"] for letter in letters] == ["u0", "u1", "u2", "u3", "u4", "b1"]
+    assert [base64.b64decode(letter["body_base64"]) for letter in letters] == [*bodies, b"{broken"]
+    assert letters[0]["routing_key"] == "metric"
+    assert "undeclared_thing" in letters[0]["detail"]
+    assert json.loads(_dlq(names, "list", "--json", "--limit", "2").stdout)[1]["message_id"] == "u1"
+
+    replay = _dlq(names, "replay", "--reason", "undeclared_metric", "--exchange", names.exchange)
+    assert replay.returncode == 0, replay.stderr
+    assert "replayed 5 dead letter(s)" in replay.stdout
+    assert f"replaying from {names.dead_letter_queue}" in replay.stderr
+    assert "100%" in replay.stderr

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from aggregator.checkpoint import decode_checkpoint
+from aggregator.checkpoint import encode_record, read_records
 from producers.emitter import Emitter, EmitterSettings
 from schemas.events import Signal
 from tests.support.broker import RawMessage, drain, publish_raw
@@ -154,31 +154,53 @@ def _corrupt(path: Path) -> None:
     path.write_bytes(data[: len(data) // 2])
 
 
-def _signals_in_checkpoint(path: Path) -> float:
-    snapshot = decode_checkpoint(path.read_bytes())
-    _, (series_rows, _) = snapshot.families["trading_signals_total"]
-    return float(sum(count for _, count in series_rows))
+def _journal_signals(state: Path) -> list[float]:
+    """The signal total after each journal record of the state directory, in order."""
+    totals: dict[tuple[str, ...], float] = {}
+    after_each = []
+    for segment in sorted(state.glob("journal.*")):
+        records, stopped = read_records(segment.read_bytes())
+        assert stopped == ""
+        for record in records:
+            _, rows = record.families.get("trading_signals_total", ["counter", []])
+            totals.update((tuple(key), row[0] if isinstance(row, list) else row) for key, row in rows)
+            after_each.append(sum(totals.values()))
+    return after_each
 
 
-def test_corrupt_checkpoint_falls_back_to_the_previous_one_and_says_so(
+def test_a_damaged_journal_record_is_reported_and_the_counts_before_it_kept(
     names: Names, start_aggregator: StartAggregator, tmp_path: Path
 ) -> None:
-    """A truncated current checkpoint: a clear error in the log and the previous checkpoint's counts, not zero."""
+    """A journal record damaged on disk: a clear error in the log and the counts of the records before it, not zero."""
     state = tmp_path / "state"
     aggregator = start_aggregator(names, extra_args=_state_args(tmp_path))
     _stream(names, "ckpt", 2_000, seconds=1).join(60)
     wait_for(lambda: total(aggregator.scrape(), "trading_signals_total") == 2_000, what="2000 signals")
     assert aggregator.stop(signal.SIGTERM) == 0
-    assert _signals_in_checkpoint(state / "checkpoint") == 2_000
-    previous = _signals_in_checkpoint(state / "checkpoint.prev")
-    assert previous > 0
-    data = (state / "checkpoint").read_bytes()
-    (state / "checkpoint").write_bytes(data[: len(data) // 2])
+    totals = _journal_signals(state)
+    assert totals[-1] == 2_000
+    assert len(totals) >= 3
+    # Damage the middle of the journal: flip a byte inside the second-to-last record.
+    segment = max(state.glob("journal.*"))
+    data = segment.read_bytes()
+    records, _ = read_records(data)
+    last_two = sum(len(encode_record(record)) for record in records[-2:])
+    damaged = bytearray(data)
+    damaged[len(data) - last_two + 30] ^= 0xFF
+    segment.write_bytes(bytes(damaged))
+    before = _journal_totals_before_last_two(totals, len(records))
     aggregator.start()
-    assert total(aggregator.scrape(), "trading_signals_total", source="ckpt") == previous
+    assert total(aggregator.scrape(), "trading_signals_total", source="ckpt") == before
     log = aggregator.log()
-    assert "is unreadable: truncated" in log
-    assert "fell back to the previous checkpoint" in log
+    assert "is damaged (a record with a bad checksum" in log
+    assert "counts applied after it and already acknowledged are missing" in log
+
+
+def _journal_totals_before_last_two(totals: list[float], records_in_last_segment: int) -> float:
+    """The total after the last record that comes before the last segment's last two records."""
+    index = len(totals) - 3
+    assert records_in_last_segment >= 2
+    return totals[index] if index >= 0 else 0.0
 
 
 def test_no_readable_checkpoint_refuses_to_start_at_zero(
@@ -187,7 +209,7 @@ def test_no_readable_checkpoint_refuses_to_start_at_zero(
     """If every checkpoint is damaged the aggregator exits with an error instead of silently counting from zero."""
     state = tmp_path / "state"
     state.mkdir()
-    (state / "checkpoint").write_bytes(b"TBCK garbage")
+    (state / "base").write_bytes(b"TBCK garbage")
     aggregator = start_aggregator(names, extra_args=_state_args(tmp_path), wait_ready=False)
     assert aggregator.process is not None
     assert aggregator.process.wait(30) == 1

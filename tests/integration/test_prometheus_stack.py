@@ -2,10 +2,12 @@
 
 Prometheus (Debian's package, installed by scripts/install-prometheus when missing) runs on a free
 loopback port with a copy of deploy/prometheus whose only changes are a 1s scrape and evaluation
-interval, the test aggregators as targets, and `for: 0s` on the alerts (their real durations are
-proven by `promtool test rules`, see tests/unit/test_deploy_files.py). Events go through the real
-RabbitMQ. Also here: the image's entry command, run with compose's environment, answers the
-compose healthcheck.
+interval, the test aggregators as targets, the compose secrets read from a directory that
+scripts/web-secrets made, and `for: 0s` on the alerts (their real durations are proven by
+`promtool test rules`, see tests/unit/test_deploy_files.py). The aggregators serve the web config
+that script made, so Prometheus scrapes them as compose does: over TLS, with basic auth. Events go
+through the real RabbitMQ. Also here: the image's entry command, run with compose's environment and
+secrets, answers the compose healthcheck.
 """
 
 import math
@@ -16,7 +18,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,10 +26,12 @@ from typing import Any
 import pytest
 
 from producers.emitter import Emitter, EmitterSettings
+from schemas.events import Order
 from tests.support import incidents
 from tests.support.broker import publish_raw
 from tests.support.deploy import (
     AGGREGATOR_CONFIG,
+    SECRETS_DIR,
     compose_document,
     dashboards,
     dockerfile_env,
@@ -38,6 +41,7 @@ from tests.support.deploy import (
     host_path,
     interpolate,
     panel_queries,
+    service_secrets,
     substitute,
     variable_values,
 )
@@ -45,6 +49,7 @@ from tests.support.incidents import Phase
 from tests.support.process import AMQP_URL, AggregatorProcess, Names, free_port
 from tests.support.prometheus import (
     AGGREGATOR_JOB,
+    SECRETS_MOUNT,
     SELF_JOB,
     PrometheusServer,
     ensure_prometheus,
@@ -52,6 +57,7 @@ from tests.support.prometheus import (
     write_test_setup,
 )
 from tests.support.scrape import Samples, scrape, total, value, wait_for
+from tests.support.web import WEB_CONFIG, WebClient, make_web_secrets
 
 INTERVAL = "1s"
 EVALUATION_SECONDS = 1.0
@@ -79,7 +85,7 @@ INCIDENT_ALERTS = {
     "TickbusEventsDelayed",
     "TickbusSeriesOverflow",
 }
-CHECKPOINT_ALERTS = {"TickbusCheckpointFailing"}
+CHECKPOINT_ALERTS = {"TickbusCheckpointFailing", "TickbusCannotCommit"}
 RESTART_ALERTS = {"TickbusAggregatorDown", "TickbusQueueBacklog"}
 # Needs five minutes of applied messages without a successful checkpoint; promtool tests prove it.
 NOT_TRIPPED_LIVE = {"TickbusCheckpointStale"}
@@ -154,9 +160,12 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     config = _aggregator_config(workdir)
     names = Names.unique("stack")
     state_dir = workdir / "state"
-    aggregator = AggregatorProcess(names, workdir, config, ["--state-dir", str(state_dir)])
+    secrets = make_web_secrets(workdir / "secrets")
+    web = ["--web.config.file", str(secrets / WEB_CONFIG)]
+    client = WebClient.for_secrets(secrets)
+    aggregator = AggregatorProcess(names, workdir, config, ["--state-dir", str(state_dir), *web], web=client)
     unreachable = f"amqp://guest:guest@127.0.0.1:{free_port()}/"
-    broken = AggregatorProcess(Names.unique("broken"), workdir, config, ["--amqp-url", unreachable])
+    broken = AggregatorProcess(Names.unique("broken"), workdir, config, ["--amqp-url", unreachable, *web], web=client)
     prometheus_port = free_port()
     prometheus_config = write_test_setup(
         workdir / "prometheus",
@@ -165,6 +174,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
             AGGREGATOR_JOB: [f"127.0.0.1:{aggregator.port}", f"127.0.0.1:{broken.port}"],
             SELF_JOB: [f"127.0.0.1:{prometheus_port}"],
         },
+        secrets,
     )
     prometheus = PrometheusServer(prometheus_config, workdir, prometheus_port)
     emitter: Emitter | None = None
@@ -243,14 +253,17 @@ def test_every_alert_is_tripped_by_one_of_these_tests() -> None:
 
 
 def test_prometheus_scrapes_both_aggregators_and_evaluates_every_shipped_rule(stack: Stack) -> None:
-    """Targets are up, every shipped rule is loaded (alerts with for: 0s) and evaluates without error."""
-    health = {(target["labels"]["job"], target["labels"]["instance"]): target["health"] for target in
-              stack.prometheus.active_targets()}  # fmt: skip
+    """Targets are up (the aggregators over TLS with basic auth, as shipped), every shipped rule is loaded
+    (alerts with for: 0s) and evaluates without error."""
+    targets = stack.prometheus.active_targets()
+    health = {(target["labels"]["job"], target["labels"]["instance"]): target["health"] for target in targets}
     assert health == {
         (AGGREGATOR_JOB, stack.instance): "up",
         (AGGREGATOR_JOB, stack.broken_instance): "up",
         (SELF_JOB, stack.prometheus.address): "up",
     }
+    urls = {target["scrapeUrl"] for target in targets if target["labels"]["job"] == AGGREGATOR_JOB}
+    assert urls == {f"https://{stack.instance}/metrics", f"https://{stack.broken_instance}/metrics"}
     loaded = stack.prometheus.loaded_rules()
     shipped = {rule.get("alert") or rule["record"] for rule in rules("alert") + rules("record")}
     assert {rule["name"] for rule in loaded} == shipped
@@ -258,11 +271,30 @@ def test_prometheus_scrapes_both_aggregators_and_evaluates_every_shipped_rule(st
     assert {rule["duration"] for rule in loaded if rule["type"] == "alerting"} == {0}
 
 
+def test_prometheus_reads_each_aggregators_build_info(stack: Stack) -> None:
+    """`tickbus_build_info` reaches Prometheus from each aggregator: 1, with this distribution's version, the
+    revision and Python as labels (what a dashboard joins on to show which build runs where)."""
+    import platform
+
+    from aggregator.version import revision, version
+
+    found = {
+        sample["metric"]["instance"]: sample
+        for sample in stack.prometheus.query(f'tickbus_build_info{{job="{AGGREGATOR_JOB}"}}')
+    }
+    assert set(found) == {stack.instance, stack.broken_instance}
+    for sample in found.values():
+        assert sample["metric"]["version"] == version()
+        assert sample["metric"]["revision"] == revision()
+        assert sample["metric"]["python"] == platform.python_version()
+        assert float(sample["value"][1]) == 1.0
+
+
 def test_the_scraped_exposition_passes_promtool_check_metrics(stack: Stack) -> None:
     """With every kind of series present, `promtool check metrics` finds nothing to lint in /metrics."""
-    request = urllib.request.Request(f"{stack.aggregator.url}/metrics", headers={"Accept": "text/plain"})
-    with urllib.request.urlopen(request, timeout=10) as response:
-        body = response.read()
+    assert stack.aggregator.web is not None
+    status, _, body = stack.aggregator.web.get(f"{stack.aggregator.url}/metrics", {"Accept": "text/plain"})
+    assert status == 200
     assert b"trading_order_slippage_bps_bucket" in body
     checked = subprocess.run(["promtool", "check", "metrics"], input=body, capture_output=True, timeout=60, check=False)
     assert checked.returncode == 0, checked.stdout.decode() + checked.stderr.decode()
@@ -356,7 +388,8 @@ def test_the_incidents_fire_their_alerts_and_the_look_alikes_do_not(stack: Stack
 
 
 def test_failing_checkpoints_fire_the_checkpoint_alert(stack: Stack) -> None:
-    """State directory turned into a file: checkpoints fail, TickbusCheckpointFailing fires; then they recover."""
+    """State directory turned into a file: checkpoints fail, TickbusCannotCommit and TickbusCheckpointFailing fire;
+    then they recover."""
     before = value(stack.aggregator.scrape(), "tickbus_checkpoint_failures_total") or 0.0
     aside = stack.state_dir.with_name("state-aside")
     stack.state_dir.rename(aside)
@@ -370,7 +403,13 @@ def test_failing_checkpoints_fire_the_checkpoint_alert(stack: Stack) -> None:
             return failures is not None and failures > before
 
         wait_for(failed, timeout=30, what="a failed checkpoint")
+        wait_for(
+            lambda: value(stack.aggregator.scrape(), "tickbus_checkpoint_failing") == 1,
+            timeout=30,
+            what="the aggregator to say it cannot commit",
+        )
         stack.prometheus.wait_scraped_after(stack.instance, time.time())
+        _wait_alert(stack, "TickbusCannotCommit", {"instance": stack.instance})
     finally:
         stack.state_dir.unlink()
         aside.rename(stack.state_dir)
@@ -410,8 +449,10 @@ def test_a_restart_behind_a_backlog_fires_the_down_and_backlog_alerts(stack: Sta
 
 
 def test_the_image_entry_command_with_compose_environment_is_healthy(tmp_path: Path) -> None:
-    """`aggregator run` as the image runs it, with compose's environment (for loopback), passes the healthcheck."""
-    service = interpolate(compose_document(), {})["services"]["aggregator"]
+    """`aggregator run` as the image runs it, with compose's environment and secrets (made by scripts/web-secrets,
+    for loopback), passes the compose healthcheck over TLS and serves /metrics to Prometheus's credentials."""
+    document = interpolate(compose_document(), {})
+    service = document["services"]["aggregator"]
     final = final_stage(dockerfile_instructions())
     keyword_args = dict(final)
     command = exec_form(keyword_args["ENTRYPOINT"]) + exec_form(keyword_args["CMD"])
@@ -419,11 +460,18 @@ def test_the_image_entry_command_with_compose_environment_is_healthy(tmp_path: P
     assert executable, f"{command[0]} is not installed next to {sys.executable}"
     names = Names.unique("image")
     port = free_port()
+    secrets = make_web_secrets(tmp_path / "secrets")
+    mounted = service_secrets(document, "aggregator")
+    # Every secret the aggregator mounts is a file scripts/web-secrets writes into ./secrets.
+    assert {path.parent for path in mounted.values()} == {SECRETS_DIR}
+    assert {path.name for path in mounted.values()} <= {path.name for path in secrets.iterdir()}
     environment = {key: value for key, value in os.environ.items() if not key.startswith("TICKBUS_")}
     environment |= dockerfile_env(final)
     environment |= {key: str(value) for key, value in service["environment"].items()}
-    # What differs from the container: loopback broker and port, this repository's config, a temporary volume.
+    # What differs from the container: loopback broker and port, this repository's config, a temporary
+    # volume, the secrets read where the script wrote them.
     assert environment["TICKBUS_AMQP_URL"].endswith("@rabbitmq:5672/")
+    assert environment["TICKBUS_WEB_CONFIG_FILE"] in mounted
     environment |= {
         "TICKBUS_AMQP_URL": AMQP_URL,
         "TICKBUS_CONFIG": str(host_path(service, environment["TICKBUS_CONFIG"])),
@@ -432,29 +480,34 @@ def test_the_image_entry_command_with_compose_environment_is_healthy(tmp_path: P
         "TICKBUS_STATE_DIR": str(tmp_path / "state"),
         "TICKBUS_EXCHANGE": names.exchange,
         "TICKBUS_QUEUE": names.queue,
+        "TICKBUS_WEB_CONFIG_FILE": str(secrets / mounted[environment["TICKBUS_WEB_CONFIG_FILE"]].name),
     }
-    healthchecks = [
-        service["healthcheck"]["test"][1:],
-        exec_form(keyword_args["HEALTHCHECK"].partition(" CMD ")[2]),
-    ]
+    # The image's own HEALTHCHECK probes plain HTTP (an image run without a web config); compose's
+    # replaces it, probing over TLS.
+    check = [word.replace(SECRETS_MOUNT, f"{secrets}/") for word in service["healthcheck"]["test"][1:]]
+    assert check != service["healthcheck"]["test"][1:], "the compose healthcheck reads the CA from the secrets"
+    client = WebClient.for_secrets(secrets)
+    metrics_url = f"https://127.0.0.1:{port}/metrics"
 
-    def healthy() -> list[int]:
-        codes = []
-        for check in healthchecks:
-            argv = [sys.executable if check[0] == "python" else check[0], *check[1:]]
-            codes.append(subprocess.run(argv, env=environment, capture_output=True, timeout=30, check=False).returncode)
-        return codes
+    def healthy() -> bool:
+        argv = [sys.executable if check[0] == "python" else check[0], *check[1:]]
+        return subprocess.run(argv, env=environment, capture_output=True, timeout=30, check=False).returncode == 0
 
     log_path = tmp_path / "image.log"
     with log_path.open("wb") as log:
         process = subprocess.Popen([executable, *command[1:]], env=environment, stdout=log, stderr=subprocess.STDOUT)
     try:
-        wait_for(lambda: healthy() == [0, 0], timeout=30, what="the compose and image healthchecks to pass")
+        wait_for(healthy, timeout=30, what="the compose healthcheck to pass")
         wait_for(
-            lambda: scrape(f"http://127.0.0.1:{port}/metrics").get(("tickbus_consumer_connected", frozenset())) == 1,
+            lambda: (
+                scrape(metrics_url, client.context(), client.headers()).get(("tickbus_consumer_connected", frozenset()))
+                == 1
+            ),
             timeout=30,
             what="the aggregator to consume",
         )
+        # Without Prometheus's password, /metrics is refused.
+        assert WebClient(client.ca_file).get(metrics_url)[0] == 401
         # The config came from TICKBUS_CONFIG: its custom kill switch metric is accepted.
         emit = subprocess.run(
             [executable, "emit", "metric", "name=kill_switch_active", "value=1", "labels.reason=drawdown",
@@ -463,12 +516,42 @@ def test_the_image_entry_command_with_compose_environment_is_healthy(tmp_path: P
         )  # fmt: skip
         assert emit.returncode == 0, emit.stderr
         wanted = ("trading_kill_switch_active", frozenset({("source", "image-test"), ("reason", "drawdown")}))
-        wait_for(lambda: scrape(f"http://127.0.0.1:{port}/metrics").get(wanted) == 1, timeout=30, what=str(wanted))
+        wait_for(
+            lambda: scrape(metrics_url, client.context(), client.headers()).get(wanted) == 1,
+            timeout=30,
+            what=str(wanted),
+        )
         assert (tmp_path / "state").is_dir()
     finally:
         process.send_signal(signal.SIGTERM)
         code = process.wait(30)
         incidents.delete_topology(names)
     assert code == 0, log_path.read_text(errors="replace")
-    # With the aggregator gone, the healthchecks fail.
-    assert all(code != 0 for code in healthy())
+    # With the aggregator gone, the healthcheck fails.
+    assert not healthy()
+
+
+def test_prometheus_keeps_the_order_id_exemplar_of_a_slow_fill(stack: Stack) -> None:
+    """A fill with an order id, scraped as OpenMetrics: Prometheus's exemplar API leads from the bucket to the order."""
+    order_id = f"o-{int(time.time() * 1000)}"
+    started = time.time()
+    fill = Order(
+        ts=time.time(), source=EMITTER_SOURCE, symbol="EXM", side="buy", status="filled", latency=4.2, order_id=order_id
+    )
+    assert stack.emitter.emit(fill)
+    assert stack.emitter.flush(30)
+    stack.prometheus.wait_scraped_after(stack.instance, time.time())
+
+    def found() -> bool:
+        data = stack.prometheus.api(
+            "query_exemplars",
+            query=f'trading_order_latency_seconds_bucket{{source="{EMITTER_SOURCE}"}}',
+            start=str(started - 60),
+            end=str(time.time() + 60),
+        )
+        ids = {exemplar["labels"].get("order_id") for series in data for exemplar in series["exemplars"]}
+        buckets = {series["seriesLabels"]["le"] for series in data for exemplar in series["exemplars"]
+                   if exemplar["labels"].get("order_id") == order_id}  # fmt: skip
+        return order_id in ids and buckets == {"5.0"}
+
+    wait_for(found, timeout=30, what="the order's exemplar in Prometheus")

@@ -292,3 +292,27 @@ def test_a_role_without_configure_cannot_redeclare_the_aggregator_topology(
     """Only the aggregator user declares the exchange and queues: the others are refused."""
     error = _attempt(secured_broker, role, _declare_topology(secured_broker))
     assert "ACCESS_REFUSED" in _refused(error)
+
+
+def test_the_state_stream_needs_its_grant(
+    secured_broker: SecuredBroker, start_aggregator: StartAggregator, tmp_path: Path
+) -> None:
+    """Replicas keeping their checkpoints in the stream `<queue>.state`: refused (and saying so) without the
+    access script's --state-stream, consuming and committing with it."""
+    broker = secured_broker
+    config = tmp_path / "tickbus.toml"
+    config.write_text("[amqp]\nsingle_active_consumer = true\n[state]\nstream = true\n")
+    args = broker.amqp_args("aggregator")
+    refused = start_aggregator(broker.names, config=config, extra_args=args[2:], amqp_url=args[1], wait_ready=False)
+    wait_for(lambda: "consuming queue" in refused.log(), what="the topology declared")
+    assert _emit(broker, "producer-a", "alpha-0").returncode == 0
+    wait_for(lambda: "ACCESS_REFUSED" in refused.log(), timeout=30, what="the refused stream")
+    assert f"{broker.names.queue}.state" in refused.log()
+    refused.stop()
+    broker.grant("--state-stream")
+    aggregator = start_aggregator(broker.names, config=config, extra_args=args[2:], amqp_url=args[1])
+    sent = _emit(broker, "producer-a", "alpha-1")
+    assert sent.returncode == 0, sent.stderr
+    wait_for(lambda: total(aggregator.scrape(), "tickbus_events_received_total", source="alpha-1") == 1,
+             what="the heartbeat, with checkpoints in the stream")  # fmt: skip
+    wait_for(lambda: broker.queue_length(broker.names.queue) == 0, what="acked after a checkpoint in the stream")

@@ -11,7 +11,7 @@ from tests.support.process import free_port
 from tests.support.rabbitnodes import PrivateNode, RabbitNodes, TlsFiles, TlsListener
 
 RABBITMQ_CONF = REPO / "deploy" / "rabbitmq" / "rabbitmq.conf"
-MAKE_SECRETS = REPO / "scripts" / "make-deploy-secrets"
+AMQP_SECRETS = REPO / "scripts" / "amqp-secrets"
 SECRETS_IN_CONTAINER = "/run/secrets/"
 # Set by the test's node itself (scripts/rabbitmq-node): its own ports and the TLS files it copied.
 NODE_OWNED = ("listeners.", "ssl_options.cacertfile", "ssl_options.certfile", "ssl_options.keyfile")
@@ -29,17 +29,22 @@ def rabbitmq_conf(path: Path = RABBITMQ_CONF) -> dict[str, str]:
 
 
 def compose_secret_files(directory: Path) -> dict[str, Path]:
-    """Each compose secret by name -> the file it mounts, with ./deploy/secrets/ read as `directory`."""
+    """Each compose secret by name -> the file it mounts, with ./secrets/ read as `directory`."""
     secrets = interpolate(compose_document(), {})["secrets"]
-    return {name: directory / Path(secret["file"]).relative_to("deploy/secrets") for name, secret in secrets.items()}
+    return {name: directory / Path(secret["file"]).relative_to("secrets") for name, secret in secrets.items()}
+
+
+def amqp_secret_names() -> set[str]:
+    """The compose secrets of the AMQP side: the rabbitmq service's, and the aggregator's amqp-* ones."""
+    services = interpolate(compose_document(), {})["services"]
+    return {*services["rabbitmq"]["secrets"], *(name for name in services["aggregator"]["secrets"] if "amqp" in name)}
 
 
 def make_secrets(directory: Path, *args: str) -> subprocess.CompletedProcess[str]:
-    """scripts/make-deploy-secrets --dir DIRECTORY ARGS; its result (not checked)."""
+    """scripts/amqp-secrets ARGS DIRECTORY; its result (not checked)."""
     return subprocess.run(
-        ["bash", str(MAKE_SECRETS), "--dir", str(directory), *args],
-        capture_output=True, text=True, timeout=120, check=False,
-    )  # fmt: skip
+        ["bash", str(AMQP_SECRETS), *args, str(directory)], capture_output=True, text=True, timeout=120, check=False
+    )
 
 
 @dataclass

@@ -21,6 +21,8 @@ COMPOSE_SCHEMA = Path(__file__).with_name("compose-spec.json")
 DOCKERFILE = REPO / "Dockerfile"
 DOCKERIGNORE = REPO / ".dockerignore"
 AGGREGATOR_CONFIG = REPO / "deploy" / "tickbus.toml"
+# Where compose.yaml reads its secrets from (scripts/web-secrets writes them there; git ignores them).
+SECRETS_DIR = REPO / "secrets"
 GRAFANA_DIR = REPO / "deploy" / "grafana"
 DASHBOARDS_DIR = GRAFANA_DIR / "dashboards"
 DATASOURCES = GRAFANA_DIR / "provisioning" / "datasources" / "prometheus.yaml"
@@ -101,6 +103,16 @@ def named_volumes(service: Mapping[str, Any]) -> dict[str, str]:
         source, target, *_ = str(volume).split(":")
         if not source.startswith((".", "/")):
             mounts[target] = source
+    return mounts
+
+
+def service_secrets(document: Mapping[str, Any], name: str) -> dict[str, Path]:
+    """The secrets service `name` mounts (short syntax): container path (/run/secrets/NAME) -> the file on the host."""
+    declared = document.get("secrets", {})
+    mounts = {}
+    for secret in document["services"][name].get("secrets", []):
+        assert isinstance(secret, str), f"{name}: secrets in short syntax"
+        mounts[f"/run/secrets/{secret}"] = (REPO / declared[secret]["file"]).resolve()
     return mounts
 
 

@@ -12,10 +12,12 @@ from aggregator.selfmetrics import SelfMetrics
 from aggregator.store import Store
 
 
-def make_ingest(settings: CatalogSettings | None = None, custom: Sequence[CustomMetric] = ()) -> Ingest:
-    """An Ingest on a new store with its self-metrics, as the service builds it."""
+def make_ingest(
+    settings: CatalogSettings | None = None, custom: Sequence[CustomMetric] = (), compiled: bool | None = None
+) -> Ingest:
+    """An Ingest on a new store with its self-metrics, as the service builds it (`compiled`: which loop)."""
     store = Store()
-    return Ingest(settings or CatalogSettings(), custom, store, SelfMetrics(store))
+    return Ingest(settings or CatalogSettings(), custom, store, SelfMetrics(store), compiled=compiled)
 
 
 def make_pipeline(ingest: Ingest | None = None, window: int = 100) -> Pipeline:

@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from tests.support.scrape import Samples, scrape, wait_for
+from tests.support.web import WebClient
 
 AMQP_URL = "amqp://guest:guest@127.0.0.1:5672/"
 
@@ -51,10 +52,12 @@ class AggregatorProcess:
     port: int = field(default_factory=free_port)
     process: subprocess.Popen[bytes] | None = None
     amqp_url: str = AMQP_URL
+    # How to reach an aggregator started with a web config (TLS, basic auth); None: plain HTTP.
+    web: WebClient | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.web else 'http'}://127.0.0.1:{self.port}"
 
     @property
     def log_path(self) -> Path:
@@ -82,8 +85,9 @@ class AggregatorProcess:
         return self
 
     def ready(self) -> bool:
+        context = self.web.context() if self.web else None
         try:
-            with urllib.request.urlopen(f"{self.url}/readyz", timeout=2) as response:
+            with urllib.request.urlopen(f"{self.url}/readyz", timeout=2, context=context) as response:
                 return bool(response.status == 200)
         except (urllib.error.URLError, OSError):
             return False
@@ -97,7 +101,9 @@ class AggregatorProcess:
         wait_for(probe, timeout, what="the aggregator to be ready")
 
     def scrape(self) -> Samples:
-        return scrape(f"{self.url}/metrics")
+        if self.web is None:
+            return scrape(f"{self.url}/metrics")
+        return scrape(f"{self.url}/metrics", self.web.context(), self.web.headers())
 
     def log(self) -> str:
         return self.log_path.read_text(errors="replace") if self.log_path.exists() else ""

@@ -85,11 +85,20 @@ def with_short_for(rules_document: dict[str, Any], duration: str = "0s") -> dict
     return document
 
 
-def config_for_test(config: dict[str, Any], interval: str, targets: dict[str, list[str]]) -> dict[str, Any]:
+# Where compose mounts the secrets the shipped config reads (the CA of the aggregator, the password).
+SECRETS_MOUNT = "/run/secrets/"
+
+
+def config_for_test(
+    config: dict[str, Any], interval: str, targets: dict[str, list[str]], secrets: Path | None = None
+) -> dict[str, Any]:
     """A copy of the shipped config that scrapes and evaluates every `interval` and scrapes `targets` (by job).
 
-    Everything else (rule files, jobs, paths, relabelling) is kept as shipped.
+    With `secrets`, files under /run/secrets/ are read from that directory instead (scripts/web-secrets
+    output). Everything else (rule files, jobs, TLS and auth, paths, relabelling) is kept as shipped.
     """
+    if secrets is not None:
+        config = yaml.safe_load(yaml.safe_dump(config).replace(SECRETS_MOUNT, f"{secrets}/"))
     document = copy.deepcopy(config)
     document["global"]["scrape_interval"] = interval
     document["global"]["evaluation_interval"] = interval
@@ -103,9 +112,11 @@ def config_for_test(config: dict[str, Any], interval: str, targets: dict[str, li
     return document
 
 
-def write_test_setup(directory: Path, interval: str, targets: dict[str, list[str]]) -> Path:
+def write_test_setup(
+    directory: Path, interval: str, targets: dict[str, list[str]], secrets: Path | None = None
+) -> Path:
     """The shipped config and rules rewritten for a test (`config_for_test`, `with_short_for`) in `directory`."""
-    config = config_for_test(load_yaml(PROMETHEUS_CONFIG), interval, targets)
+    config = config_for_test(load_yaml(PROMETHEUS_CONFIG), interval, targets, secrets)
     directory.mkdir(parents=True, exist_ok=True)
     for path in rule_files():
         target = directory / path.relative_to(PROMETHEUS_DIR)
@@ -155,6 +166,8 @@ class PrometheusServer:
             f"--storage.tsdb.path={storage}",
             f"--web.listen-address={self.address}",
             "--log.level=warn",
+            # As compose runs it: exemplars scraped from OpenMetrics are kept and queryable.
+            "--enable-feature=exemplar-storage",
         ]
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT)

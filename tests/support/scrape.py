@@ -1,8 +1,9 @@
 """Reading /metrics into exact sample values keyed by name and labels."""
 
+import ssl
 import time
 import urllib.request
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import TypeVar
 
 from prometheus_client.parser import text_string_to_metric_families
@@ -19,8 +20,10 @@ def parse(text: str) -> Samples:
     return samples
 
 
-def scrape(url: str) -> Samples:
-    with urllib.request.urlopen(url, timeout=10) as response:
+def scrape(url: str, context: ssl.SSLContext | None = None, headers: Mapping[str, str] | None = None) -> Samples:
+    """The samples at `url`; over TLS with `context`, and `headers` (credentials) when the endpoint asks for them."""
+    request = urllib.request.Request(url, headers=dict(headers or {}))
+    with urllib.request.urlopen(request, timeout=10, context=context) as response:
         return parse(response.read().decode())
 
 

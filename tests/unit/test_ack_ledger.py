@@ -79,12 +79,12 @@ class FakeDurability:
         self.fail_with: OSError | None = None
         self.snapshots = 0
 
-    def snapshot(self) -> bytes:
+    def capture(self) -> bytes:
         self.snapshots += 1
         self.journal.entries.append(f"snapshot {self.snapshots}")
         return b"state"
 
-    async def persist(self, data: bytes) -> None:
+    async def persist(self, commit: bytes) -> None:
         await self.written.wait()
         if self.fail_with is not None:
             raise self.fail_with

@@ -1,21 +1,29 @@
 """Checkpoint files: round trip, every kind of damage detected, fallback to the previous one, atomic writes."""
 
+import logging
+import zlib
 from pathlib import Path
 
 import anyio
+import msgspec
 import pytest
 
 from aggregator.checkpoint import (
+    HEADER,
+    MAGIC,
     Checkpointer,
     CheckpointError,
     CorruptCheckpoint,
     Snapshot,
     decode_checkpoint,
     encode_checkpoint,
+    encode_record,
+    read_records,
 )
 from aggregator.config import CatalogSettings
 from aggregator.dedup import RecentIds
 from aggregator.ingest import Ingest
+from aggregator.store import CounterFamily, GaugeFamily
 from schemas.events import Error
 from tests.support.engine import make_ingest
 
@@ -27,7 +35,7 @@ def _checkpointer(directory: Path) -> tuple[Checkpointer, Ingest, RecentIds]:
 
 
 def _write(checkpointer: Checkpointer) -> None:
-    anyio.run(checkpointer.persist, checkpointer.snapshot())
+    anyio.run(checkpointer.persist, checkpointer.capture())
 
 
 def _errors(ingest: Ingest, count: int) -> None:
@@ -74,19 +82,30 @@ def test_write_then_restore_brings_back_counts_and_ids(tmp_path: Path) -> None:
     assert "m-1" in restored_recent
 
 
-def test_damaged_current_falls_back_to_previous(tmp_path: Path) -> None:
-    """The previous checkpoint is used when the current one is damaged, and the fallback is reported."""
-    checkpointer, ingest, _ = _checkpointer(tmp_path)
-    _errors(ingest, 2)
-    _write(checkpointer)
-    _errors(ingest, 3)
-    _write(checkpointer)
-    (tmp_path / "checkpoint").write_bytes(b"garbage")
+def _compacting_checkpointer(directory: Path) -> tuple[Checkpointer, Ingest, RecentIds]:
+    ingest = make_ingest(CatalogSettings())
+    recent = RecentIds(10)
+    checkpointer = Checkpointer(directory, ingest.store, recent, ingest.self_metrics, compact_after_bytes=0)
+    return checkpointer, ingest, recent
+
+
+def test_damaged_base_falls_back_to_the_previous_one_and_its_journal(tmp_path: Path) -> None:
+    """The previous base and the journal after it are used when the newest base is damaged, and it is reported."""
+    checkpointer, ingest, _ = _compacting_checkpointer(tmp_path)
+    checkpointer.restore()
+    family = _family(ingest)
+    for commit in range(8):
+        for index in range(300):  # new series each commit: the journal outgrows the base again and again
+            family.inc(("s", f"c{commit}-{index}", "t", "error", ""))
+        _write(checkpointer)
+    assert (tmp_path / "base").exists()
+    assert (tmp_path / "base.prev").exists()
+    (tmp_path / "base").write_bytes(b"garbage")
     restored, restored_ingest, _ = _checkpointer(tmp_path)
     result = restored.restore()
     assert result is not None
     assert result.fell_back
-    assert _error_total(restored_ingest) == 2
+    assert _error_total(restored_ingest) == 2400, "the previous base plus every journal record after it"
 
 
 def test_no_readable_checkpoint_is_an_error_not_an_empty_start(tmp_path: Path) -> None:
@@ -119,3 +138,149 @@ def test_an_unusable_state_directory_is_a_clear_error(tmp_path: Path) -> None:
     checkpointer, _, _ = _checkpointer(blocker)
     with pytest.raises(CheckpointError, match=r"state directory .* is unusable"):
         checkpointer.restore()
+
+
+def _family(ingest: Ingest) -> CounterFamily:
+    family = ingest.store.families["trading_errors_total"]
+    assert isinstance(family, CounterFamily)
+    return family
+
+
+def test_a_commit_writes_only_the_series_it_changed(tmp_path: Path) -> None:
+    """With 50,000 series in the store, a commit after changing three of them journals three rows."""
+    checkpointer, ingest, _ = _checkpointer(tmp_path)
+    checkpointer.restore()
+    family = _family(ingest)
+    for index in range(50_000):
+        family.inc(("s", f"c{index}", "t", "error", ""))
+    _write(checkpointer)
+    for index in (7, 8, 9):
+        family.inc(("s", f"c{index}", "t", "error", ""))
+    commit = checkpointer.capture()
+    changed = {family.name: len(keys) for family, keys in commit.families if keys}
+    assert {name: count for name, count in changed.items() if name.startswith("trading_")} == {
+        "trading_errors_total": 3
+    }
+    anyio.run(checkpointer.persist, commit)
+    records, stopped = read_records((tmp_path / "journal.00000000").read_bytes())
+    assert stopped == ""
+    assert len(records[-1].families["trading_errors_total"][1]) == 3
+
+
+def test_the_journal_holds_values_as_at_the_commit_point(tmp_path: Path) -> None:
+    """A change made while a commit is written goes to the next commit, never into this one (copy on write)."""
+    checkpointer, ingest, _ = _checkpointer(tmp_path)
+    checkpointer.restore()
+    family = _family(ingest)
+    key = ("s", "c", "t", "error", "")
+    family.inc(key, 5.0)
+    commit = checkpointer.capture()
+    family.inc(key, 100.0)  # applied after the commit point, while the commit is being written
+    assert commit.rows()["trading_errors_total"][1] == [[list(key), 5.0]]
+    anyio.run(checkpointer.persist, commit)
+    assert key in family.dirty, "the later change waits for the next commit"
+    restored, restored_ingest, _ = _checkpointer(tmp_path)
+    restored.restore()
+    assert _family(restored_ingest).series[key] == 5.0
+    _write(checkpointer)
+    again, again_ingest, _ = _checkpointer(tmp_path)
+    again.restore()
+    assert _family(again_ingest).series[key] == 105.0
+
+
+def test_a_failed_commit_leaves_its_series_dirty_for_the_next(tmp_path: Path) -> None:
+    """Nothing written, nothing lost: the series and ids of a failed commit go into the next one."""
+    checkpointer, ingest, recent = _checkpointer(tmp_path / "state")
+    checkpointer.restore()
+    _errors(ingest, 4)
+    recent.add("m-1")
+    (tmp_path / "state").rename(tmp_path / "away")
+    with pytest.raises(OSError, match="state"):
+        _write(checkpointer)
+    (tmp_path / "away").rename(tmp_path / "state")
+    _write(checkpointer)
+    restored, restored_ingest, restored_recent = _checkpointer(tmp_path / "state")
+    restored.restore()
+    assert _error_total(restored_ingest) == 4
+    assert "m-1" in restored_recent
+
+
+def test_a_torn_last_record_is_ignored_and_a_damaged_one_is_reported(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """A crash while appending leaves a torn tail (never acked: ignored); damage before the end is an error."""
+    checkpointer, ingest, _ = _checkpointer(tmp_path)
+    checkpointer.restore()
+    for count in (1, 2, 3):
+        _errors(ingest, count)
+        _write(checkpointer)
+    segment = tmp_path / "journal.00000000"
+    data = segment.read_bytes()
+    segment.write_bytes(data[:-5])
+    restored, restored_ingest, _ = _checkpointer(tmp_path)
+    restored.restore()
+    assert _error_total(restored_ingest) == 3
+    records, _ = read_records(data)
+    first_length = len(data) - sum(len(encode_record(record)) for record in records[1:])
+    damaged = bytearray(data)
+    damaged[first_length + 20] ^= 0xFF
+    segment.write_bytes(bytes(damaged))
+    with caplog.at_level(logging.ERROR, logger="aggregator.checkpoint"):
+        restored, restored_ingest, _ = _checkpointer(tmp_path)
+        restored.restore()
+    assert _error_total(restored_ingest) == 1
+    assert "is damaged (a record with a bad checksum" in caplog.text
+
+
+def test_compaction_keeps_every_count_and_drops_old_segments(tmp_path: Path) -> None:
+    """After compactions, the state is a base and a short journal, and restores exactly; old segments are gone."""
+    checkpointer, ingest, recent = _compacting_checkpointer(tmp_path)
+    checkpointer.restore()
+    for index in range(12):
+        _errors(ingest, 1)
+        recent.add(f"m-{index}")
+        _write(checkpointer)
+    segments = sorted(path.name for path in tmp_path.glob("journal.*"))
+    assert len(segments) <= 4
+    restored, restored_ingest, restored_recent = _checkpointer(tmp_path)
+    restored.restore()
+    assert _error_total(restored_ingest) == 12
+    assert "m-11" in restored_recent
+
+
+def test_a_first_release_checkpoint_is_read_on_upgrade(tmp_path: Path) -> None:
+    """A format 2 `checkpoint` (counters with running totals, gauges with times) restores, then is replaced."""
+    payload = msgspec.msgpack.encode(
+        {
+            "written_at": 1.0,
+            "sequence": 9,
+            "families": {
+                "trading_errors_total": ["counter", [[[["s", "c", "t", "error", ""], 4.0]], []]],
+                "trading_producer_dropped_events_total": [
+                    "counter",
+                    [[[["p"], 3.0]], [[["p"], {"inst-1": 3.0}]]],
+                ],
+                "trading_position_quantity": ["gauge", [[["book", "", "", "X"], [2.0, 50.0], 60.0]]],
+            },
+            "recent_ids": ["old-1"],
+        }
+    )
+    (tmp_path / "checkpoint").write_bytes(HEADER.pack(MAGIC, 2, len(payload), zlib.crc32(payload)) + payload)
+    checkpointer, ingest, recent = _compacting_checkpointer(tmp_path)
+    assert checkpointer.restore() is not None
+    assert _error_total(ingest) == 4
+    dropped = ingest.store.families["trading_producer_dropped_events_total"]
+    assert isinstance(dropped, CounterFamily)
+    assert dropped.running_totals == {("p",): {"inst-1": 3.0}}
+    position = ingest.store.families["trading_position_quantity"]
+    assert isinstance(position, GaugeFamily)
+    assert position.series == {("book", "", "", "X"): (2.0, 50.0)}
+    assert position.updated == {("book", "", "", "X"): 60.0}
+    assert "old-1" in recent
+    for _ in range(3):
+        _errors(ingest, 1)
+        _write(checkpointer)
+    assert not (tmp_path / "checkpoint").exists(), "replaced by a base once one is compacted"
+    restored, restored_ingest, _ = _checkpointer(tmp_path)
+    restored.restore()
+    assert _error_total(restored_ingest) == 7

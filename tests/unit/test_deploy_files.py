@@ -5,20 +5,25 @@ import copy
 import json
 import re
 import shutil
+import stat
 import subprocess
 import tomllib
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
+import bcrypt
 import jsonschema
 import pytest
 import typer.main
 import yaml
+from cryptography import x509
 from prometheus_client import CollectorRegistry, ProcessCollector
 
 from aggregator.cli import app
 from aggregator.config import load_settings
+from aggregator.webconfig import load_web_config
+from tests.support.composebroker import amqp_secret_names
 from tests.support.deploy import (
     AGGREGATOR_CONFIG,
     COMPOSE_SCHEMA,
@@ -28,6 +33,7 @@ from tests.support.deploy import (
     DOCKERFILE,
     DOCKERIGNORE,
     REPO,
+    SECRETS_DIR,
     aggregator_families,
     bind_mounts,
     compose_document,
@@ -44,6 +50,7 @@ from tests.support.deploy import (
     named_volumes,
     panel_queries,
     panels,
+    service_secrets,
     variable_references,
 )
 from tests.support.prometheus import (
@@ -60,10 +67,11 @@ from tests.support.prometheus import (
     rules,
     with_short_for,
 )
+from tests.support.web import PROMETHEUS_PASSWORD, WEB_CA, WEB_CONFIG, make_web_secrets
 
 SERVICES = {"rabbitmq", "aggregator", "prometheus", "grafana"}
 # What docs/deployment.md tells people to open: service -> container port.
-PUBLISHED = {"rabbitmq": {5671, 15671}, "aggregator": {9464}, "prometheus": {9090}, "grafana": {3000}}
+PUBLISHED = {"rabbitmq": {5671, 15671}, "aggregator": {10464}, "prometheus": {9090}, "grafana": {3000}}
 DASHBOARD_UIDS = {
     "tickbus-trading-overview",
     "tickbus-execution-quality",
@@ -179,12 +187,13 @@ def test_compose_configures_the_aggregator_through_its_cli_environment() -> None
     assert {int(mapping.split(":")[-1]) for mapping in aggregator["ports"]} == {port}
     # Over TLS to the broker's name, as the aggregator's own user whose password, like the CA, is a mounted secret.
     assert environment["TICKBUS_AMQP_URL"] == "amqps://tickbus-aggregator@rabbitmq:5671/"
-    assert environment["TICKBUS_AMQP_CA_FILE"] == "/run/secrets/tickbus-ca.pem"
-    assert environment["TICKBUS_AMQP_PASSWORD_FILE"] == "/run/secrets/amqp-aggregator.password"
-    assert set(aggregator["secrets"]) == {"tickbus-ca.pem", "amqp-aggregator.password"}
+    assert environment["TICKBUS_AMQP_CA_FILE"] == "/run/secrets/amqp-ca.crt"
+    assert environment["TICKBUS_AMQP_PASSWORD_FILE"] == "/run/secrets/amqp-aggregator-password"
+    assert {"amqp-ca.crt", "amqp-aggregator-password"} <= set(aggregator["secrets"])
     assert "environment" not in services["rabbitmq"], "the broker's users come from its definitions, not variables"
     assert aggregator["depends_on"]["rabbitmq"]["condition"] == "service_healthy"
-    assert "/healthz" in " ".join(aggregator["healthcheck"]["test"])
+    # Healthy means ready (consuming, queue bound), so `depends_on: service_healthy` gates publishers on it.
+    assert "/readyz" in " ".join(aggregator["healthcheck"]["test"])
     # Prometheus scrapes the aggregator service on that port.
     scrape = {job["job_name"]: job for job in load_yaml(PROMETHEUS_CONFIG)["scrape_configs"]}
     assert scrape["tickbus"]["static_configs"][0]["targets"] == [f"aggregator:{port}"]
@@ -202,8 +211,16 @@ def test_dockerfile_runs_the_aggregator_as_a_non_root_user_with_a_healthcheck() 
     assert entry == ["aggregator", "run"]
     health_options, _, health_command = keyword_args["HEALTHCHECK"].partition(" CMD ")
     assert "--interval=" in health_options
-    compose_health = _services()["aggregator"]["healthcheck"]["test"]
-    assert exec_form(health_command) == compose_health[1:]
+    # The image checks liveness over plain HTTP (the image without a web config; an orchestrator replacing
+    # unhealthy containers must not kill an aggregator waiting for its broker); compose checks readiness over
+    # TLS (test_compose_serves_metrics_over_tls_with_basic_auth_from_secrets).
+    compose_health = " ".join(_services()["aggregator"]["healthcheck"]["test"])
+    image_health = " ".join(exec_form(health_command))
+    assert "/healthz" in image_health
+    assert "/readyz" in compose_health
+    assert "https://" in compose_health
+    for probe in (image_health, compose_health):
+        assert "os.environ.get('TICKBUS_HTTP_PORT', '10464')" in probe
     env = dockerfile_env(final)
     assert json.loads(keyword_args["VOLUME"]) == [env["TICKBUS_STATE_DIR"]]
     assert env["TICKBUS_STATE_DIR"] == _services()["aggregator"]["environment"]["TICKBUS_STATE_DIR"]
@@ -212,8 +229,10 @@ def test_dockerfile_runs_the_aggregator_as_a_non_root_user_with_a_healthcheck() 
     pyproject = tomllib.loads((REPO / "pyproject.toml").read_text(encoding="utf-8"))
     needed = {
         "pyproject.toml",
+        "setup.py",
         pyproject["project"]["readme"],
-        *pyproject["tool"]["hatch"]["build"]["targets"]["wheel"]["packages"],
+        *pyproject["project"]["license-files"],
+        *{package.split(".")[0] for package in pyproject["tool"]["setuptools"]["packages"]},
     }
     copied = set()
     for keyword, arguments in instructions:
@@ -222,6 +241,83 @@ def test_dockerfile_runs_the_aggregator_as_a_non_root_user_with_a_healthcheck() 
     assert needed <= copied, f"the build stage does not copy {needed - copied}"
     ignored = {line.strip() for line in DOCKERIGNORE.read_text().splitlines() if line and not line.startswith("#")}
     assert needed & ignored == set()
+
+
+def test_the_default_port_is_the_same_everywhere() -> None:
+    """The config default, the CLI's help, the image, compose, Prometheus's scrape target and the README agree."""
+    port = load_settings().http.port
+    final = final_stage(dockerfile_instructions())
+    assert dict(final)["EXPOSE"] == str(port)
+    assert dockerfile_env(final)["TICKBUS_HTTP_PORT"] == str(port)
+    aggregator = _services()["aggregator"]
+    assert aggregator["environment"]["TICKBUS_HTTP_PORT"] == str(port)
+    assert aggregator["ports"] == [f"127.0.0.1:{port}:{port}"]
+    scrape = {job["job_name"]: job for job in load_yaml(PROMETHEUS_CONFIG)["scrape_configs"]}
+    assert scrape["tickbus"]["static_configs"][0]["targets"] == [f"aggregator:{port}"]
+    command = typer.main.get_command(app)
+    assert isinstance(command, typer.core.TyperGroup)
+    port_option = next(param for param in command.commands["run"].params if param.name == "port")
+    assert f"default {port}" in str(getattr(port_option, "help", ""))
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    assert f"localhost:{port}/metrics" in readme
+    assert f"port = {port}" in readme
+    # Not the OpenTelemetry Prometheus exporter's 9464, nor in the range Prometheus allocates to exporters.
+    assert port != 9464
+    assert not 9090 <= port <= 9999
+
+
+def test_the_image_reports_the_revision_it_was_built_from() -> None:
+    """The TICKBUS_REVISION build argument reaches the final stage's environment; compose passes it."""
+    final = final_stage(dockerfile_instructions())
+    assert ("ARG", "TICKBUS_REVISION=unknown") in final
+    assert dockerfile_env(final)["TICKBUS_REVISION"] == "${TICKBUS_REVISION}"
+    assert _services()["aggregator"]["build"]["args"]["TICKBUS_REVISION"] == "unknown"
+
+
+def test_compose_serves_metrics_over_tls_with_basic_auth_from_secrets(tmp_path: Path) -> None:
+    """The aggregator reads its web config from a compose secret, listens on all interfaces of its container
+    only, and Prometheus scrapes it with https, the CA and the password from secrets that scripts/web-secrets
+    makes: a certificate for the `aggregator` host name and a bcrypt hash of exactly that password."""
+    document = interpolate(compose_document(), {})
+    services = document["services"]
+    environment = services["aggregator"]["environment"]
+    assert environment["TICKBUS_HTTP_HOST"] == "0.0.0.0"
+    assert all(port.startswith("${TICKBUS_BIND_ADDRESS:-127.0.0.1}:") for port in
+               compose_document()["services"]["aggregator"]["ports"])  # fmt: skip
+    aggregator_secrets = service_secrets(document, "aggregator")
+    prometheus_secrets = service_secrets(document, "prometheus")
+    assert {path.parent for path in (aggregator_secrets | prometheus_secrets).values()} == {SECRETS_DIR}
+    web_config_path = environment["TICKBUS_WEB_CONFIG_FILE"]
+    assert aggregator_secrets[web_config_path].name == WEB_CONFIG
+    # The certificate and key the web config names sit next to it, in the same mount.
+    secrets = make_web_secrets(tmp_path / "secrets")
+    # The AMQP ones (the broker's CA, the aggregator's password) are scripts/amqp-secrets': test_deploy_rabbitmq.
+    web_side = {path.name for path in (aggregator_secrets | prometheus_secrets).values()} - amqp_secret_names()
+    assert web_side <= {path.name for path in secrets.iterdir()}
+    config = load_web_config(secrets / WEB_CONFIG)
+    assert config.tls is not None
+    for path in config.tls.files:
+        assert f"/run/secrets/{path.name}" in aggregator_secrets, f"{path.name} is not mounted next to the web config"
+    # The private key is readable by the container's user (10001), protected by the directory instead.
+    assert stat.S_IMODE(secrets.stat().st_mode) == 0o700
+    assert stat.S_IMODE(config.tls.key_file.stat().st_mode) == 0o644
+    assert (secrets / ".gitignore").read_text() == "*\n"
+    certificate = x509.load_pem_x509_certificate(config.tls.cert_file.read_bytes())
+    names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    assert "aggregator" in names.get_values_for_type(x509.DNSName)
+    job = {job["job_name"]: job for job in load_yaml(PROMETHEUS_CONFIG)["scrape_configs"]}["tickbus"]
+    assert job["scheme"] == "https"
+    assert prometheus_secrets[job["tls_config"]["ca_file"]].name == WEB_CA
+    assert prometheus_secrets[job["basic_auth"]["password_file"]].name == PROMETHEUS_PASSWORD
+    password = (secrets / PROMETHEUS_PASSWORD).read_bytes()
+    assert len(password) >= 24
+    assert bcrypt.checkpw(password, config.users[job["basic_auth"]["username"]])
+    assert "password" not in job["basic_auth"], "the password comes from a file, never from prometheus.yml"
+    # Run again: nothing is renewed; with --force, everything is.
+    make_web_secrets(secrets)
+    assert (secrets / PROMETHEUS_PASSWORD).read_bytes() == password
+    make_web_secrets(secrets, "--force")
+    assert (secrets / PROMETHEUS_PASSWORD).read_bytes() != password
 
 
 def test_prometheus_config_and_rules_pass_promtool_check(prometheus_version: str) -> None:
@@ -318,6 +414,7 @@ def test_alerts_are_labelled_annotated_and_linked_to_a_dashboard() -> None:
         "TradingKillSwitchActive",
         "TickbusEventsDeadLettered",
         "TickbusCheckpointFailing",
+        "TickbusCannotCommit",
         "TickbusQueueBacklog",
     ):
         assert wanted in names
@@ -476,3 +573,12 @@ def test_the_live_test_copy_only_changes_intervals_targets_and_for() -> None:
                 assert {**rule, "for": None} == {**short_rule, "for": None}
                 if "alert" in rule:
                     assert short_rule["for"] == "0s"
+
+
+def test_the_image_builds_and_checks_the_compiled_apply_loop() -> None:
+    """The build stage installs a C compiler and the final stage fails its build if the compiled loop is missing."""
+    instructions = dockerfile_instructions()
+    runs = [arguments for keyword, arguments in instructions if keyword == "RUN"]
+    assert any("gcc" in run and "apt-get install" in run for run in runs[: len(runs) // 2 + 1])
+    final = [arguments for keyword, arguments in final_stage(instructions) if keyword == "RUN"]
+    assert any('import aggregator._fastapply"' in run for run in final)

@@ -1,5 +1,5 @@
 """The compose stack's RabbitMQ files without a broker: rabbitmq.conf against compose.yaml and the wire contract,
-scripts/make-deploy-secrets (what it writes, with which permissions, idempotently) and scripts/rabbitmq-access."""
+scripts/amqp-secrets (what it writes, with which permissions, idempotently) and scripts/rabbitmq-access."""
 
 import base64
 import hashlib
@@ -19,6 +19,7 @@ from schemas.wire import BATCH_ROUTING_KEY, MAX_MESSAGE_BYTES
 from tests.support.composebroker import (
     RABBITMQ_CONF,
     SECRETS_IN_CONTAINER,
+    amqp_secret_names,
     compose_secret_files,
     make_secrets,
     rabbitmq_conf,
@@ -48,32 +49,40 @@ def test_rabbitmq_conf_is_tls_only_and_matches_compose() -> None:
     assert conf["ssl_options.verify"] == "verify_peer"
     read = {value.removeprefix(SECRETS_IN_CONTAINER) for value in conf.values() if value.startswith("/run/")}
     assert read == set(service["secrets"])
+    assert read <= amqp_secret_names()
     assert conf["load_definitions"] == f"{SECRETS_IN_CONTAINER}rabbitmq-definitions.json"
     assert int(conf["max_message_size"]) == MAX_MESSAGE_BYTES
     assert bind_mounts(service)["/etc/rabbitmq/conf.d/90-tickbus.conf"] == RABBITMQ_CONF
     assert "environment" not in service
 
 
-def test_make_deploy_secrets_writes_what_compose_mounts(tmp_path: Path) -> None:
-    """Every compose secret is a file the script writes; the broker's certificate is signed by the CA for
-    rabbitmq, localhost and each --broker-name; the CA key is private, the directory closed; nothing secret is
-    printed; a second run keeps certificates and passwords."""
+def test_amqp_secrets_writes_what_compose_mounts(tmp_path: Path) -> None:
+    """Every AMQP secret compose mounts is a file the script writes; the broker's certificate is signed by the CA
+    for rabbitmq, localhost and TICKBUS_AMQP_SANS; no CA key is left; the directory is closed and out of git;
+    nothing secret is printed; a second run keeps certificates and passwords."""
     directory = tmp_path / "secrets"
-    made = make_secrets(directory, "--broker-name", "broker.desk.example", "--producer", "risk")
+    made = subprocess.run(
+        ["bash", str(REPO / "scripts" / "amqp-secrets"), "--producer", "risk", str(directory)],
+        env={"PATH": "/usr/bin:/bin", "TICKBUS_AMQP_SANS": "DNS:broker.desk.example,IP:10.0.0.7"},
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
     assert made.returncode == 0, made.stderr
-    for name, path in compose_secret_files(directory).items():
-        assert path.is_file(), name
-    certificate = x509.load_pem_x509_certificate((directory / "rabbitmq.pem").read_bytes())
-    ca = x509.load_pem_x509_certificate((directory / "ca.pem").read_bytes())
+    files = compose_secret_files(directory)
+    for name in amqp_secret_names():
+        assert files[name].is_file(), name
+    certificate = x509.load_pem_x509_certificate((directory / "rabbitmq.crt").read_bytes())
+    ca = x509.load_pem_x509_certificate((directory / "amqp-ca.crt").read_bytes())
     certificate.verify_directly_issued_by(ca)
     names = certificate.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
     assert names.get_values_for_type(x509.DNSName) == ["rabbitmq", "localhost", "broker.desk.example"]
+    assert [str(address) for address in names.get_values_for_type(x509.IPAddress)] == ["10.0.0.7"]
     assert stat.S_IMODE(directory.stat().st_mode) == 0o700
-    assert stat.S_IMODE((directory / "ca.key").stat().st_mode) == 0o600
-    passwords = {path.name: path.read_text() for path in directory.glob("*.password")}
+    assert (directory / ".gitignore").read_text() == "*\n"
+    assert not [path for path in directory.iterdir() if "ca" in path.name and path.suffix == ".key"]
+    passwords = {path.name: path.read_text() for path in directory.glob("*-password")}
     assert set(passwords) == {
-        "amqp-aggregator.password", "amqp-producer.password", "amqp-operator.password", "rabbitmq-admin.password",
-        "amqp-producer-risk.password",
+        "amqp-aggregator-password", "amqp-producer-password", "amqp-operator-password", "rabbitmq-admin-password",
+        "amqp-producer-risk-password",
     }  # fmt: skip
     assert all(len(password.strip()) == 32 for password in passwords.values())
     assert all(password.strip() not in made.stdout + made.stderr for password in passwords.values())
@@ -86,7 +95,6 @@ def test_make_deploy_secrets_writes_what_compose_mounts(tmp_path: Path) -> None:
     assert again.returncode == 0, again.stderr
     after = {path.name: path.read_bytes() for path in directory.iterdir() if path.suffix != ".json"}
     assert after == before
-    assert (REPO / ".gitignore").read_text().count("/deploy/secrets/") == 1
 
 
 def test_the_compose_aggregator_user_is_one_the_definitions_make(tmp_path: Path) -> None:

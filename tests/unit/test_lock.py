@@ -39,10 +39,13 @@ def test_every_declared_dependency_is_pinned_within_its_range() -> None:
     """Runtime, build and dev dependencies each have a pin, inside the range pyproject.toml allows."""
     project = _pyproject()
     runtime, build, dev = _pins("runtime.txt"), _pins("build.txt"), _pins("dev.txt")
+    base = _requirements(project["project"]["dependencies"])  # type: ignore[index]
+    extras = project["project"]["optional-dependencies"]  # type: ignore[index]
     checks = [
-        (runtime, _requirements(project["project"]["dependencies"])),  # type: ignore[index]
+        (runtime, [*base, *_requirements(extras["aggregator"])]),
+        (_pins("producer.txt"), base),
         (build, _requirements(project["build-system"]["requires"])),  # type: ignore[index]
-        (dev, _requirements(project["project"]["optional-dependencies"]["dev"])),  # type: ignore[index]
+        (dev, _requirements(extras["dev"])),
     ]
     for pins, requirements in checks:
         for requirement in requirements:
@@ -53,10 +56,23 @@ def test_every_declared_dependency_is_pinned_within_its_range() -> None:
             )
 
 
+def test_the_producer_lock_holds_none_of_the_aggregators_dependencies() -> None:
+    """requirements/producer.txt (a producer-only install) has the producers' packages and not one package that
+    only the aggregator extra brings."""
+    producer, runtime = _pins("producer.txt"), _pins("runtime.txt")
+    assert {"aio-pika", "msgspec"} <= set(producer)
+    extra = {canonicalize_name(requirement.name) for requirement in _requirements(
+        _pyproject()["project"]["optional-dependencies"]["aggregator"]  # type: ignore[index]
+    )}  # fmt: skip
+    assert extra & set(producer) == set()
+    assert {"aiohttp", "prometheus-client", "typer", "rich", "pydantic"} & set(producer) == set()
+    assert {name: runtime[name] for name in producer} == producer  # the same versions the aggregator runs with
+
+
 def test_the_dev_lock_agrees_with_the_runtime_and_build_locks() -> None:
-    """The suite tests the versions a user runs: dev.txt pins each runtime and build package alike."""
+    """The suite tests the versions a user runs: dev.txt pins each runtime, producer and build package alike."""
     dev = _pins("dev.txt")
-    for lock in ("runtime.txt", "build.txt"):
+    for lock in ("runtime.txt", "producer.txt", "build.txt"):
         for name, version in _pins(lock).items():
             assert dev.get(name) == version, f"{name}: {lock} pins {version}, dev.txt {dev.get(name)}"
 

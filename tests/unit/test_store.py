@@ -76,7 +76,7 @@ def test_histogram_buckets_are_upper_inclusive() -> None:
     histogram = HistogramFamily("h_seconds", "h", [], buckets=[0.1, 1.0])
     for sample in (0.05, 0.1, 0.5, 1.0, 3.0):
         histogram.observe((), sample)
-    assert histogram.series[()] == [2, 2, 1, 4.65]
+    assert histogram.series[()].tolist() == [2, 2, 1, 4.65]
 
 
 def test_snapshot_round_trips_every_family_type() -> None:

@@ -331,7 +331,7 @@ def test_wire_format_doc_covers_the_contract() -> None:
         HEADER_ORIGINAL_MESSAGE_ID,
         HEADER_BATCH_INDEX,
     ]
-    for word in [*KINDS, *REJECTION_REASONS, *CONTENT_TYPE_ALIASES, *headers, BATCH_ROUTING_KEY]:
+    for word in [*KINDS, *REJECTION_REASONS, *CONTENT_TYPE_ALIASES, *headers, BATCH_ROUTING_KEY, "trace_id"]:
         assert f"`{word}`" in text, word
     for number in (str(MAX_MESSAGE_BYTES), str(MAX_BATCH_EVENTS), "4102444800"):
         assert number in text, number
@@ -344,7 +344,9 @@ def test_wire_format_doc_covers_the_contract() -> None:
     for definition in _committed_json_schema()["$defs"].values():
         kind = definition["properties"]["kind"]["enum"][0]
         required = set(definition["required"]) - {"kind", "ts", "source"}
-        optional = set(definition["properties"]) - set(definition["required"])
+        # `trace_id` is every kind's: documented once, beside kind, ts and source.
+        optional = set(definition["properties"]) - set(definition["required"]) - {"trace_id"}
+        assert "trace_id" in definition["properties"], kind
 
         def names(cell: str) -> set[str]:
             return {part.split(" (")[0].strip() for part in cell.split(", ")} - {"-", ""}

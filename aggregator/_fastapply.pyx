@@ -1,0 +1,250 @@
+# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
+"""The compiled apply loop: the catalog's updates for a message's events, in C (see aggregator.compiler)."""
+
+from cpython.array cimport array
+from cpython.dict cimport PyDict_GetItem, PyDict_SetItem
+from cpython.object cimport PyObject
+from cpython.ref cimport Py_INCREF
+from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
+
+cdef extern from "Python.h":
+    ctypedef struct PyMemberDef:
+        const char* name
+        int type
+        Py_ssize_t offset
+        int flags
+        const char* doc
+    ctypedef struct PyMemberDescrObject:
+        PyMemberDef* d_member
+    int T_OBJECT_EX
+
+DEF MAX_LABELS = 16
+DEF MAX_BOUNDS = 64
+
+cdef enum Kind:
+    COUNTER = 0
+    GAUGE = 1
+    HISTOGRAM = 2
+    PYTHON = 3
+
+
+cdef Py_ssize_t _offset(object event_type, str name) except -2:
+    """Where field `name` of a msgspec Struct is stored in its instances; -1 if it is not a plain slot."""
+    descriptor = None
+    for klass in event_type.__mro__:
+        if name in klass.__dict__:
+            descriptor = klass.__dict__[name]
+            break
+    if descriptor is None or type(descriptor).__name__ != "member_descriptor":
+        return -1
+    cdef PyMemberDef* member = (<PyMemberDescrObject*>descriptor).d_member
+    if member.type != T_OBJECT_EX:
+        return -1
+    return member.offset
+
+
+cdef inline object _field(object event, Py_ssize_t offset):
+    cdef PyObject* value = (<PyObject**>((<char*><PyObject*>event) + offset))[0]
+    if value == NULL:
+        raise AttributeError("an event field is not set")
+    return <object>value
+
+
+cdef class Update:
+    """One metric spec bound to its family, as data the loop reads without Python calls."""
+
+    cdef int kind
+    cdef object family
+    cdef dict series
+    cdef Py_ssize_t n_fields
+    cdef Py_ssize_t fields[MAX_LABELS]
+    cdef tuple derived
+    cdef Py_ssize_t value_offset  # -1: count 1; -2: value_fn
+    cdef object value_fn
+    cdef Py_ssize_t condition_offset  # -1: none; -2: condition_fn
+    cdef object condition_fn
+    cdef object allowed
+    cdef bint negate
+    cdef object python_update
+    cdef Py_ssize_t n_bounds
+    cdef double bounds[MAX_BOUNDS]
+    cdef dict updated
+    cdef long generation
+    cdef set dirty
+    cdef object writing
+
+    cdef void refresh(self, long generation):
+        self.generation = generation
+        self.dirty = self.family.dirty
+        self.writing = self.family.writing
+
+    cdef void mark(self, object key) except *:
+        if self.writing is None:
+            self.dirty.add(key)
+        else:
+            self.family.touch(key)
+
+
+def make_update(spec, family, event_type, python_update):
+    """The compiled form of `spec` for events of `event_type`; it falls back to `python_update` where it must."""
+    cdef Update update = Update()
+    update.family = family
+    update.series = family.series
+    update.python_update = python_update
+    update.generation = -1
+    kind = str(spec.type)
+    labels = list(spec.labels.values())
+    names = [source for source in labels if isinstance(source, str)]
+    update.derived = tuple(source for source in labels if not isinstance(source, str))
+    offsets = [_offset(event_type, name) for name in names]
+    if (
+        spec.cumulative_key is not None
+        or getattr(spec, "exclusive_prefix", 0)
+        or -1 in offsets
+        or len(names) > MAX_LABELS
+        or (kind == "histogram" and len(family.bounds) > MAX_BOUNDS)
+    ):
+        update.kind = PYTHON
+        return update
+    update.n_fields = len(names)
+    for index, offset in enumerate(offsets):
+        update.fields[index] = offset
+    if spec.value is None:
+        update.value_offset = -1
+    elif isinstance(spec.value, str):
+        update.value_offset = _offset(event_type, spec.value)
+        if update.value_offset < 0:
+            update.kind = PYTHON
+            return update
+    else:
+        update.value_offset = -2
+        update.value_fn = spec.value
+    condition = spec.when
+    if condition is None:
+        update.condition_offset = -1
+    else:
+        update.condition_offset = _offset(event_type, condition.field)
+        if update.condition_offset < 0:
+            update.kind = PYTHON
+            return update
+        update.allowed = condition.values
+        update.negate = condition.negate
+    if kind == "counter":
+        update.kind = COUNTER
+    elif kind == "gauge":
+        update.kind = GAUGE
+        update.updated = family.updated
+        if update.value_offset == -1:
+            update.kind = PYTHON
+    else:
+        update.kind = HISTOGRAM
+        update.n_bounds = len(family.bounds)
+        for index, bound in enumerate(family.bounds):
+            update.bounds[index] = bound
+        if update.value_offset == -1:
+            update.kind = PYTHON
+    return update
+
+
+cdef long _generation = 0
+
+
+cdef inline object _key(Update update, object event):
+    cdef Py_ssize_t n = update.n_fields
+    cdef Py_ssize_t n_derived = len(update.derived)
+    cdef tuple key = PyTuple_New(n + n_derived)
+    cdef Py_ssize_t index
+    cdef object value
+    for index in range(n):
+        value = _field(event, update.fields[index])
+        Py_INCREF(value)
+        PyTuple_SET_ITEM(key, index, value)
+    for index in range(n_derived):
+        value = update.derived[index](event)
+        Py_INCREF(value)
+        PyTuple_SET_ITEM(key, n + index, value)
+    return key
+
+
+cdef inline Py_ssize_t _bucket(Update update, double sample) noexcept:
+    # bisect_left: the first bound >= sample (Prometheus buckets are upper-inclusive).
+    cdef Py_ssize_t low = 0
+    cdef Py_ssize_t high = update.n_bounds
+    cdef Py_ssize_t middle
+    while low < high:
+        middle = (low + high) >> 1
+        if update.bounds[middle] < sample:
+            low = middle + 1
+        else:
+            high = middle
+    return low
+
+
+def apply(list events, dict plan, double now):
+    """Apply every event's updates (plan: event type -> tuple of Update); events of `metric` kind go elsewhere."""
+    global _generation
+    _generation += 1
+    cdef long generation = _generation
+    cdef Update update
+    cdef object event, key, sample, check, current_obj
+    cdef PyObject* current
+    cdef tuple updates
+    cdef double amount, value, event_ts
+    cdef array counts
+    cdef Py_ssize_t index
+    for event in events:
+        updates = <tuple>plan[type(event)]
+        for update in updates:
+            if update.kind == PYTHON:
+                update.python_update(event, now)
+                continue
+            if update.generation != generation:
+                update.refresh(generation)
+            if update.condition_offset >= 0:
+                check = _field(event, update.condition_offset)
+                if (check in update.allowed) == update.negate:
+                    continue
+            if update.value_offset == -1:
+                sample = 1.0
+            elif update.value_offset >= 0:
+                sample = _field(event, update.value_offset)
+            else:
+                sample = update.value_fn(event)
+            if sample is None:
+                continue
+            key = _key(update, event)
+            current = PyDict_GetItem(update.series, key)
+            if update.kind == COUNTER:
+                if current == NULL:
+                    update.family.inc(key, sample)
+                    continue
+                amount = <double>(<object>current) + <double>sample
+                update.mark(key)
+                PyDict_SetItem(update.series, key, amount)
+            elif update.kind == HISTOGRAM:
+                if current == NULL:
+                    update.family.observe(key, sample)
+                    continue
+                value = <double>sample
+                update.mark(key)
+                counts = <array>current
+                index = _bucket(update, value)
+                counts.data.as_doubles[index] += 1.0
+                counts.data.as_doubles[update.n_bounds + 1] += value
+            else:  # GAUGE
+                event_ts = <double>event.ts
+                if current == NULL:
+                    update.family.set(key, sample, event_ts, now)
+                    continue
+                current_obj = <object>current
+                if event_ts < <double>(<tuple>current_obj)[1]:
+                    continue
+                update.mark(key)
+                PyDict_SetItem(update.series, key, (sample, event_ts))
+                PyDict_SetItem(update.updated, key, now)
+
+
+def compiled_kind(Update update):
+    """How `update` runs: "counter", "gauge" or "histogram" in C, or "python" (its update function)."""
+    return ("counter", "gauge", "histogram", "python")[update.kind]
+

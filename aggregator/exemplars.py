@@ -1,0 +1,83 @@
+"""Exemplars: an event's trace or order id, kept on the histogram bucket or counter it updated."""
+
+import operator
+from bisect import bisect_left
+from collections.abc import Sequence
+from typing import Any, NamedTuple
+
+from aggregator.compiler import CompiledCatalog, Feed
+from aggregator.store import AnyFamily, CounterFamily, HistogramFamily
+from schemas.events import Order
+
+# OpenMetrics limits an exemplar's labels to 128 characters, names and values together.
+MAX_EXEMPLAR_LABELS = 128
+_trace_id = operator.attrgetter("trace_id")
+
+
+class Exemplar(NamedTuple):
+    """One id on one sample: the label it is shown under, the observed value and the event's time."""
+
+    label: str
+    id: str
+    value: float
+    ts: float
+
+
+def exemplar_of(event: Any) -> tuple[str, str] | None:
+    """The id an event carries for an exemplar (its trace id, or an order's id), if any fits."""
+    if event.trace_id:
+        label, value = "trace_id", event.trace_id
+    elif type(event) is Order and event.order_id:
+        label, value = "order_id", event.order_id
+    else:
+        return None
+    return (label, value) if len(label) + len(value) <= MAX_EXEMPLAR_LABELS else None
+
+
+class ExemplarRecorder:
+    """Keeps the last exemplar of each counter series and histogram bucket that events with ids updated.
+
+    A separate pass over only the events that carry an id, after they are applied, so the update
+    functions and the compiled loop do no work for exemplars. Exemplars are not checkpointed:
+    Prometheus keeps the ones it scraped.
+    """
+
+    def __init__(self, compiled: CompiledCatalog) -> None:
+        self._feeds: dict[type[Any], tuple[tuple[Feed, AnyFamily], ...]] = {
+            event_type: tuple(
+                (Feed.of(spec), family)
+                for spec, family in pairs
+                if isinstance(family, CounterFamily | HistogramFamily) and spec.cumulative_key is None
+            )
+            for event_type, pairs in compiled.by_type.items()
+        }
+
+    def record(self, events: Sequence[Any], kinds: set[type[Any]]) -> None:
+        if not any(map(_trace_id, events)) and (Order not in kinds or not any(_order_ids(events))):
+            return
+        feeds = self._feeds
+        for event in events:
+            found = exemplar_of(event)
+            if found is None:
+                continue
+            for feed, family in feeds.get(type(event), ()):
+                value = feed.value(event)
+                if value is None:
+                    continue
+                key = feed.labels_of(event)
+                if key not in family.series:
+                    key = family.overflow_key
+                exemplar = Exemplar(found[0], found[1], float(value), event.ts)
+                keep(family, key, exemplar)
+
+
+def keep(family: AnyFamily, key: tuple[str, ...], exemplar: Exemplar) -> None:
+    """`exemplar` is the newest for the series `key` (a histogram: for the bucket its value falls in)."""
+    if isinstance(family, HistogramFamily):
+        family.exemplars.setdefault(key, {})[bisect_left(family.bounds, exemplar.value)] = exemplar
+    elif isinstance(family, CounterFamily):
+        family.exemplars[key] = exemplar
+
+
+def _order_ids(events: Sequence[Any]) -> list[str]:
+    return [event.order_id for event in events if type(event) is Order]

@@ -1,0 +1,268 @@
+"""Checkpoints in a RabbitMQ stream, so a standby replica can take over without a shared disk."""
+
+import asyncio
+import logging
+import time
+import uuid
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+import aio_pika
+import anyio
+from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
+
+from aggregator.amqp.connection import describe
+from aggregator.blackbox import BlackBox
+from aggregator.checkpoint import (
+    CheckpointError,
+    Commit,
+    CommitLog,
+    Record,
+    Snapshot,
+    decode_checkpoint,
+    encode_checkpoint,
+    encode_record,
+    read_records,
+)
+from aggregator.dedup import RecentIds
+from aggregator.selfmetrics import SelfMetrics
+from aggregator.store import Store
+
+log = logging.getLogger(__name__)
+
+# What a message of the state stream holds: a commit's record, part of a base, or a takeover's fence.
+HEADER_KIND = "x-tickbus-state"
+# A base: its id, part number and parts, and the sequence of the last commit before its copy ended.
+HEADER_BASE = "x-tickbus-base"
+HEADER_PART = "x-tickbus-part"
+HEADER_PARTS = "x-tickbus-parts"
+HEADER_COVERED = "x-tickbus-covered"
+BASE_PART_BYTES = 8 * 1024 * 1024
+COMPACT_AFTER_BYTES = 32 * 1024 * 1024
+
+
+class CommitFailed(OSError):
+    """The broker did not confirm a commit's record: nothing is acked until one is."""
+
+
+def stream_name(queue: str) -> str:
+    """The state stream of the replicas consuming `queue`."""
+    return f"{queue}.state"
+
+
+class _Base:
+    """A base read back in parts."""
+
+    def __init__(self, parts: int, covered: int) -> None:
+        self.parts: list[bytes | None] = [None] * parts
+        self.covered = covered
+        self.position = -1  # where in the stream it became complete
+
+    def add(self, part: int, data: bytes) -> None:
+        if 0 <= part < len(self.parts):
+            self.parts[part] = data
+
+    def complete(self) -> bool:
+        return all(part is not None for part in self.parts)
+
+    def snapshot(self) -> Snapshot:
+        return decode_checkpoint(b"".join(part or b"" for part in self.parts))
+
+
+class StreamCheckpointer(CommitLog):
+    """Commits to a RabbitMQ stream (`<queue>.state`), confirmed before the acks they cover.
+
+    The active replica appends one record per commit, and now and then a base (the whole state, in
+    parts), like the state directory's journal. A replica that becomes active (the broker delivers
+    to it, as the single active consumer of the queue) first publishes a fence to the stream and
+    reads the stream to it: then it holds every record the previous active one committed.
+    """
+
+    def __init__(
+        self,
+        stream: str,
+        store: Store,
+        recent_ids: RecentIds,
+        metrics: SelfMetrics,
+        blackbox: BlackBox | None = None,
+        max_bytes: int = 4 * COMPACT_AFTER_BYTES,
+        compact_after_bytes: int = COMPACT_AFTER_BYTES,
+    ) -> None:
+        super().__init__(store, recent_ids, metrics, blackbox)
+        self.stream = stream
+        self.max_bytes = max_bytes
+        self._compact_after_bytes = compact_after_bytes
+        self._open_channel: Callable[[], Awaitable[AbstractChannel]] | None = None
+        self._channel: AbstractChannel | None = None
+        self._since_base = 0
+        self._base_bytes = 0
+        self._compacting = False
+
+    def bind(self, open_channel: Callable[[], Awaitable[AbstractChannel]]) -> None:
+        """Where channels to the broker come from (the consumer's connection)."""
+        self._open_channel = open_channel
+
+    async def _publish_channel(self) -> AbstractChannel:
+        if self._channel is None or self._channel.is_closed:
+            assert self._open_channel is not None, "bind() first"
+            self._channel = await self._open_channel()
+        return self._channel
+
+    async def declare(self, channel: AbstractChannel) -> None:
+        """Declare the stream (idempotent): retention by size, newest kept."""
+        await channel.declare_queue(
+            self.stream,
+            durable=True,
+            arguments={
+                "x-queue-type": "stream",
+                "x-max-length-bytes": self.max_bytes,
+                # Retention drops whole segments: small ones, so it keeps close to the limit.
+                "x-stream-max-segment-size-bytes": max(self.max_bytes // 8, 1024 * 1024),
+            },
+        )
+
+    async def _send(self, body: bytes, headers: dict[str, Any]) -> None:
+        try:
+            channel = await self._publish_channel()
+            await channel.default_exchange.publish(
+                aio_pika.Message(body, headers=headers, delivery_mode=aio_pika.DeliveryMode.PERSISTENT),
+                routing_key=self.stream,
+                timeout=30,
+            )
+        except Exception as error:  # a commit that is not confirmed is not a commit: nothing is acked
+            why = describe(error)
+            raise CommitFailed(f"the state stream {self.stream!r} did not confirm a record: {why}") from None
+
+    # --- committing ------------------------------------------------------------------------------------
+
+    async def _append(self, commit: Commit) -> int:
+        data = await anyio.to_thread.run_sync(
+            lambda: encode_record(Record(commit.sequence, time.time(), commit.rows(), commit.recent_ids))
+        )
+        await self._send(data, {HEADER_KIND: "record"})
+        self._since_base += len(data)
+        return len(data)
+
+    async def _after_commit(self, commit: Commit, size: int) -> None:
+        if self._compacting or self._since_base <= max(self._compact_after_bytes, self._base_bytes):
+            return
+        self._compacting = True
+        marker = self.sequence
+        self._since_base = 0
+        try:
+            data = await anyio.to_thread.run_sync(self._copy_base, marker)
+            covered = self.sequence  # the copy may hold changes of commits up to this one and after it
+            base_id = uuid.uuid4().hex
+            parts = [data[start : start + BASE_PART_BYTES] for start in range(0, len(data), BASE_PART_BYTES)]
+            for number, part in enumerate(parts):
+                headers = {
+                    HEADER_KIND: "base",
+                    HEADER_BASE: base_id,
+                    HEADER_PART: number,
+                    HEADER_PARTS: len(parts),
+                    HEADER_COVERED: covered,
+                }
+                await self._send(part, headers)
+            self._base_bytes = len(data)
+            if len(data) * 4 > self.max_bytes:
+                log.warning(
+                    "a base of the state is %d bytes, over a quarter of state.stream_max_bytes (%d): raise it, or "
+                    "retention may drop a base before the next one is complete",
+                    len(data),
+                    self.max_bytes,
+                )
+        except OSError as error:
+            log.error("publishing a base to the state stream failed (%s); the next compaction tries again", error)
+        finally:
+            self._compacting = False
+
+    def _copy_base(self, marker: int) -> bytes:
+        snapshot = Snapshot(time.time(), marker, self.store.snapshot(), self.recent_ids.snapshot())
+        return encode_checkpoint(snapshot)
+
+    # --- taking over -----------------------------------------------------------------------------------
+
+    async def take_over(self) -> int:
+        """Load the state the stream holds, up to a fence published now; the number of records applied."""
+        started = time.monotonic()
+        fence = uuid.uuid4().hex
+        await self._send(b"", {HEADER_KIND: "fence", HEADER_BASE: fence})
+        messages = await self._read_to(fence)
+        applied = self._rebuild(messages)
+        log.info(
+            "took over: loaded %d record(s) of the state stream %r in %.2fs (sequence %d)",
+            applied,
+            self.stream,
+            time.monotonic() - started,
+            self.sequence,
+        )
+        return applied
+
+    async def _read_to(self, fence: str) -> list[tuple[dict[str, Any], bytes]]:
+        assert self._open_channel is not None, "bind() first"
+        channel = await self._open_channel()
+        await channel.set_qos(prefetch_count=1000)
+        queue = await channel.get_queue(self.stream, ensure=False)
+        messages: list[tuple[dict[str, Any], bytes]] = []
+        seen = asyncio.get_running_loop().create_future()
+
+        async def on_message(message: AbstractIncomingMessage) -> None:
+            headers = dict(message.headers or {})
+            await message.ack()
+            if headers.get(HEADER_KIND) == "fence":
+                if headers.get(HEADER_BASE) == fence and not seen.done():
+                    seen.set_result(None)
+                return
+            messages.append((headers, message.body))
+
+        tag = await queue.consume(on_message, arguments={"x-stream-offset": "first"})
+        try:
+            await seen
+        finally:
+            await queue.cancel(tag)
+            await channel.close()
+        return messages
+
+    def _rebuild(self, messages: list[tuple[dict[str, Any], bytes]]) -> int:
+        """The state from the stream's messages: the newest usable base, then the records after its marker."""
+        records: list[Record] = []
+        bases: dict[str, _Base] = {}
+        for headers, body in messages:
+            kind = headers.get(HEADER_KIND)
+            if kind == "record":
+                found, stopped = read_records(body)
+                if stopped:
+                    log.error("the state stream holds a damaged record (%s); skipping it", stopped)
+                records.extend(found)
+            elif kind == "base":
+                base = bases.setdefault(
+                    str(headers[HEADER_BASE]), _Base(int(headers[HEADER_PARTS]), int(headers[HEADER_COVERED]))
+                )
+                base.add(int(headers[HEADER_PART]), body)
+                if base.complete() and base.position < 0:
+                    base.position = len(records)
+        last_sequence = max((record.sequence for record in records), default=0)
+        # A base counts once a commit after its copy succeeded: everything it holds was committed then.
+        usable = [base for base in bases.values() if base.complete() and last_sequence > base.covered]
+        snapshot = usable[-1].snapshot() if usable else None
+        for family in self.store.families.values():
+            family.restore([])
+        self.recent_ids.restore([])
+        self.sequence = 0
+        if snapshot is not None:
+            self.store.restore(snapshot.families)
+            self.recent_ids.restore(snapshot.recent_ids)
+            self.sequence = snapshot.sequence
+        replay = [record for record in records if snapshot is None or record.sequence > snapshot.sequence]
+        expected = 1 if snapshot is None else snapshot.sequence + 1
+        if replay and replay[0].sequence > expected:
+            raise CheckpointError(
+                f"the state stream {self.stream!r} lacks the commits {expected} to {replay[0].sequence - 1} "
+                "(retention dropped them before a base covered them): taking over would start from wrong "
+                "counts. Raise state.stream_max_bytes; to start from zero on purpose, delete the stream."
+            )
+        for record in replay:
+            self._apply_record(record)
+        self.recent_ids.take_new()
+        self._reconcile_failures()
+        return len(replay)

@@ -1,0 +1,1 @@
+"""Runnable examples of trading components that emit through tickbus: a strategy, an executor and a model."""
