@@ -5,6 +5,7 @@ certificate and a wrong password are refused with a message that says what to do
 import subprocess
 import sys
 import time
+import urllib.request
 from collections.abc import Callable
 from pathlib import Path
 
@@ -47,7 +48,7 @@ def test_run_emit_and_dlq_over_tls_with_password_files(
 ) -> None:
     """The aggregator consumes over amqps:// as its own user (password from a file, client certificate); a
     producer user's `aggregator emit` is applied; the operator's `aggregator dlq list` reads a dead letter; no
-    password appears in any output, log or /metrics."""
+    password appears in any output, log, /metrics or /status.json."""
     broker = secured_broker
     aggregator = _start(start_aggregator, broker)
     sent = _emit(broker, "producer-a", "signal", "strategy=tls", "symbol=BTCUSDT", "side=buy", "--source", "tls-1")
@@ -64,8 +65,11 @@ def test_run_emit_and_dlq_over_tls_with_password_files(
     assert "undeclared_metric" in listing.stdout
     metrics = aggregator.scrape()
     assert metrics
+    with urllib.request.urlopen(f"{aggregator.url}/status.json", timeout=5) as response:
+        status = response.read().decode()
+    assert "tls-1" in status
     outputs = [sent.stdout, sent.stderr, bad.stdout, bad.stderr, listing.stdout, listing.stderr, aggregator.log()]
-    text = "\n".join(outputs) + str(metrics)
+    text = "\n".join(outputs) + str(metrics) + status
     for role in ("aggregator", "producer-a", "operator"):
         assert broker.password(role) not in text, role
     assert broker.url("aggregator").split("@")[0] in aggregator.log()  # it does log where it connects
