@@ -316,3 +316,22 @@ def test_the_state_stream_needs_its_grant(
     wait_for(lambda: total(aggregator.scrape(), "tickbus_events_received_total", source="alpha-1") == 1,
              what="the heartbeat, with checkpoints in the stream")  # fmt: skip
     wait_for(lambda: broker.queue_length(broker.names.queue) == 0, what="acked after a checkpoint in the stream")
+
+
+def test_the_commands_say_when_a_user_lacks_the_permission(secured_broker: SecuredBroker) -> None:
+    """`aggregator emit` as the aggregator user (which may not publish events) and `aggregator dlq list` as a
+    producer (which may not read dead letters) exit 1 saying the user's permissions refuse it."""
+    broker = secured_broker
+    assert _attempt(broker, "aggregator", _declare_topology(broker)) is None
+    emitted = _emit(broker, "aggregator", "alpha-1")
+    assert emitted.returncode == 1
+    assert f"RabbitMQ refused the publish to exchange {broker.names.exchange!r}" in emitted.stderr
+    assert "the user's permissions do not allow it" in emitted.stderr
+    listed = subprocess.run(
+        [sys.executable, "-m", "aggregator", "dlq", "list", *broker.amqp_args("producer-a"), "--queue",
+         broker.names.queue],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+    assert listed.returncode == 1
+    assert "RabbitMQ refused access" in listed.stderr
+    assert f"needs read access to {broker.names.dead_letter_queue!r}" in listed.stderr
