@@ -15,8 +15,10 @@ import aiormq
 import anyio
 import msgspec
 import typer
+from yarl import URL
 
-from aggregator.amqp.connection import CONNECT_ERRORS, redacted
+from aggregator.amqp import connection as amqp_connection
+from aggregator.amqp.connection import CONNECT_ERRORS, explain, redacted
 from aggregator.amqp.dlq import DeadLetterQueue, ReplayRefused
 from aggregator.amqp.topology import TopologyError
 from aggregator.checkpoint import CheckpointError
@@ -46,6 +48,56 @@ Exchange = Annotated[
     str | None,
     typer.Option("--exchange", envvar="TICKBUS_EXCHANGE", help=f"Exchange events go to (default {DEFAULT_EXCHANGE})."),
 ]
+AmqpCaFile = Annotated[
+    str | None,
+    typer.Option(
+        "--amqp-ca-file",
+        envvar="TICKBUS_AMQP_CA_FILE",
+        help="amqps://: the CA certificate (PEM) that signed the broker's (default: the system's CAs).",
+    ),
+]
+AmqpCertFile = Annotated[
+    str | None,
+    typer.Option(
+        "--amqp-cert-file",
+        envvar="TICKBUS_AMQP_CERT_FILE",
+        help="amqps://: a client certificate (PEM) for a broker that asks for one; with --amqp-key-file.",
+    ),
+]
+AmqpKeyFile = Annotated[
+    str | None,
+    typer.Option("--amqp-key-file", envvar="TICKBUS_AMQP_KEY_FILE", help="The client certificate's private key (PEM)."),
+]
+AmqpPasswordFile = Annotated[
+    str | None,
+    typer.Option(
+        "--amqp-password-file",
+        envvar="TICKBUS_AMQP_PASSWORD_FILE",
+        help="A file holding the password of the URL's user (a Docker or Kubernetes secret); the URL then has none.",
+    ),
+]
+
+
+def _amqp_overrides(
+    url: str | None, ca_file: str | None, cert_file: str | None, key_file: str | None, password_file: str | None
+) -> dict[str, Any]:
+    """The AMQP connection flags as settings overrides (None: not given)."""
+    return {
+        "amqp.url": url,
+        "amqp.ca_file": ca_file,
+        "amqp.cert_file": cert_file,
+        "amqp.key_file": key_file,
+        "amqp.password_file": password_file,
+    }
+
+
+def _checked(amqp: AmqpSettings) -> AmqpSettings:
+    """The settings, once their password and TLS files have been read: a mistake in them exits 2 up front."""
+    try:
+        amqp_connection.check(amqp)
+    except ConfigError as error:
+        raise _fail(str(error), 2) from None
+    return amqp
 
 
 def _print_version(wanted: bool) -> None:
@@ -84,6 +136,10 @@ def run(
         Path | None, typer.Option("--config", "-c", envvar="TICKBUS_CONFIG", help="TOML config file.")
     ] = None,
     amqp_url: AmqpUrl = None,
+    amqp_ca_file: AmqpCaFile = None,
+    amqp_cert_file: AmqpCertFile = None,
+    amqp_key_file: AmqpKeyFile = None,
+    amqp_password_file: AmqpPasswordFile = None,
     exchange: Exchange = None,
     queue: Annotated[
         str | None, typer.Option(envvar="TICKBUS_QUEUE", help="Queue to consume (default tickbus.aggregator).")
@@ -136,7 +192,7 @@ def run(
     from aggregator.service import Aggregator
 
     overrides: dict[str, Any] = {
-        "amqp.url": amqp_url,
+        **_amqp_overrides(amqp_url, amqp_ca_file, amqp_cert_file, amqp_key_file, amqp_password_file),
         "amqp.exchange": exchange,
         "amqp.queue": queue,
         "http.host": host,
@@ -150,6 +206,7 @@ def run(
         settings = load_settings(config, overrides)
     except ConfigError as error:
         raise _fail(str(error), 2) from None
+    _checked(settings.amqp)
     logging.basicConfig(
         level=settings.log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
@@ -220,6 +277,10 @@ def emit(
         ),
     ] = None,
     amqp_url: AmqpUrl = None,
+    amqp_ca_file: AmqpCaFile = None,
+    amqp_cert_file: AmqpCertFile = None,
+    amqp_key_file: AmqpKeyFile = None,
+    amqp_password_file: AmqpPasswordFile = None,
     exchange: Exchange = None,
     timeout: Annotated[float, typer.Option(help="Seconds to wait for the broker's confirm.")] = 10.0,
 ) -> None:
@@ -230,7 +291,8 @@ def emit(
     if kind not in KINDS:
         raise _fail(f"unknown kind {kind!r}; one of: {', '.join(KINDS)}", 2)
     try:
-        settings = load_settings(config, {"amqp.url": amqp_url, "amqp.exchange": exchange})
+        overrides = _amqp_overrides(amqp_url, amqp_ca_file, amqp_cert_file, amqp_key_file, amqp_password_file)
+        settings = load_settings(config, {**overrides, "amqp.exchange": exchange})
     except ConfigError as error:
         raise _fail(str(error), 2) from None
     source_name = source or socket.gethostname().split(".")[0]
@@ -242,13 +304,15 @@ def emit(
         problem = Declarations(settings.metrics).problem(event)
         if problem is not None:
             raise _fail(f"the aggregator would refuse this event ({problem[0]}): {problem[1]}", 2)
-    amqp = settings.amqp
+    amqp = _checked(settings.amqp)
     try:
         anyio.run(publish_once, amqp, event, timeout)
     except PublishRefused as error:
         raise _fail(str(error)) from None
     except (*CONNECT_ERRORS, TimeoutError) as error:
-        raise _fail(f"could not deliver to RabbitMQ at {redacted(amqp.url)} within {timeout:g}s: {error}") from None
+        raise _fail(
+            f"could not deliver to RabbitMQ at {redacted(amqp.url)} within {timeout:g}s: {explain(error, amqp)}"
+        ) from None
     typer.echo(msgspec.json.encode(event).decode())
 
 
@@ -275,7 +339,7 @@ class PublishRefused(RuntimeError):
 
 async def publish_once(amqp: AmqpSettings, event: Event, timeout: float) -> None:
     """Publish one event with a confirm, refusing to let it vanish on an unbound or missing exchange."""
-    connection = await aio_pika.connect(amqp.url, timeout=timeout)
+    connection = await amqp_connection.connect(amqp, f"tickbus-emit {event.source}", timeout)
     async with connection:
         channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
         try:
@@ -291,10 +355,18 @@ async def publish_once(amqp: AmqpSettings, event: Event, timeout: float) -> None
             message_id=uuid.uuid4().hex,
             timestamp=time.time(),
             app_id=event.source,
+            # The broker refuses a user_id other than the connection's user: it vouches for the publisher
+            # (authenticated sources).
+            user_id=URL(amqp.url).user or None,
         )
         routing_key = routing_key_for([event])
         try:
             await exchange.publish(message, routing_key=routing_key, mandatory=True, timeout=timeout)
+        except aiormq.exceptions.ChannelAccessRefused as error:
+            raise PublishRefused(
+                f"RabbitMQ refused the publish to exchange {amqp.exchange!r} with routing key {routing_key!r} "
+                f"({error.args[0] if error.args else error}): the user's permissions do not allow it"
+            ) from None
         except aiormq.exceptions.PublishError:
             raise PublishRefused(
                 f"no queue is bound to exchange {amqp.exchange!r} for routing key {routing_key!r}: the event would be "
@@ -464,12 +536,14 @@ ConfigPath = Annotated[
 Queue = Annotated[str | None, typer.Option(envvar="TICKBUS_QUEUE", help="The aggregator's queue (its .dead queue).")]
 
 
-def _amqp_settings(config: Path | None, amqp_url: str | None, exchange: str | None, queue: str | None) -> AmqpSettings:
+def _amqp_settings(
+    config: Path | None, connection: dict[str, Any], exchange: str | None, queue: str | None
+) -> AmqpSettings:
     try:
-        settings = load_settings(config, {"amqp.url": amqp_url, "amqp.exchange": exchange, "amqp.queue": queue})
+        settings = load_settings(config, {**connection, "amqp.exchange": exchange, "amqp.queue": queue})
     except ConfigError as error:
         raise _fail(str(error), 2) from None
-    return settings.amqp
+    return _checked(settings.amqp)
 
 
 def _with_dlq(amqp: AmqpSettings, action: Callable[[DeadLetterQueue], Awaitable[T]]) -> T:
@@ -485,14 +559,23 @@ def _with_dlq(amqp: AmqpSettings, action: Callable[[DeadLetterQueue], Awaitable[
             f"(dead-letter queue {amqp.dead_letter_queue_name!r}, exchange {amqp.exchange!r}); "
             "the aggregator declares them when it first runs"
         ) from None
+    except aiormq.exceptions.ChannelAccessRefused as error:
+        raise _fail(
+            f"RabbitMQ refused access ({error.args[0] if error.args else error}): the user in --amqp-url needs read "
+            f"access to {amqp.dead_letter_queue_name!r} (and, to replay, write access to {amqp.exchange!r})"
+        ) from None
     except CONNECT_ERRORS as error:
-        raise _fail(f"cannot reach RabbitMQ at {redacted(amqp.url)}: {error}") from None
+        raise _fail(f"cannot reach RabbitMQ at {redacted(amqp.url)}: {explain(error, amqp)}") from None
 
 
 @dlq_app.command("list", epilog="Example:  aggregator dlq list --limit 20")
 def dlq_list(
     config: ConfigPath = None,
     amqp_url: AmqpUrl = None,
+    amqp_ca_file: AmqpCaFile = None,
+    amqp_cert_file: AmqpCertFile = None,
+    amqp_key_file: AmqpKeyFile = None,
+    amqp_password_file: AmqpPasswordFile = None,
     queue: Queue = None,
     limit: Annotated[int, typer.Option(help="At most this many, oldest first.")] = 100,
     as_json: Annotated[
@@ -500,7 +583,9 @@ def dlq_list(
     ] = False,
 ) -> None:
     """List dead letters with their reason, leaving them in the queue."""
-    amqp = _amqp_settings(config, amqp_url, None, queue)
+    amqp = _amqp_settings(
+        config, _amqp_overrides(amqp_url, amqp_ca_file, amqp_cert_file, amqp_key_file, amqp_password_file), None, queue
+    )
     views = _with_dlq(amqp, lambda dlq: dlq.peek(limit))
     if as_json:
         typer.echo(json.dumps([view.as_json() for view in views], indent=2))
@@ -522,10 +607,16 @@ def dlq_show(
     position: Annotated[int, typer.Argument(help="Position in `aggregator dlq list` (1 is the oldest).")],
     config: ConfigPath = None,
     amqp_url: AmqpUrl = None,
+    amqp_ca_file: AmqpCaFile = None,
+    amqp_cert_file: AmqpCertFile = None,
+    amqp_key_file: AmqpKeyFile = None,
+    amqp_password_file: AmqpPasswordFile = None,
     queue: Queue = None,
 ) -> None:
     """Show one dead letter in full: reason, detail, routing key, message id and body."""
-    amqp = _amqp_settings(config, amqp_url, None, queue)
+    amqp = _amqp_settings(
+        config, _amqp_overrides(amqp_url, amqp_ca_file, amqp_cert_file, amqp_key_file, amqp_password_file), None, queue
+    )
     views = _with_dlq(amqp, lambda dlq: dlq.peek(position))
     if len(views) < position or position < 1:
         raise _fail(f"there is no dead letter #{position} ({len(views)} in the queue)")
@@ -541,6 +632,10 @@ def dlq_show(
 def dlq_replay(
     config: ConfigPath = None,
     amqp_url: AmqpUrl = None,
+    amqp_ca_file: AmqpCaFile = None,
+    amqp_cert_file: AmqpCertFile = None,
+    amqp_key_file: AmqpKeyFile = None,
+    amqp_password_file: AmqpPasswordFile = None,
     exchange: Exchange = None,
     queue: Queue = None,
     reason: Annotated[str | None, typer.Option(help="Only dead letters with this reason.")] = None,
@@ -550,7 +645,12 @@ def dlq_replay(
     from rich.console import Console
     from rich.progress import BarColumn, Progress, TaskProgressColumn, TextColumn, TimeElapsedColumn
 
-    amqp = _amqp_settings(config, amqp_url, exchange, queue)
+    amqp = _amqp_settings(
+        config,
+        _amqp_overrides(amqp_url, amqp_ca_file, amqp_cert_file, amqp_key_file, amqp_password_file),
+        exchange,
+        queue,
+    )
     columns = (TextColumn("{task.description}"), BarColumn(), TaskProgressColumn(), TimeElapsedColumn())
     with Progress(*columns, console=Console(stderr=True)) as bar:
         task = bar.add_task(f"replaying from {amqp.dead_letter_queue_name}", total=None)
@@ -573,11 +673,17 @@ def dlq_replay(
 def dlq_purge(
     config: ConfigPath = None,
     amqp_url: AmqpUrl = None,
+    amqp_ca_file: AmqpCaFile = None,
+    amqp_cert_file: AmqpCertFile = None,
+    amqp_key_file: AmqpKeyFile = None,
+    amqp_password_file: AmqpPasswordFile = None,
     queue: Queue = None,
     yes: Annotated[bool, typer.Option("--yes", help="Do not ask for confirmation.")] = False,
 ) -> None:
     """Delete every dead letter."""
-    amqp = _amqp_settings(config, amqp_url, None, queue)
+    amqp = _amqp_settings(
+        config, _amqp_overrides(amqp_url, amqp_ca_file, amqp_cert_file, amqp_key_file, amqp_password_file), None, queue
+    )
     if not yes and not typer.confirm(f"Delete every message in {amqp.dead_letter_queue_name!r}?"):
         raise typer.Exit(1)
     purged = _with_dlq(amqp, lambda dlq: dlq.purge())

@@ -3,6 +3,7 @@
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
+from urllib.parse import parse_qsl, urlsplit
 
 import msgspec
 
@@ -24,10 +25,24 @@ class _Section(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
     """A table of the config: an unknown key in it is an error that names the key."""
 
 
-class AmqpSettings(_Section):
-    """Where to consume from and the topology the aggregator declares."""
+# TLS settings the AMQP client would take from the URL's query; tickbus takes them from its own keys only, so
+# that certificate verification cannot be turned off by a URL.
+_URL_TLS_OPTIONS = frozenset({"cafile", "capath", "cadata", "keyfile", "certfile", "no_verify_ssl"})
 
+
+class AmqpSettings(_Section):
+    """Where to consume from, how to connect (TLS, credentials) and the topology the aggregator declares."""
+
+    # amqp:// or amqps:// (TLS); the password may instead come from `password_file`.
     url: str = DEFAULT_AMQP_URL
+    # TLS (amqps:// only): the CA that signed the broker's certificate (empty: the system's CAs), and the client
+    # certificate and key to present when the broker asks for one. The broker's certificate and its name are
+    # always verified.
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    # A file holding the password of the URL's user (a Docker or Kubernetes secret); read at each connection.
+    password_file: str = ""
     exchange: str = DEFAULT_EXCHANGE
     queue: str = "tickbus.aggregator"
     # Empty: derived from the exchange and queue names (`<exchange>.dead`, `<queue>.dead`).
@@ -45,8 +60,39 @@ class AmqpSettings(_Section):
     single_active_consumer: bool = False
 
     def __post_init__(self) -> None:
+        # Never quote the URL in an error: it may hold a password.
         if not self.url.startswith(("amqp://", "amqps://")):
-            raise ValueError(f"url must start with amqp:// or amqps://, got {self.url!r}")
+            scheme = self.url.partition("://")[0] + "://" if "://" in self.url else "no scheme"
+            raise ValueError(f"url must start with amqp:// or amqps://, got {scheme[:16]!r}")
+        parts = urlsplit(self.url)
+        given = sorted(_URL_TLS_OPTIONS.intersection(name for name, _ in parse_qsl(parts.query)))
+        if given:
+            raise ValueError(
+                f"url: set TLS with amqp.ca_file, amqp.cert_file and amqp.key_file, not in the URL ({given[0]}=)"
+            )
+        tls_files = [key for key in ("ca_file", "cert_file", "key_file") if getattr(self, key)]
+        if tls_files and parts.scheme != "amqps":
+            raise ValueError(
+                f"amqp.{tls_files[0]} is set but the url is amqp://: use amqps:// and the broker's TLS port "
+                "(5671 by default)"
+            )
+        if bool(self.cert_file) != bool(self.key_file):
+            raise ValueError(
+                "amqp.cert_file and amqp.key_file go together (the client certificate and its private key)"
+            )
+        if self.password_file:
+            if parts.password is not None:
+                raise ValueError("the password is given twice: in amqp.url and in amqp.password_file; keep one")
+            if not parts.username:
+                raise ValueError("amqp.password_file needs a user in amqp.url (amqps://USER@host:5671/)")
+        for key in ("ca_file", "cert_file", "key_file", "password_file"):
+            path = getattr(self, key)
+            if path and not Path(path).is_file():
+                raise ValueError(f"amqp.{key}: {path} does not exist or is not a file")
+
+    @property
+    def tls(self) -> bool:
+        return self.url.startswith("amqps://")
 
     @property
     def dead_letter_exchange_name(self) -> str:
@@ -104,6 +150,36 @@ class StateSettings(_Section):
     stream_max_bytes: Annotated[int, msgspec.Meta(ge=16 * 1024 * 1024)] = 512 * 1024 * 1024
 
 
+SourcePattern = Annotated[str, msgspec.Meta(pattern=r"^(\*|[A-Za-z0-9_.:-]{1,64}|[A-Za-z0-9_.:-]{1,63}\*)$")]
+
+
+class SourceAuthSettings(_Section):
+    """Authenticated sources: which RabbitMQ users may publish events under which `source` names."""
+
+    # On: an event is applied only if its message's user_id (which RabbitMQ checks against the connection's
+    # user) may speak for the event's source; anything else is refused as source_not_allowed.
+    enabled: bool = False
+    # user -> the sources it may speak for: exact names, prefixes ending in `*`, or `*` for any source.
+    users: dict[str, list[SourcePattern]] = {}
+
+    def __post_init__(self) -> None:
+        if self.enabled and not self.users:
+            raise ValueError("enabled with no users: every event would be refused; list users and their sources")
+        for user, patterns in self.users.items():
+            if not patterns:
+                raise ValueError(f"users.{user}: an empty list; give the sources it may publish as, or remove it")
+
+    def allowed(self) -> dict[str, tuple[frozenset[str], tuple[str, ...]]]:
+        """Each user's (exact source names, source prefixes); the prefix "" (from `*`) allows any source."""
+        return {
+            user: (
+                frozenset(pattern for pattern in patterns if not pattern.endswith("*")),
+                tuple(pattern[:-1] for pattern in patterns if pattern.endswith("*")),
+            )
+            for user, patterns in self.users.items()
+        }
+
+
 class CustomMetric(_Section):
     """A metric a user declares so that `metric` events can feed it."""
 
@@ -150,6 +226,7 @@ class Settings(_Section):
     http: HttpSettings = msgspec.field(default_factory=HttpSettings)
     catalog: CatalogSettings = msgspec.field(default_factory=CatalogSettings)
     state: StateSettings = msgspec.field(default_factory=StateSettings)
+    source_auth: SourceAuthSettings = msgspec.field(default_factory=SourceAuthSettings)
     metrics: list[CustomMetric] = []
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 

@@ -59,6 +59,12 @@ class SelfMetrics:
             "metric's series limit).",
             "metric",
         )
+        self.dead_letters_dropped = add_counter(
+            "dead_letters_dropped_total",
+            "Dead letters RabbitMQ refused (nacked) because the dead-letter queue was full (its max-length or "
+            "max-length-bytes with overflow reject-publish): counted in events_rejected_total, but not kept.",
+            "reason",
+        )
         self.checkpoint_failures = add_counter("checkpoint_failures_total", "Checkpoints that failed to write.")
         self.expired_series = add_counter(
             "expired_series_total", "Gauge series dropped because their source stopped updating them."

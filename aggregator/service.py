@@ -73,7 +73,7 @@ class Aggregator:
         self.self_metrics = SelfMetrics(self.store)
         self.ingest = Ingest(settings.catalog, settings.metrics, self.store, self.self_metrics)
         self.recent_ids = RecentIds(settings.state.dedup_window)
-        self.pipeline = Pipeline(self.ingest, self.recent_ids)
+        self.pipeline = Pipeline(self.ingest, self.recent_ids, source_auth=settings.source_auth)
         if self.ingest.loop is None:
             log.warning(
                 "the compiled apply loop is not built (tickbus was installed without a C compiler): applying "

@@ -16,6 +16,15 @@ import aio_pika
 import aiormq
 from aio_pika.abc import AbstractChannel, AbstractConnection, AbstractExchange
 
+from producers.connection import (
+    SettingsError,
+    certificate_names,
+    check_settings,
+    connection_url,
+    explain_tls,
+    tls_context,
+    user_of,
+)
 from producers.outbox import Outbox
 from schemas.events import MAX_BATCH_EVENTS, EventBase, Heartbeat
 from schemas.wire import (
@@ -67,7 +76,15 @@ class EmitterSettings:
     """How an emitter publishes; the defaults suit a strategy process on the broker's machine."""
 
     source: str
+    # amqp:// or amqps:// (TLS); the password may instead come from `password_file`.
     url: str = DEFAULT_AMQP_URL
+    # TLS (amqps:// only): the CA that signed the broker's certificate (empty: the system's CAs), and a client
+    # certificate and key for a broker that asks for one. The broker's certificate and name are always verified.
+    ca_file: str = ""
+    cert_file: str = ""
+    key_file: str = ""
+    # A file holding the password of the URL's user (a Docker or Kubernetes secret), read at each connection.
+    password_file: str = ""
     exchange: str = DEFAULT_EXCHANGE
     version: str = ""
     content_type: str = CONTENT_TYPE_MSGPACK
@@ -85,6 +102,7 @@ class EmitterSettings:
             raise ValueError("max_buffer must be at least 1")
         if self.max_in_flight < 1:
             raise ValueError("max_in_flight must be at least 1")
+        check_settings(self.url, self.ca_file, self.cert_file, self.key_file, self.password_file)
 
 
 @dataclass(eq=False)
@@ -120,6 +138,9 @@ class Publisher:
         self.settings = settings
         self.outbox = outbox
         self.codec = Codec(settings.content_type)
+        # RabbitMQ checks a message's user_id against the connection's user: the aggregator can then trust it to
+        # say who published (authenticated sources).
+        self.user_id = user_of(settings.url)
         self.instance = uuid.uuid4().hex[:12]
         self.started_at = time.time()
         # Emitted events done with, oldest first: confirmed and routed by the broker, or dropped as impossible
@@ -241,6 +262,7 @@ class Publisher:
                 message_id=f"{self.instance}-{self._sequence}",
                 timestamp=time.time(),
                 app_id=settings.source,
+                user_id=self.user_id,
             )
             outgoing = Outgoing(message, routing_key, count)
             self._window.append(outgoing)
@@ -320,6 +342,10 @@ class Publisher:
         self._pending.appendleft(outgoing)
         failure = self._failure_of(error, outgoing.routing_key)
         now = time.monotonic()
+        if self._failure is not None and failure.kind == self._failure.kind:
+            failure = self._failure  # the same state: keep its words (a host mismatch's names are read once)
+        else:
+            failure = self._named(failure, error)
         if self._failure is None:
             log.warning("tickbus: cannot publish to RabbitMQ: %s; holding events and retrying", failure.reason)
             self._failing_since = now
@@ -332,8 +358,21 @@ class Publisher:
         self.last_error = failure.reason
         self._retry_at = now + self._retry_delay
 
+    def _named(self, failure: Failure, error: BaseException) -> Failure:
+        """A host name mismatch, once per state change, with the names the broker's certificate holds."""
+        if failure.kind != "tls-host":
+            return failure
+        settings = self.settings
+        held = certificate_names(settings.url, settings.ca_file, settings.cert_file, settings.key_file)
+        explained = explain_tls(error, settings.url, settings.ca_file, settings.cert_file, held)
+        return failure if explained is None else Failure(*explained)
+
     def _failure_of(self, error: BaseException, routing_key: str) -> Failure:
         exchange = self.settings.exchange
+        settings = self.settings
+        tls = explain_tls(error, settings.url, settings.ca_file, settings.cert_file)
+        if tls is not None:
+            return Failure(*tls)
         if isinstance(error, aiormq.exceptions.PublishError):
             return Failure(
                 f"returned:{routing_key}",
@@ -342,9 +381,12 @@ class Publisher:
         if isinstance(error, aiormq.exceptions.ChannelNotFoundEntity):
             return Failure("no-exchange", f"exchange {exchange!r} does not exist (has the aggregator never run?)")
         if isinstance(error, aiormq.exceptions.ChannelAccessRefused):
-            return Failure("refused", f"access refused ({error})")
+            return Failure("refused", f"access refused ({error}): the user may not publish there")
         if isinstance(error, (aiormq.exceptions.AuthenticationError, aiormq.exceptions.ProbableAuthenticationError)):
-            return Failure("login", f"RabbitMQ refused the login ({error})")
+            where = f" (password from {settings.password_file})" if settings.password_file else ""
+            return Failure("login", f"RabbitMQ refused the login of user {self.user_id!r}{where} ({error})")
+        if isinstance(error, SettingsError):
+            return Failure("settings", f"cannot connect with these settings: {error}")
         if isinstance(error, aiormq.exceptions.DeliveryError):
             return Failure("nacked", "the broker nacked the message")
         if isinstance(error, TimeoutError):
@@ -370,10 +412,12 @@ class Publisher:
         async with self._connect_lock:
             if self._connection is None or not self._connected():
                 self._channel = self._exchange = None
+                settings = self.settings
                 self._connection = await aio_pika.connect(
-                    self.settings.url,
+                    connection_url(settings.url, settings.password_file),
+                    ssl_context=tls_context(settings.url, settings.ca_file, settings.cert_file, settings.key_file),
                     timeout=5,
-                    client_properties={"connection_name": f"tickbus-producer {self.settings.source}"},
+                    client_properties={"connection_name": f"tickbus-producer {settings.source}"},
                 )
             if self._exchange is None or self._channel is None or self._channel.is_closed:
                 self._channel = await self._connection.channel(publisher_confirms=True, on_return_raises=True)

@@ -30,7 +30,7 @@ ASYNCAPI_VERSION: Final = "3.0.0"
 AMQP_BINDING_VERSION: Final = "0.3.0"
 # The version of the contract itself: minor for new kinds or new optional fields, major for anything a
 # producer written against the previous version would get rejected for.
-CONTRACT_VERSION: Final = "1.3.0"
+CONTRACT_VERSION: Final = "1.4.0"
 DOCUMENT_ID: Final = "urn:tickbus:wire-contract"
 DEAD_LETTER_CHANNEL: Final = "deadLetters"
 

@@ -23,7 +23,8 @@ CONTENT_TYPE_ALIASES: Final = {
     "application/vnd.msgpack": CONTENT_TYPE_MSGPACK,
 }
 
-# A message larger than this is rejected unread.
+# A message larger than this is rejected unread (too_large); deploy/rabbitmq/rabbitmq.conf sets the broker's
+# max_message_size to the same, so that the broker refuses it before it is queued.
 MAX_MESSAGE_BYTES: Final = 4 * 1024 * 1024
 
 HEADER_REASON: Final = "x-tickbus-reason"
@@ -54,6 +55,7 @@ class Reason(enum.StrEnum):
     NEGATIVE_INCREMENT = "negative_increment"
     NEGATIVE_OBSERVATION = "negative_observation"
     FUTURE_TIMESTAMP = "future_timestamp"
+    SOURCE_NOT_ALLOWED = "source_not_allowed"
     POISON = "poison"
 
 
@@ -79,6 +81,11 @@ REASON_MEANINGS: Final[dict[Reason, str]] = {
     Reason.FUTURE_TIMESTAMP: (
         "The event's `ts` is further ahead of the aggregator's clock than `max_clock_skew_seconds` "
         "(default 300), or past 4102444800 (2100-01-01): the producer's clock is wrong, or it sends milliseconds."
+    ),
+    Reason.SOURCE_NOT_ALLOWED: (
+        "Authenticated sources are on (`source_auth.enabled`) and the event's `source` is not one the publishing "
+        "RabbitMQ user may speak for (`source_auth.users`), or the message carries no `user_id` property (the "
+        "broker checks that it names the connection's user)."
     ),
     Reason.POISON: (
         "The aggregator died twice while processing this message (or processing it raised an error): it is "

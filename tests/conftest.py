@@ -8,7 +8,7 @@ import pytest
 from tests.support.broker import delete_topology
 from tests.support.process import AMQP_URL, AggregatorProcess, Names
 
-pytest_plugins = ("tests.support.rabbitnodes",)
+pytest_plugins = ("tests.support.rabbitnodes", "tests.support.secured")
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:

@@ -1,19 +1,27 @@
-"""Connecting to RabbitMQ: a robust connection, retried with backoff while the broker is unreachable."""
+"""Connecting to RabbitMQ: TLS, the password file, retries while the broker is unreachable, and saying why not."""
 
 import asyncio
 import logging
+import socket
+import ssl
 from collections.abc import Callable
+from pathlib import Path
+from typing import Any
 
 import aio_pika
 import aiormq
-from aio_pika.abc import AbstractRobustConnection
+from aio_pika.abc import AbstractConnection, AbstractRobustConnection
 from yarl import URL
 
-from aggregator.config import AmqpSettings
+from aggregator.config import AmqpSettings, ConfigError
 
 log = logging.getLogger(__name__)
 
 CONNECT_ERRORS = (OSError, ConnectionError, aiormq.exceptions.AMQPConnectionError, asyncio.TimeoutError)
+AMQPS_PORT = 5671
+# OpenSSL's verify codes for a chain that ends at no CA the client trusts.
+_UNTRUSTED = {2, 18, 19, 20, 21, 27}
+_HOST_MISMATCH = {62, 64}
 
 
 def describe(error: BaseException | None) -> str:
@@ -33,27 +41,184 @@ def redacted(url: str) -> str:
     return str(parsed.with_password("***")) if parsed.password else url
 
 
+def _read_password(amqp: AmqpSettings) -> str:
+    try:
+        text = Path(amqp.password_file).read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"amqp.password_file: cannot read {amqp.password_file}: {describe(error)}") from None
+    # Secret files usually end with a newline that is not part of the password.
+    password = text.rstrip("\r\n")
+    if not password:
+        raise ConfigError(f"amqp.password_file: {amqp.password_file} is empty")
+    return password
+
+
+def connection_url(amqp: AmqpSettings) -> str:
+    """The URL to connect with: amqp.url, with the password from amqp.password_file when that is set."""
+    if not amqp.password_file:
+        return amqp.url
+    return str(URL(amqp.url).with_password(_read_password(amqp)))
+
+
+def tls_context(amqp: AmqpSettings) -> ssl.SSLContext | None:
+    """The TLS context of an amqps:// URL: the broker's certificate and host name verified, always; None for amqp://."""
+    if not amqp.tls:
+        return None
+    try:
+        context = ssl.create_default_context(cafile=amqp.ca_file or None)
+    except (OSError, ssl.SSLError) as error:
+        raise ConfigError(f"amqp.ca_file: {amqp.ca_file} holds no usable CA certificate ({describe(error)})") from None
+    if amqp.cert_file:
+        try:
+            context.load_cert_chain(amqp.cert_file, amqp.key_file)
+        except (OSError, ssl.SSLError) as error:
+            raise ConfigError(
+                f"amqp.cert_file / amqp.key_file: cannot load the client certificate {amqp.cert_file} with the key "
+                f"{amqp.key_file} ({describe(error)}): both PEM, the key unencrypted and matching the certificate"
+            ) from None
+    return context
+
+
+def check(amqp: AmqpSettings) -> None:
+    """Read the password file and the TLS files once, so that a mistake in them is a ConfigError up front."""
+    connection_url(amqp)
+    tls_context(amqp)
+
+
+async def connect(amqp: AmqpSettings, name: str, timeout: float = 10.0) -> AbstractConnection:
+    """One plain connection with the settings' TLS and credentials (for commands that connect once)."""
+    return await aio_pika.connect(
+        connection_url(amqp),
+        ssl_context=tls_context(amqp),
+        timeout=timeout,
+        client_properties={"connection_name": name},
+    )
+
+
 async def connect_with_retry(
     amqp: AmqpSettings, on_retry: Callable[[], None] | None = None
 ) -> AbstractRobustConnection:
-    """Connect robustly, retrying with capped exponential backoff while the broker is unreachable."""
+    """Connect robustly, retrying with capped exponential backoff while the broker is unreachable or refuses.
+
+    The password file and the TLS files are read again at each attempt, so a rotated secret is picked up.
+    """
     delay = 0.5
     while True:
         try:
             return await aio_pika.connect_robust(
-                amqp.url,
+                connection_url(amqp),
+                ssl_context=tls_context(amqp),
                 reconnect_interval=1.0,
                 timeout=10,
                 client_properties={"connection_name": f"tickbus-aggregator {amqp.queue}"},
             )
         except CONNECT_ERRORS as error:
-            log.error(
-                "cannot reach RabbitMQ at %s (%s); retrying in %.1fs",
-                redacted(amqp.url),
-                error or type(error).__name__,
-                delay,
-            )
+            reason = await asyncio.to_thread(explain, error, amqp)
+            log.error("cannot reach RabbitMQ at %s (%s); retrying in %.1fs", redacted(amqp.url), reason, delay)
             if on_retry is not None:
                 on_retry()
             await asyncio.sleep(delay)
             delay = min(delay * 2, amqp.reconnect_max_seconds)
+
+
+def _causes(error: BaseException) -> list[BaseException]:
+    """The error and what caused it, outermost first (the AMQP client wraps TLS errors)."""
+    chain: list[BaseException] = []
+    current: BaseException | None = error
+    while current is not None and all(current is not seen for seen in chain):
+        chain.append(current)
+        current = current.__cause__ or current.__context__
+    return chain
+
+
+def explain(error: BaseException, amqp: AmqpSettings) -> str:
+    """Why a connection failed, in words that say what to do; never the password.
+
+    May open one more TLS connection to read the names in the broker's certificate (a host name mismatch).
+    """
+    url = URL(amqp.url)
+    host, port = url.host or "localhost", url.port or AMQPS_PORT
+    for cause in _causes(error):
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return _verification(cause, amqp, host, port)
+        if isinstance(cause, ssl.SSLError):
+            return _tls_refusal(cause, amqp, host, port)
+        if isinstance(cause, (aiormq.exceptions.ProbableAuthenticationError, aiormq.exceptions.AuthenticationError)):
+            where = f" (password from amqp.password_file {amqp.password_file})" if amqp.password_file else ""
+            return (
+                f"RabbitMQ refused the login of user {url.user or 'guest'!r}{where}: a wrong password, an unknown "
+                f"user or a user without access to the vhost ({describe(cause)})"
+            )
+        if isinstance(cause, ConnectionResetError) and amqp.tls and not amqp.cert_file:
+            # With TLS 1.3 a broker that wants a client certificate may close the connection before its alert
+            # reaches the client.
+            return (
+                f"{describe(cause)}: the broker closed the TLS connection; if it asks for a client certificate "
+                "(ssl_options.fail_if_no_peer_cert), set amqp.cert_file and amqp.key_file"
+            )
+    return describe(error)
+
+
+def _verification(error: ssl.SSLCertVerificationError, amqp: AmqpSettings, host: str, port: int) -> str:
+    reason = error.verify_message or describe(error)
+    if error.verify_code in _UNTRUSTED:
+        trusted = f"a CA in amqp.ca_file ({amqp.ca_file})"
+        if not amqp.ca_file:
+            trusted = "a CA this system trusts (amqp.ca_file is unset)"
+        return (
+            f"TLS: the broker's certificate is not signed by {trusted} ({reason}): set amqp.ca_file to the CA "
+            f"certificate that issued the broker's certificate"
+        )
+    if error.verify_code in _HOST_MISMATCH:
+        names = certificate_names(amqp, host, port)
+        held = ", ".join(repr(name) for name in names) if names else "names that could not be read"
+        return (
+            f"TLS: the broker's certificate is for {held}, not for {host!r} (the host in amqp.url): connect to one "
+            f"of the names the certificate holds, or give the broker a certificate that names {host!r}"
+        )
+    if error.verify_code == 10:
+        return f"TLS: the broker's certificate has expired ({reason}): renew it"
+    return f"TLS: the broker's certificate was refused ({reason})"
+
+
+def _tls_refusal(error: ssl.SSLError, amqp: AmqpSettings, host: str, port: int) -> str:
+    reason = str(error.reason or describe(error))
+    if "CERTIFICATE_REQUIRED" in reason or ("HANDSHAKE_FAILURE" in reason and not amqp.cert_file):
+        return (
+            f"TLS: the broker asks for a client certificate and none was given ({reason}): set amqp.cert_file "
+            "and amqp.key_file"
+        )
+    if any(word in reason for word in ("UNKNOWN_CA", "BAD_CERTIFICATE", "CERTIFICATE_UNKNOWN", "DECRYPT_ERROR")):
+        return (
+            f"TLS: the broker refused the client certificate in amqp.cert_file ({amqp.cert_file}) ({reason}): "
+            "it must be signed by a CA the broker trusts (its ssl_options.cacertfile)"
+        )
+    if "WRONG_VERSION_NUMBER" in reason or "UNEXPECTED_EOF" in reason:
+        return (
+            f"TLS: {host}:{port} does not answer TLS ({reason}): is it the broker's TLS port (5671 by default), "
+            "not its plain AMQP port?"
+        )
+    return f"TLS: {describe(error)}"
+
+
+def certificate_names(amqp: AmqpSettings, host: str, port: int, timeout: float = 5.0) -> list[str]:
+    """The DNS names and addresses in the broker's certificate (its chain verified, its name not); [] if unknown."""
+    try:
+        context = tls_context(amqp)
+    except ConfigError:
+        return []
+    if context is None:
+        return []
+    context.check_hostname = False
+    try:
+        with (
+            socket.create_connection((host, port), timeout=timeout) as raw,
+            context.wrap_socket(raw, server_hostname=host) as tls,
+        ):
+            certificate: dict[str, Any] = dict(tls.getpeercert() or {})
+    except (OSError, ssl.SSLError):
+        return []
+    names = [str(value) for kind, value in certificate.get("subjectAltName", ()) if kind in ("DNS", "IP Address")]
+    if not names:
+        names = [str(value) for rdn in certificate.get("subject", ()) for key, value in rdn if key == "commonName"]
+    return names

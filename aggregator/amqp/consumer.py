@@ -53,7 +53,10 @@ class Consumer:
         self._take_over = take_over
         self._taken_over = take_over is None
         self._commit_interval = commit_interval
-        self.letters = DeadLetterPublisher(self._open_dead_letter_channel, amqp.dead_letter_exchange_name)
+        dropped = pipeline.ingest.self_metrics.dead_letters_dropped
+        self.letters = DeadLetterPublisher(
+            self._open_dead_letter_channel, amqp.dead_letter_exchange_name, lambda reason: dropped.inc((reason,))
+        )
         # Ack at the latest once half the prefetch window waits, so the broker never stalls on us.
         self.ledger = AckLedger(
             self.letters, durability, commit_every=max(1, amqp.prefetch // 2), settled=self._settled
@@ -159,7 +162,9 @@ class Consumer:
             if self._crash_marker is not None and self._crash_marker in message.body:
                 os.kill(os.getpid(), signal.SIGKILL)
             try:
-                refusals = self.pipeline.process(message.body, message.content_type, message_id).refusals
+                refusals = self.pipeline.process(
+                    message.body, message.content_type, message_id, message.user_id
+                ).refusals
             except Exception as error:  # a defect, not bad input: set the message aside and go on
                 log.exception("processing message %s raised; setting it aside as poison", message_id or "without id")
                 refusals = [self._poison(message_id, f"processing it raised {describe(error)}")]

@@ -2,10 +2,12 @@
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aio_pika
+import aiormq
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
 from aggregator.amqp.connection import describe
@@ -20,6 +22,8 @@ from schemas.wire import (
 
 log = logging.getLogger(__name__)
 DETAIL_MAX_CHARACTERS = 1000
+# While the dead-letter queue is full, one log line per this many seconds says how many letters were dropped.
+DROP_LOG_SECONDS = 10.0
 
 
 def dead_letter(message: AbstractIncomingMessage, refusal: Refusal) -> aio_pika.Message:
@@ -46,17 +50,29 @@ class DeadLetterPublisher:
     """Publishes dead letters without waiting for each confirm; `delivered()` waits for all of them.
 
     A flood of bad input then costs no round trip per message, and the ack ledger asks `delivered()`
-    before it acks, so no dead letter can be lost: a publish that failed is retried, and until it goes
-    through nothing is acked (the broker redelivers, and the refusal is made again).
+    before it acks, so no dead letter is lost unsaid: a publish that failed is retried, and until it goes
+    through nothing is acked (the broker redelivers, and the refusal is made again). The one exception is a
+    letter the broker nacks: the dead-letter queue is bounded (max-length or max-length-bytes with overflow
+    reject-publish) and full. Retrying would stop the aggregator's queue behind it, so the letter is
+    dropped, handed to `on_dropped` (counted) and logged once per DROP_LOG_SECONDS with how many.
     """
 
-    def __init__(self, open_channel: Callable[[], Awaitable[AbstractChannel]], exchange_name: str) -> None:
+    def __init__(
+        self,
+        open_channel: Callable[[], Awaitable[AbstractChannel]],
+        exchange_name: str,
+        on_dropped: Callable[[str], None] = lambda reason: None,
+    ) -> None:
         self._open_channel = open_channel
         self._exchange_name = exchange_name
+        self._on_dropped = on_dropped
         self._channel: AbstractChannel | None = None
         self._in_flight: list[asyncio.Future[None]] = []
         self._failed: list[tuple[aio_pika.Message, str]] = []
         self._error: BaseException | None = None
+        self.dropped = 0
+        self._dropped_unlogged = 0
+        self._drop_logged_at = 0.0
 
     def publish(self, message: AbstractIncomingMessage, refusal: Refusal) -> None:
         letter = dead_letter(message, refusal)
@@ -68,9 +84,31 @@ class DeadLetterPublisher:
                 self._channel = await self._open_channel()
             exchange = await self._channel.get_exchange(self._exchange_name, ensure=False)
             await exchange.publish(letter, routing_key=routing_key)
+        except aiormq.exceptions.DeliveryError:
+            self._dropped(routing_key)
         except Exception as error:  # retried by delivered(); nothing is acked until it goes through
             self._failed.append((letter, routing_key))
             self._error = error
+
+    def _dropped(self, reason: str) -> None:
+        """The broker nacked a dead letter: its queue is full. Count it; log the first and then a count per window."""
+        self.dropped += 1
+        self._on_dropped(reason)
+        now = time.monotonic()
+        if now - self._drop_logged_at < DROP_LOG_SECONDS:
+            self._dropped_unlogged += 1
+            return
+        log.warning(
+            "RabbitMQ refused %d dead letter(s) (the latest: %s): the dead-letter queue is full (its max-length or "
+            "max-length-bytes policy, overflow reject-publish). Refused letters are dropped and counted in "
+            "tickbus_dead_letters_dropped_total{reason} (logged at most every %gs); make room with "
+            "`aggregator dlq list` / `replay` / `purge`",
+            self._dropped_unlogged + 1,
+            reason,
+            DROP_LOG_SECONDS,
+        )
+        self._dropped_unlogged = 0
+        self._drop_logged_at = now
 
     async def delivered(self) -> bool:
         """Wait for the dead letters in flight, retry failed ones once; True when none is left undelivered."""

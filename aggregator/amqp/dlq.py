@@ -11,7 +11,9 @@ import aio_pika
 import aiormq
 import msgspec
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractQueue
+from yarl import URL
 
+from aggregator.amqp.connection import connect
 from aggregator.config import AmqpSettings
 from schemas.wire import (
     CONTENT_TYPE_ALIASES,
@@ -99,7 +101,7 @@ class DeadLetterQueue:
     @classmethod
     @asynccontextmanager
     async def open(cls, amqp: AmqpSettings) -> AsyncIterator["DeadLetterQueue"]:
-        connection = await aio_pika.connect(amqp.url, timeout=10)
+        connection = await connect(amqp, f"tickbus-dlq {amqp.dead_letter_queue_name}")
         async with connection:
             channel = await connection.channel(publisher_confirms=True, on_return_raises=True)
             queue = await channel.declare_queue(amqp.dead_letter_queue_name, durable=True, passive=True)
@@ -164,6 +166,9 @@ class DeadLetterQueue:
                         message_id=f"{original}{index}:replay",
                         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
                         app_id=message.app_id,
+                        # Replayed under the operator's user: with authenticated sources, that user needs
+                        # the letters' sources (or `*`) in source_auth.users.
+                        user_id=URL(self._amqp.url).user or None,
                     ),
                     routing_key=routing_key,
                     mandatory=True,

@@ -17,11 +17,14 @@ package tickbus
 import (
 	"context"
 	"crypto/rand"
+	"crypto/tls"
+	"crypto/x509"
 	"encoding/hex"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"log"
+	neturl "net/url"
 	"os"
 	"strconv"
 	"strings"
@@ -50,7 +53,11 @@ type Event map[string]any
 // Options say how an Emitter publishes; zero values take the defaults in brackets.
 type Options struct {
 	Source            string        // name of the emitting component (required)
-	URL               string        // RabbitMQ URL [DefaultURL]
+	URL               string        // RabbitMQ URL, amqp:// or amqps:// (TLS: the host must be in the broker's certificate) [DefaultURL]
+	CAFile            string        // amqps://: the CA certificate (PEM) that signed the broker's [the system's CAs]
+	CertFile          string        // amqps://: a client certificate (PEM) for a broker that asks for one; with KeyFile
+	KeyFile           string        // the client certificate's private key (PEM, unencrypted)
+	PasswordFile      string        // holds the password of the URL's user (a Docker or Kubernetes secret); read per connection
 	Exchange          string        // topic exchange the aggregator consumes from [metrics]
 	Version           string        // version reported in heartbeats
 	MaxBuffer         int           // events held while the broker is slow or away [100000]
@@ -66,6 +73,7 @@ type Options struct {
 // Emitter publishes events in the background; Emit is safe from any goroutine and never blocks.
 type Emitter struct {
 	opts      Options
+	uri       amqp.URI
 	instance  string
 	startedAt float64
 	queue     chan Event
@@ -143,6 +151,10 @@ func newEmitter(opts Options) (*Emitter, error) {
 	if opts.URL == "" {
 		opts.URL = DefaultURL
 	}
+	uri, err := checkConnection(opts)
+	if err != nil {
+		return nil, err
+	}
 	if opts.Exchange == "" {
 		opts.Exchange = DefaultExchange
 	}
@@ -180,6 +192,7 @@ func newEmitter(opts Options) (*Emitter, error) {
 	ctx, abort := context.WithCancel(context.Background())
 	e := &Emitter{
 		opts:       opts,
+		uri:        uri,
 		instance:   hex.EncodeToString(id),
 		startedAt:  float64(time.Now().UnixNano()) / 1e9,
 		queue:      make(chan Event, opts.MaxBuffer),
@@ -440,7 +453,10 @@ queued:
 			MessageId:    fmt.Sprintf("%s-%d", e.instance, e.sequence),
 			Timestamp:    time.Now(),
 			AppId:        e.opts.Source,
-			Body:         body,
+			// The broker refuses a user id other than the connection's user: the aggregator can trust it
+			// (authenticated sources).
+			UserId: e.uri.Username,
+			Body:   body,
 		},
 		events: len(batch) - own,
 	}
@@ -683,6 +699,21 @@ func (e *Emitter) advance() {
 }
 
 func (e *Emitter) failureOf(err error, routingKey string) failure {
+	var settingsError *SettingsError
+	if errors.As(err, &settingsError) {
+		return failure{kind: "settings", reason: "cannot connect with these settings: " + settingsError.Error()}
+	}
+	if f, ok := tlsFailure(err, e.opts); ok {
+		return f
+	}
+	if errors.Is(err, amqp.ErrCredentials) || errors.Is(err, amqp.ErrSASL) {
+		where := ""
+		if e.opts.PasswordFile != "" {
+			where = " (password from " + e.opts.PasswordFile + ")"
+		}
+		return failure{kind: "login",
+			reason: fmt.Sprintf("RabbitMQ refused the login of user '%s'%s (%v)", e.uri.Username, where, err)}
+	}
 	var amqpError *amqp.Error
 	if errors.As(err, &amqpError) {
 		switch amqpError.Code {
@@ -722,10 +753,11 @@ func (e *Emitter) ensureChannel() (*amqp.Channel, error) {
 		e.disconnect()
 	}
 	if e.conn == nil {
-		conn, err := amqp.DialConfig(e.opts.URL, amqp.Config{
-			Properties: amqp.Table{"connection_name": "tickbus-producer " + e.opts.Source},
-			Dial:       amqp.DefaultDial(connectTimeout),
-		})
+		config, err := connectionConfig(e.opts, e.uri)
+		if err != nil {
+			return nil, err
+		}
+		conn, err := amqp.DialConfig(e.opts.URL, config)
 		if err != nil {
 			return nil, err
 		}
@@ -764,4 +796,121 @@ func (e *Emitter) disconnect() {
 	}
 	e.conn = nil
 	e.dropChannel()
+}
+
+// SettingsError says a connection setting (the password file, a TLS file) cannot be used, naming it.
+type SettingsError struct{ message string }
+
+func (e *SettingsError) Error() string { return e.message }
+
+// checkConnection refuses connection settings that cannot work; the error names the option, never the URL.
+func checkConnection(opts Options) (amqp.URI, error) {
+	uri, err := amqp.ParseURI(opts.URL)
+	if err != nil {
+		return uri, errors.New("tickbus: Options.URL is not an amqp:// or amqps:// URL")
+	}
+	if (opts.CAFile != "" || opts.CertFile != "" || opts.KeyFile != "") && uri.Scheme != "amqps" {
+		return uri, errors.New("tickbus: CAFile, CertFile and KeyFile need an amqps:// URL (the broker's TLS port, 5671 by default)")
+	}
+	if (opts.CertFile == "") != (opts.KeyFile == "") {
+		return uri, errors.New("tickbus: CertFile and KeyFile go together (the client certificate and its private key)")
+	}
+	if opts.PasswordFile != "" {
+		parsed, err := neturl.Parse(opts.URL)
+		if err != nil || parsed.User == nil || parsed.User.Username() == "" {
+			return uri, errors.New("tickbus: PasswordFile needs a user in the URL (amqps://USER@host:5671/)")
+		}
+		if _, given := parsed.User.Password(); given {
+			return uri, errors.New("tickbus: the password is given twice: in the URL and in PasswordFile; keep one")
+		}
+	}
+	return uri, nil
+}
+
+// connectionConfig is how to dial: the password read from PasswordFile, the TLS configuration of CAFile,
+// CertFile and KeyFile (the broker's certificate and name are always verified).
+func connectionConfig(opts Options, uri amqp.URI) (amqp.Config, error) {
+	config := amqp.Config{
+		Properties: amqp.Table{"connection_name": "tickbus-producer " + opts.Source},
+		Dial:       amqp.DefaultDial(connectTimeout),
+	}
+	if opts.PasswordFile != "" {
+		data, err := os.ReadFile(opts.PasswordFile)
+		if err != nil {
+			return config, &SettingsError{fmt.Sprintf("PasswordFile: cannot read %s (%v)", opts.PasswordFile, err)}
+		}
+		password := strings.TrimRight(string(data), "\r\n")
+		if password == "" {
+			return config, &SettingsError{fmt.Sprintf("PasswordFile: %s is empty", opts.PasswordFile)}
+		}
+		config.SASL = []amqp.Authentication{&amqp.PlainAuth{Username: uri.Username, Password: password}}
+	}
+	if uri.Scheme != "amqps" {
+		return config, nil
+	}
+	tlsConfig := &tls.Config{MinVersion: tls.VersionTLS12}
+	if opts.CAFile != "" {
+		pem, err := os.ReadFile(opts.CAFile)
+		if err != nil {
+			return config, &SettingsError{fmt.Sprintf("CAFile: cannot read %s (%v)", opts.CAFile, err)}
+		}
+		roots := x509.NewCertPool()
+		if !roots.AppendCertsFromPEM(pem) {
+			return config, &SettingsError{fmt.Sprintf("CAFile: %s holds no PEM certificate", opts.CAFile)}
+		}
+		tlsConfig.RootCAs = roots
+	}
+	if opts.CertFile != "" {
+		pair, err := tls.LoadX509KeyPair(opts.CertFile, opts.KeyFile)
+		if err != nil {
+			return config, &SettingsError{fmt.Sprintf("CertFile / KeyFile: cannot load %s with the key %s (%v)",
+				opts.CertFile, opts.KeyFile, err)}
+		}
+		tlsConfig.Certificates = []tls.Certificate{pair}
+	}
+	config.TLSClientConfig = tlsConfig
+	return config, nil
+}
+
+// tlsFailure says what a TLS failure means and what to do; ok is false if err is not one.
+func tlsFailure(err error, opts Options) (failure, bool) {
+	var unknownAuthority x509.UnknownAuthorityError
+	if errors.As(err, &unknownAuthority) {
+		where := "a CA this system trusts (CAFile is unset)"
+		if opts.CAFile != "" {
+			where = fmt.Sprintf("a CA in CAFile (%s)", opts.CAFile)
+		}
+		return failure{kind: "tls-untrusted", reason: fmt.Sprintf(
+			"TLS: the broker's certificate is not signed by %s (%v): set CAFile to the CA certificate that issued it",
+			where, err)}, true
+	}
+	var hostname x509.HostnameError
+	if errors.As(err, &hostname) {
+		var held []string
+		if hostname.Certificate != nil {
+			for _, name := range hostname.Certificate.DNSNames {
+				held = append(held, "'"+name+"'")
+			}
+			for _, address := range hostname.Certificate.IPAddresses {
+				held = append(held, "'"+address.String()+"'")
+			}
+		}
+		return failure{kind: "tls-host", reason: fmt.Sprintf(
+			"TLS: the broker's certificate is for %s, not for '%s' (the host in the URL): connect by a name the "+
+				"certificate holds, or give the broker a certificate that names '%s'",
+			strings.Join(held, ", "), hostname.Host, hostname.Host)}, true
+	}
+	text := err.Error()
+	switch {
+	case strings.Contains(text, "tls: certificate required"):
+		return failure{kind: "tls-client",
+			reason: fmt.Sprintf("TLS: the broker asks for a client certificate (%v): set CertFile and KeyFile", err)}, true
+	case strings.Contains(text, "tls: unknown certificate authority") || strings.Contains(text, "tls: bad certificate"):
+		return failure{kind: "tls-client", reason: fmt.Sprintf(
+			"TLS: the broker refused the client certificate in CertFile (%s) (%v): it must be signed by a CA the "+
+				"broker trusts", opts.CertFile, err)}, true
+	case strings.Contains(text, "tls: "):
+		return failure{kind: "tls", reason: fmt.Sprintf("TLS: %v", err)}, true
+	}
+	return failure{}, false
 }

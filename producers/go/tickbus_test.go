@@ -2,11 +2,13 @@ package tickbus
 
 import (
 	"bytes"
+	"crypto/x509"
 	"encoding/json"
 	"errors"
 	"fmt"
 	"io"
 	"log"
+	"net"
 	"strings"
 	"testing"
 	"time"
@@ -216,5 +218,65 @@ func BenchmarkEmit(b *testing.B) {
 	b.ResetTimer()
 	for i := 0; i < b.N; i++ {
 		emitter.Emit(Event{"kind": "signal", "strategy": "momentum", "symbol": "BTCUSDT", "side": "buy", "outcome": "accepted", "confidence": 0.8})
+	}
+}
+
+func TestConnectionSettingsThatCannotWorkAreRefusedNamingTheOption(t *testing.T) {
+	cases := []struct {
+		opts    Options
+		message string
+	}{
+		{Options{URL: "amqp://u@h/", CAFile: "ca.pem"}, "need an amqps:// URL"},
+		{Options{URL: "amqps://u@h/", CertFile: "c.pem"}, "CertFile and KeyFile go together"},
+		{Options{URL: "amqps://u:secret@h/", PasswordFile: "pw"}, "the password is given twice"},
+		{Options{URL: "amqps://h/", PasswordFile: "pw"}, "PasswordFile needs a user"},
+		{Options{URL: "http://u:secret@h/"}, "not an amqp:// or amqps:// URL"},
+	}
+	for _, c := range cases {
+		c.opts.Source = "unit"
+		_, err := newEmitter(c.opts)
+		if err == nil || !strings.Contains(err.Error(), c.message) || strings.Contains(err.Error(), "secret") {
+			t.Errorf("%+v: got %v, want %q", c.opts, err, c.message)
+		}
+	}
+}
+
+func TestEveryMessageCarriesTheConnectionUserAsUserId(t *testing.T) {
+	emitter, err := newEmitter(Options{Source: "unit", URL: "amqps://alice@127.0.0.1:1/", PasswordFile: "/nonexistent",
+		HeartbeatInterval: -1, Logger: quiet()})
+	if err != nil {
+		t.Fatal(err)
+	}
+	emitter.queue <- signal(1)
+	if !emitter.takeBatch() || emitter.pending[0].publishing.UserId != "alice" {
+		t.Fatalf("user id not set: %+v", emitter.pending)
+	}
+	_, err = connectionConfig(emitter.opts, emitter.uri)
+	var settings *SettingsError
+	if !errors.As(err, &settings) || !strings.Contains(err.Error(), "PasswordFile: cannot read /nonexistent") {
+		t.Fatalf("unreadable password file: %v", err)
+	}
+	if f := emitter.failureOf(err, "signal"); f.kind != "settings" {
+		t.Fatalf("failure %+v", f)
+	}
+}
+
+func TestTLSRefusalsSayWhatToDo(t *testing.T) {
+	opts := Options{CAFile: "/x/ca.pem"}
+	untrusted, ok := tlsFailure(fmt.Errorf("handshake: %w", x509.UnknownAuthorityError{}), opts)
+	if !ok || untrusted.kind != "tls-untrusted" || !strings.Contains(untrusted.reason, "not signed by a CA in CAFile (/x/ca.pem)") {
+		t.Fatalf("unknown CA: %+v", untrusted)
+	}
+	certificate := &x509.Certificate{DNSNames: []string{"broker"}, IPAddresses: []net.IP{net.ParseIP("10.0.0.2")}}
+	host, ok := tlsFailure(x509.HostnameError{Certificate: certificate, Host: "10.0.0.1"}, opts)
+	if !ok || !strings.Contains(host.reason, "is for 'broker', '10.0.0.2', not for '10.0.0.1'") {
+		t.Fatalf("host mismatch: %+v", host)
+	}
+	required, ok := tlsFailure(errors.New("remote error: tls: certificate required"), opts)
+	if !ok || !strings.Contains(required.reason, "set CertFile and KeyFile") {
+		t.Fatalf("client certificate: %+v", required)
+	}
+	if _, ok := tlsFailure(errors.New("dial tcp: connection refused"), opts); ok {
+		t.Fatal("not a TLS failure")
 	}
 }

@@ -18,6 +18,7 @@
  */
 
 import { randomBytes } from 'node:crypto';
+import { readFileSync } from 'node:fs';
 import amqp from 'amqplib';
 
 export const DEFAULT_URL = 'amqp://guest:guest@127.0.0.1:5672/';
@@ -37,7 +38,13 @@ const EMPTY = Buffer.alloc(0);
 /**
  * @typedef {object} EmitterOptions
  * @property {string} source Name of the emitting component (letters, digits, _ . : -).
- * @property {string} [url] RabbitMQ URL.
+ * @property {string} [url] RabbitMQ URL: amqp:// or amqps:// (TLS; the host must be a name in the broker's
+ *   certificate, which is always verified).
+ * @property {string} [caFile] amqps://: the CA certificate (PEM) that signed the broker's (default: Node's CAs).
+ * @property {string} [certFile] amqps://: a client certificate (PEM) for a broker that asks for one; with keyFile.
+ * @property {string} [keyFile] The client certificate's private key (PEM, unencrypted).
+ * @property {string} [passwordFile] A file holding the password of the URL's user (a Docker or Kubernetes
+ *   secret), read at each connection; the URL then carries none.
  * @property {string} [exchange] Topic exchange the aggregator consumes from.
  * @property {string} [version] Version reported in heartbeats.
  * @property {number} [maxBuffer] Events held while the broker is slow or away; past it emit() drops and counts.
@@ -194,6 +201,91 @@ function describe(error) {
   return String(error);
 }
 
+/** A connection setting (the password file, a TLS file) cannot be used; the message names it. */
+export class SettingsError extends Error {
+  /** @param {string} message */
+  constructor(message) {
+    super(message);
+    this.name = 'SettingsError';
+  }
+}
+
+/**
+ * @param {string} path
+ * @param {string} option
+ */
+function readSetting(path, option) {
+  try {
+    return readFileSync(path);
+  } catch (error) {
+    throw new SettingsError(`${option}: cannot read ${path} (${describe(error)})`);
+  }
+}
+
+// OpenSSL's words for a broker certificate signed by no CA the client trusts.
+const UNTRUSTED = new Set([
+  'UNABLE_TO_VERIFY_LEAF_SIGNATURE',
+  'UNABLE_TO_GET_ISSUER_CERT',
+  'UNABLE_TO_GET_ISSUER_CERT_LOCALLY',
+  'SELF_SIGNED_CERT_IN_CHAIN',
+  'DEPTH_ZERO_SELF_SIGNED_CERT',
+  'CERT_UNTRUSTED',
+]);
+
+/**
+ * What a TLS failure means and what to do, or null if `error` is not one.
+ * @param {unknown} error
+ * @param {{ url: string, caFile: string, certFile: string }} settings
+ * @returns {Failure | null}
+ */
+export function tlsFailure(error, settings) {
+  /** @typedef {{ code?: string, host?: string, cert?: { subjectaltname?: string }, message?: string }} TlsError */
+  const { code, host, cert, message } = /** @type {TlsError} */ (error ?? {});
+  if (code === undefined) return null;
+  if (UNTRUSTED.has(code)) {
+    const where = settings.caFile ? `a CA in caFile (${settings.caFile})` : 'a CA Node trusts (caFile is unset)';
+    return {
+      kind: 'tls-untrusted',
+      reason:
+        `TLS: the broker's certificate is not signed by ${where} (${code}): ` +
+        'set caFile to the CA certificate that issued it',
+    };
+  }
+  if (code === 'ERR_TLS_CERT_ALTNAME_INVALID') {
+    const held = (cert?.subjectaltname ?? '')
+      .split(', ')
+      .filter((name) => name)
+      .map((name) => `'${name.replace(/^(DNS|IP Address):/, '')}'`)
+      .join(', ');
+    const wanted = host ?? new URL(settings.url).hostname;
+    return {
+      kind: 'tls-host',
+      reason:
+        `TLS: the broker's certificate is for ${held || 'names not given'}, not for '${wanted}' ` +
+        '(the host in the url): connect by a name the certificate holds, ' +
+        `or give the broker a certificate that names '${wanted}'`,
+    };
+  }
+  if (code.includes('CERTIFICATE_REQUIRED')) {
+    return {
+      kind: 'tls-client',
+      reason: `TLS: the broker asks for a client certificate (${code}): set certFile and keyFile`,
+    };
+  }
+  if (code.includes('ALERT_UNKNOWN_CA') || code.includes('ALERT_BAD_CERTIFICATE')) {
+    return {
+      kind: 'tls-client',
+      reason:
+        `TLS: the broker refused the client certificate in certFile (${settings.certFile}) (${code}): ` +
+        'it must be signed by a CA the broker trusts',
+    };
+  }
+  if (code.startsWith('ERR_SSL') || code.startsWith('ERR_TLS') || code.startsWith('CERT_')) {
+    return { kind: 'tls', reason: `TLS: ${message ?? code}` };
+  }
+  return null;
+}
+
 export class Emitter {
   /** @param {EmitterOptions} options */
   constructor(options) {
@@ -202,6 +294,28 @@ export class Emitter {
     }
     this.source = options.source;
     this.url = options.url ?? DEFAULT_URL;
+    this.caFile = options.caFile ?? '';
+    this.certFile = options.certFile ?? '';
+    this.keyFile = options.keyFile ?? '';
+    this.passwordFile = options.passwordFile ?? '';
+    const parsed = new URL(this.url);
+    if (parsed.protocol !== 'amqp:' && parsed.protocol !== 'amqps:') {
+      throw new TypeError('url must start with amqp:// or amqps://');
+    }
+    if ((this.caFile || this.certFile || this.keyFile) && parsed.protocol !== 'amqps:') {
+      throw new TypeError("caFile, certFile and keyFile need an amqps:// url (the broker's TLS port, 5671 by default)");
+    }
+    if (Boolean(this.certFile) !== Boolean(this.keyFile)) {
+      throw new TypeError('certFile and keyFile go together (the client certificate and its private key)');
+    }
+    if (this.passwordFile && parsed.password !== '') {
+      throw new TypeError('the password is given twice: in the url and in passwordFile; keep one');
+    }
+    if (this.passwordFile && parsed.username === '') {
+      throw new TypeError('passwordFile needs a user in the url (amqps://USER@host:5671/)');
+    }
+    /** The RabbitMQ user it connects as: every message's user_id, which the broker checks (authenticated sources). */
+    this.userId = parsed.username ? decodeURIComponent(parsed.username) : 'guest';
     this.exchange = options.exchange ?? DEFAULT_EXCHANGE;
     this.version = options.version ?? '';
     this.maxBuffer = options.maxBuffer ?? 100_000;
@@ -429,6 +543,7 @@ export class Emitter {
         messageId: `${this.instance}-${this._sequence}`,
         timestamp: Math.floor(Date.now() / 1000),
         appId: this.source,
+        userId: this.userId,
       },
       events: batch.length - ownHeartbeats,
       settled: false,
@@ -560,6 +675,11 @@ export class Emitter {
    */
   _failureOf(error, state, routingKey) {
     const exchange = this.exchange;
+    if (error instanceof SettingsError) {
+      return { kind: 'settings', reason: `cannot connect with these settings: ${error.message}` };
+    }
+    const tls = tlsFailure(error, this);
+    if (tls !== null) return tls;
     if (error instanceof ReturnedError) {
       return {
         kind: `returned:${routingKey}`,
@@ -574,7 +694,10 @@ export class Emitter {
     const text = describe(error);
     if (text === 'message nacked') return { kind: 'nacked', reason: 'the broker nacked the message' };
     if (text.startsWith('no confirm within')) return { kind: 'timeout', reason: text };
-    if (/ACCESS_REFUSED|403/.test(text)) return { kind: 'login', reason: `RabbitMQ refused the login (${text})` };
+    if (/ACCESS_REFUSED|403/.test(text)) {
+      const where = this.passwordFile ? ` (password from ${this.passwordFile})` : '';
+      return { kind: 'login', reason: `RabbitMQ refused the login of user '${this.userId}'${where} (${text})` };
+    }
     return { kind: 'unreachable', reason: `RabbitMQ is unreachable (${text})` };
   }
 
@@ -591,7 +714,21 @@ export class Emitter {
 
   /** @returns {Promise<import('amqplib').ChannelModel>} */
   async _connect() {
-    const connection = await amqp.connect(this.url, {
+    const url = new URL(this.url);
+    if (this.passwordFile) {
+      const password = readSetting(this.passwordFile, 'passwordFile').toString('utf8').replace(/[\r\n]+$/, '');
+      if (password === '') throw new SettingsError(`passwordFile: ${this.passwordFile} is empty`);
+      url.password = encodeURIComponent(password);
+    }
+    /** @type {Record<string, unknown>} */
+    const tls = {};
+    if (this.caFile) tls.ca = [readSetting(this.caFile, 'caFile')];
+    if (this.certFile) {
+      tls.cert = readSetting(this.certFile, 'certFile');
+      tls.key = readSetting(this.keyFile, 'keyFile');
+    }
+    const connection = await amqp.connect(url.toString(), {
+      ...tls,
       timeout: 5000,
       noDelay: true,
       clientProperties: { connection_name: `tickbus-producer ${this.source}` },

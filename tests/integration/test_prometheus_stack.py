@@ -29,6 +29,7 @@ from producers.emitter import Emitter, EmitterSettings
 from schemas.events import Order
 from tests.support import incidents
 from tests.support.broker import publish_raw
+from tests.support.composebroker import amqp_secret_names
 from tests.support.deploy import (
     AGGREGATOR_CONFIG,
     SECRETS_DIR,
@@ -462,16 +463,20 @@ def test_the_image_entry_command_with_compose_environment_is_healthy(tmp_path: P
     port = free_port()
     secrets = make_web_secrets(tmp_path / "secrets")
     mounted = service_secrets(document, "aggregator")
-    # Every secret the aggregator mounts is a file scripts/web-secrets writes into ./secrets.
+    # Every secret the aggregator mounts is a file scripts/web-secrets writes into ./secrets, but the AMQP ones
+    # (scripts/amqp-secrets': tests/integration/test_compose_broker.py runs them against a broker).
     assert {path.parent for path in mounted.values()} == {SECRETS_DIR}
-    assert {path.name for path in mounted.values()} <= {path.name for path in secrets.iterdir()}
+    web_side = {path.name for path in mounted.values()} - amqp_secret_names()
+    assert web_side <= {path.name for path in secrets.iterdir()}
     environment = {key: value for key, value in os.environ.items() if not key.startswith("TICKBUS_")}
     environment |= dockerfile_env(final)
     environment |= {key: str(value) for key, value in service["environment"].items()}
     # What differs from the container: loopback broker and port, this repository's config, a temporary
     # volume, the secrets read where the script wrote them.
-    assert environment["TICKBUS_AMQP_URL"].endswith("@rabbitmq:5672/")
+    assert environment["TICKBUS_AMQP_URL"] == "amqps://tickbus-aggregator@rabbitmq:5671/"
     assert environment["TICKBUS_WEB_CONFIG_FILE"] in mounted
+    # The shared broker here: plain AMQP as guest, so not the compose broker's CA and password.
+    del environment["TICKBUS_AMQP_CA_FILE"], environment["TICKBUS_AMQP_PASSWORD_FILE"]
     environment |= {
         "TICKBUS_AMQP_URL": AMQP_URL,
         "TICKBUS_CONFIG": str(host_path(service, environment["TICKBUS_CONFIG"])),

@@ -23,6 +23,7 @@ from prometheus_client import CollectorRegistry, ProcessCollector
 from aggregator.cli import app
 from aggregator.config import load_settings
 from aggregator.webconfig import load_web_config
+from tests.support.composebroker import amqp_secret_names
 from tests.support.deploy import (
     AGGREGATOR_CONFIG,
     COMPOSE_SCHEMA,
@@ -70,7 +71,7 @@ from tests.support.web import PROMETHEUS_PASSWORD, WEB_CA, WEB_CONFIG, make_web_
 
 SERVICES = {"rabbitmq", "aggregator", "prometheus", "grafana"}
 # What docs/deployment.md tells people to open: service -> container port.
-PUBLISHED = {"rabbitmq": {5672, 15672}, "aggregator": {10464}, "prometheus": {9090}, "grafana": {3000}}
+PUBLISHED = {"rabbitmq": {5671, 15671}, "aggregator": {10464}, "prometheus": {9090}, "grafana": {3000}}
 DASHBOARD_UIDS = {
     "tickbus-trading-overview",
     "tickbus-execution-quality",
@@ -136,9 +137,11 @@ def test_compose_validates_against_the_compose_spec() -> None:
 
 
 def test_every_compose_variable_has_a_default() -> None:
-    """`docker compose up` works without an .env file: every ${VAR} has a default."""
+    """`docker compose up` works without an .env file: every ${VAR} has a default (and no RabbitMQ credential
+    is a variable any more: they are secrets made by scripts/make-deploy-secrets)."""
     variables = compose_variables(compose_document())
-    assert "RABBITMQ_PASSWORD" in variables
+    assert "RABBITMQ_PORT" in variables
+    assert {"RABBITMQ_USER", "RABBITMQ_PASSWORD"} & set(variables) == set()
     assert {name for name, default in variables.items() if default is None} == set()
 
 
@@ -182,9 +185,12 @@ def test_compose_configures_the_aggregator_through_its_cli_environment() -> None
     assert named_volumes(aggregator).get(environment["TICKBUS_STATE_DIR"]) == "aggregator-state"
     port = int(environment["TICKBUS_HTTP_PORT"])
     assert {int(mapping.split(":")[-1]) for mapping in aggregator["ports"]} == {port}
-    rabbitmq = services["rabbitmq"]["environment"]
-    user, password = rabbitmq["RABBITMQ_DEFAULT_USER"], rabbitmq["RABBITMQ_DEFAULT_PASS"]
-    assert environment["TICKBUS_AMQP_URL"] == f"amqp://{user}:{password}@rabbitmq:5672/"
+    # Over TLS to the broker's name, as the aggregator's own user whose password, like the CA, is a mounted secret.
+    assert environment["TICKBUS_AMQP_URL"] == "amqps://tickbus-aggregator@rabbitmq:5671/"
+    assert environment["TICKBUS_AMQP_CA_FILE"] == "/run/secrets/amqp-ca.crt"
+    assert environment["TICKBUS_AMQP_PASSWORD_FILE"] == "/run/secrets/amqp-aggregator-password"
+    assert {"amqp-ca.crt", "amqp-aggregator-password"} <= set(aggregator["secrets"])
+    assert "environment" not in services["rabbitmq"], "the broker's users come from its definitions, not variables"
     assert aggregator["depends_on"]["rabbitmq"]["condition"] == "service_healthy"
     # Healthy means ready (consuming, queue bound), so `depends_on: service_healthy` gates publishers on it.
     assert "/readyz" in " ".join(aggregator["healthcheck"]["test"])
@@ -285,9 +291,9 @@ def test_compose_serves_metrics_over_tls_with_basic_auth_from_secrets(tmp_path: 
     assert aggregator_secrets[web_config_path].name == WEB_CONFIG
     # The certificate and key the web config names sit next to it, in the same mount.
     secrets = make_web_secrets(tmp_path / "secrets")
-    assert {path.name for path in (aggregator_secrets | prometheus_secrets).values()} <= {
-        path.name for path in secrets.iterdir()
-    }
+    # The AMQP ones (the broker's CA, the aggregator's password) are scripts/amqp-secrets': test_deploy_rabbitmq.
+    web_side = {path.name for path in (aggregator_secrets | prometheus_secrets).values()} - amqp_secret_names()
+    assert web_side <= {path.name for path in secrets.iterdir()}
     config = load_web_config(secrets / WEB_CONFIG)
     assert config.tls is not None
     for path in config.tls.files:

@@ -73,6 +73,8 @@ class FakeMessage:
     routing_key: str = "signal"
     app_id: str | None = None
     timestamp: Any = None
+    # The consumer hands the publishing user to the pipeline (authenticated sources).
+    user_id: str | None = None
 
     acked: bool = False
 
@@ -136,10 +138,10 @@ def test_an_error_while_processing_sets_the_message_aside_and_the_consumer_goes_
     consumer, letters = _consumer(tmp_path)
     original = consumer.pipeline.process
 
-    def process(body: bytes, content_type: str | None, message_id: str | None) -> Any:
+    def process(body: bytes, content_type: str | None, message_id: str | None, user_id: str | None) -> Any:
         if b"boom" in body:
             raise ZeroDivisionError("boom")
-        return original(body, content_type, message_id)
+        return original(body, content_type, message_id, user_id)
 
     monkeypatch.setattr(consumer.pipeline, "process", process)
     good = b'{"kind": "error", "ts": 1.0, "source": "s", "component": "c", "error_type": "t"}'

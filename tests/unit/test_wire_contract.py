@@ -285,10 +285,11 @@ def _bad_inputs() -> dict[str, tuple[bytes, str]]:
 def test_every_documented_reason_is_one_the_aggregator_gives() -> None:
     """For each documented reason, a body that earns it is dead-lettered with exactly that reason.
 
-    `poison` is the consumer's, not the pipeline's: tests/unit/test_poison.py earns it.
+    `poison` is the consumer's, not the pipeline's: tests/unit/test_poison.py earns it. `source_not_allowed`
+    needs authenticated sources configured: tests/unit/test_source_auth.py earns it.
     """
     inputs = _bad_inputs()
-    assert sorted(inputs) == sorted(set(REJECTION_REASONS) - {"poison"})
+    assert sorted(inputs) == sorted(set(REJECTION_REASONS) - {"poison", "source_not_allowed"})
     for reason, (body, content_type) in inputs.items():
         outcome = _pipeline().process(body, content_type, None)
         assert [dead.reason for dead in outcome.refusals] == [reason], reason

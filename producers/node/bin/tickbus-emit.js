@@ -8,6 +8,10 @@
  *
  *   node bin/tickbus-emit.js --source desk-7 < events.jsonl
  *   echo '{"kind":"error","component":"feed","error_type":"gap"}' | node bin/tickbus-emit.js --source feed-1
+ *
+ * Over TLS: --url amqps://USER@broker:5671/ --ca-file ca.pem [--cert-file c.pem --key-file c.key]
+ * --password-file secret (or TICKBUS_AMQP_URL, TICKBUS_AMQP_CA_FILE, TICKBUS_AMQP_CERT_FILE, TICKBUS_AMQP_KEY_FILE,
+ * TICKBUS_AMQP_PASSWORD_FILE).
  */
 
 import { readFileSync } from 'node:fs';
@@ -18,6 +22,10 @@ const { values } = parseArgs({
   options: {
     source: { type: 'string' },
     url: { type: 'string', default: process.env.TICKBUS_AMQP_URL ?? DEFAULT_URL },
+    'ca-file': { type: 'string', default: process.env.TICKBUS_AMQP_CA_FILE ?? '' },
+    'cert-file': { type: 'string', default: process.env.TICKBUS_AMQP_CERT_FILE ?? '' },
+    'key-file': { type: 'string', default: process.env.TICKBUS_AMQP_KEY_FILE ?? '' },
+    'password-file': { type: 'string', default: process.env.TICKBUS_AMQP_PASSWORD_FILE ?? '' },
     exchange: { type: 'string', default: process.env.TICKBUS_EXCHANGE ?? DEFAULT_EXCHANGE },
     version: { type: 'string', default: '' },
     'batch-size': { type: 'string', default: '1000' },
@@ -46,18 +54,29 @@ try {
   process.exit(2);
 }
 
-const emitter = new Emitter({
-  source,
-  url: values.url,
-  exchange: values.exchange,
-  version: values.version,
-  batchSize: Number(values['batch-size']),
-  lingerMs: Number(values['linger-ms']),
-  maxBuffer: Number(values['max-buffer']),
-  heartbeatIntervalMs: Number(values['heartbeat-ms']),
-  retryMaxMs: Number(values['retry-max-ms']),
-  maxInFlight: Number(values['max-in-flight']),
-});
+/** @type {Emitter} */
+let emitter;
+try {
+  emitter = new Emitter({
+    source,
+    url: values.url,
+    caFile: values['ca-file'],
+    certFile: values['cert-file'],
+    keyFile: values['key-file'],
+    passwordFile: values['password-file'],
+    exchange: values.exchange,
+    version: values.version,
+    batchSize: Number(values['batch-size']),
+    lingerMs: Number(values['linger-ms']),
+    maxBuffer: Number(values['max-buffer']),
+    heartbeatIntervalMs: Number(values['heartbeat-ms']),
+    retryMaxMs: Number(values['retry-max-ms']),
+    maxInFlight: Number(values['max-in-flight']),
+  });
+} catch (error) {
+  process.stderr.write(`error: ${error instanceof Error ? error.message : error}\n`);
+  process.exit(2);
+}
 // All in one tick, as a busy process would: the publisher cannot drain in between.
 for (const event of events) emitter.emit(event);
 const drained = await emitter.close(Number(values['timeout-ms']));

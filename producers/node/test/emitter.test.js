@@ -4,7 +4,16 @@
 
 import assert from 'node:assert/strict';
 import { test } from 'node:test';
-import { BATCH_ROUTING_KEY, Emitter, encodeMessage, Outbox, publishConfirmed, ReturnedError } from '../index.js';
+import {
+  BATCH_ROUTING_KEY,
+  Emitter,
+  encodeMessage,
+  Outbox,
+  publishConfirmed,
+  ReturnedError,
+  SettingsError,
+  tlsFailure,
+} from '../index.js';
 
 const NOWHERE = 'amqp://guest:guest@127.0.0.1:1/';
 const quiet = { warn: () => {} };
@@ -98,6 +107,59 @@ test('options are checked', () => {
   // @ts-expect-error: source is required
   assert.throws(() => new Emitter({}), TypeError);
   assert.throws(() => new Emitter({ source: 's', batchSize: 0, url: NOWHERE }), RangeError);
+});
+
+test('connection settings that cannot work are refused, naming the option and never the password', () => {
+  const cases = [
+    [{ url: 'amqp://u@h/', caFile: 'ca.pem' }, /need an amqps:\/\/ url/],
+    [{ url: 'amqps://u@h/', certFile: 'c.pem' }, /certFile and keyFile go together/],
+    [{ url: 'amqps://u:secret@h/', passwordFile: 'pw' }, /the password is given twice/],
+    [{ url: 'amqps://h/', passwordFile: 'pw' }, /passwordFile needs a user/],
+    [{ url: 'http://u:secret@h/' }, /must start with amqp/],
+  ];
+  for (const [options, message] of cases) {
+    assert.throws(
+      () => new Emitter({ source: 's', ...options }),
+      (/** @type {Error} */ error) => message.test(error.message) && !error.message.includes('secret'),
+    );
+  }
+});
+
+test('every message carries the connection user as user_id, which the broker checks', async () => {
+  const emitter = new Emitter({
+    source: 's',
+    url: 'amqps://alice@127.0.0.1:1/',
+    passwordFile: '/nonexistent',
+    heartbeatIntervalMs: 0,
+    logger: quiet,
+  });
+  emitter._outbox.push(signal(1));
+  assert.ok(emitter._takeBatch());
+  assert.equal(emitter._pending[0].options.userId, 'alice');
+  await emitter.close(10);
+  const guest = new Emitter({ source: 's', url: NOWHERE, logger: quiet });
+  assert.equal(guest.userId, 'guest');
+  await guest.close(10);
+});
+
+test('TLS refusals and unreadable settings say what to do', async () => {
+  const settings = { url: 'amqps://u@10.0.0.1:5671/', caFile: '/x/ca.pem', certFile: '' };
+  const untrusted = tlsFailure({ code: 'SELF_SIGNED_CERT_IN_CHAIN' }, settings);
+  assert.equal(untrusted?.kind, 'tls-untrusted');
+  assert.match(untrusted?.reason ?? '', /not signed by a CA in caFile \(\/x\/ca\.pem\).*set caFile/);
+  const altnames = { subjectaltname: 'DNS:broker, IP Address:10.0.0.2' };
+  const host = tlsFailure({ code: 'ERR_TLS_CERT_ALTNAME_INVALID', host: '10.0.0.1', cert: altnames }, settings);
+  assert.match(host?.reason ?? '', /is for 'broker', '10\.0\.0\.2', not for '10\.0\.0\.1'/);
+  const required = tlsFailure({ code: 'ERR_SSL_TLSV13_ALERT_CERTIFICATE_REQUIRED' }, settings);
+  assert.match(required?.reason ?? '', /set certFile and keyFile/);
+  assert.equal(tlsFailure(new Error('ECONNREFUSED'), settings), null);
+  const emitter = new Emitter({ source: 's', url: NOWHERE, logger: quiet });
+  const failure = emitter._failureOf(new SettingsError('passwordFile: cannot read /x'), null, 'signal');
+  assert.deepEqual(failure, {
+    kind: 'settings',
+    reason: 'cannot connect with these settings: passwordFile: cannot read /x',
+  });
+  await emitter.close(10);
 });
 
 /**

@@ -1,8 +1,8 @@
 // Command tickbus-driver is a scripted Go producer for the cross-language tests (tests/support/driver.py):
 // one JSON command per line on standard input, one JSON reply per line on standard output.
 //
-//	argument 1: {"source", "url", "exchange", "heartbeatIntervalMs", "retryMaxMs", "maxBuffer", "batchSize",
-//	            "maxInFlight"}
+//	argument 1: {"source", "url", "caFile", "certFile", "keyFile", "passwordFile", "exchange",
+//	            "heartbeatIntervalMs", "retryMaxMs", "maxBuffer", "batchSize", "maxInFlight"}
 //	{"op": "emit", "events": [...]}         emit them all; reply with how many it took and how long that took
 //	{"op": "flush", "timeout_ms": 10000}    wait for confirms
 //	{"op": "stats"}                         counters (in_flight, peak_in_flight too) and the last publishing error
@@ -23,6 +23,10 @@ import (
 type settings struct {
 	Source              string `json:"source"`
 	URL                 string `json:"url"`
+	CAFile              string `json:"caFile"`
+	CertFile            string `json:"certFile"`
+	KeyFile             string `json:"keyFile"`
+	PasswordFile        string `json:"passwordFile"`
 	Exchange            string `json:"exchange"`
 	HeartbeatIntervalMs int    `json:"heartbeatIntervalMs"`
 	RetryMaxMs          int    `json:"retryMaxMs"`
@@ -49,7 +53,8 @@ func main() {
 		heartbeat = -1
 	}
 	emitter, err := tickbus.New(tickbus.Options{
-		Source: options.Source, URL: options.URL, Exchange: options.Exchange, HeartbeatInterval: heartbeat,
+		Source: options.Source, URL: options.URL, CAFile: options.CAFile, CertFile: options.CertFile,
+		KeyFile: options.KeyFile, PasswordFile: options.PasswordFile, Exchange: options.Exchange, HeartbeatInterval: heartbeat,
 		RetryMax: time.Duration(options.RetryMaxMs) * time.Millisecond, MaxBuffer: options.MaxBuffer,
 		BatchSize: options.BatchSize, MaxInFlight: options.MaxInFlight, Logger: log.New(os.Stderr, "", log.LstdFlags),
 	})

@@ -6,6 +6,7 @@
 // It exits 1 if not everything emitted was confirmed within -timeout.
 //
 //	tickbus-emit -source desk-7 < events.jsonl
+//	tickbus-emit -source desk-7 -url amqps://desk-7@broker:5671/ -ca-file ca.pem -password-file secret < events.jsonl
 package main
 
 import (
@@ -54,6 +55,11 @@ func readEvents(input []byte) ([]tickbus.Event, error) {
 func main() {
 	source := flag.String("source", os.Getenv("TICKBUS_SOURCE"), "source name (or TICKBUS_SOURCE)")
 	url := flag.String("url", env("TICKBUS_AMQP_URL", tickbus.DefaultURL), "RabbitMQ URL (or TICKBUS_AMQP_URL)")
+	caFile := flag.String("ca-file", os.Getenv("TICKBUS_AMQP_CA_FILE"), "amqps://: the broker's CA certificate (or TICKBUS_AMQP_CA_FILE)")
+	certFile := flag.String("cert-file", os.Getenv("TICKBUS_AMQP_CERT_FILE"), "amqps://: client certificate (or TICKBUS_AMQP_CERT_FILE)")
+	keyFile := flag.String("key-file", os.Getenv("TICKBUS_AMQP_KEY_FILE"), "its private key (or TICKBUS_AMQP_KEY_FILE)")
+	passwordFile := flag.String("password-file", os.Getenv("TICKBUS_AMQP_PASSWORD_FILE"),
+		"file holding the URL user's password (or TICKBUS_AMQP_PASSWORD_FILE)")
 	exchange := flag.String("exchange", env("TICKBUS_EXCHANGE", tickbus.DefaultExchange), "exchange (or TICKBUS_EXCHANGE)")
 	version := flag.String("version", "", "version reported in heartbeats")
 	batchSize := flag.Int("batch-size", 1000, "most events per message")
@@ -82,7 +88,8 @@ func main() {
 		*heartbeat = -1
 	}
 	emitter, err := tickbus.New(tickbus.Options{
-		Source: *source, URL: *url, Exchange: *exchange, Version: *version, BatchSize: *batchSize,
+		Source: *source, URL: *url, CAFile: *caFile, CertFile: *certFile, KeyFile: *keyFile,
+		PasswordFile: *passwordFile, Exchange: *exchange, Version: *version, BatchSize: *batchSize,
 		Linger: *linger, MaxBuffer: *maxBuffer, HeartbeatInterval: *heartbeat, RetryMax: *retryMax,
 		MaxInFlight: *maxInFlight,
 	})
