@@ -138,10 +138,7 @@ def _counter_updater(feed: Feed, family: CounterFamily) -> Updater:
         if current is None:
             inc(key, amount)
             return
-        if family.writing is None:
-            family.dirty.add(key)
-        else:
-            family.touch(key)
+        family.touch(key)
         series[key] = current + amount
 
     return increment
@@ -182,10 +179,7 @@ def _histogram_updater(feed: Feed, family: HistogramFamily) -> Updater:
         if counts is None:
             observe(key, sample)
             return
-        if family.writing is None:
-            family.dirty.add(key)
-        else:
-            family.touch(key)
+        family.touch(key)
         counts[bisect_left(bounds, sample)] += 1
         counts[-1] += sample
 

@@ -3,9 +3,11 @@
 import json
 import math
 import time
+from collections.abc import Callable
 from typing import Any
 
 import msgspec
+import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from prometheus_client.parser import text_string_to_metric_families
@@ -73,31 +75,31 @@ def _pipeline() -> Pipeline:
     return make_pipeline(make_ingest(CatalogSettings(max_series_per_metric=50), CUSTOM))
 
 
+def _json(value: Any) -> bytes:
+    return json.dumps(value).encode()
+
+
+# MessagePack can also carry NaN, infinities and 64-bit integers.
+ENCODINGS: dict[str, tuple[Callable[[Any], bytes], tuple[type[Exception], ...]]] = {
+    "application/json": (_json, (ValueError, RecursionError)),
+    "application/msgpack": (msgspec.msgpack.encode, (TypeError, OverflowError)),
+}
+
+
+@pytest.mark.parametrize("content_type", sorted(ENCODINGS))
 @settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(messages, min_size=1, max_size=6))
-def test_any_json_is_applied_or_refused_with_a_reason(bodies: list[Any]) -> None:
-    """Arbitrary JSON values, event-shaped objects and batches: each applies or is refused with a reason."""
+@given(bodies=st.lists(messages, min_size=1, max_size=6))
+def test_any_value_is_applied_or_refused_with_a_reason(content_type: str, bodies: list[Any]) -> None:
+    """Arbitrary values, event-shaped objects and batches, as JSON and as MessagePack: each message applies or
+    is refused with a reason, and the exposition afterwards parses."""
+    encode, unencodable = ENCODINGS[content_type]
     pipeline = _pipeline()
     for value in bodies:
         try:
-            body = json.dumps(value).encode()
-        except (ValueError, RecursionError):
+            body = encode(value)
+        except unencodable:
             continue
-        _check(pipeline, body, "application/json")
-    _render_parses(pipeline)
-
-
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
-@given(st.lists(messages, min_size=1, max_size=6))
-def test_any_msgpack_is_applied_or_refused_with_a_reason(bodies: list[Any]) -> None:
-    """The same for MessagePack, which can also carry NaN, infinities and 64-bit integers."""
-    pipeline = _pipeline()
-    for value in bodies:
-        try:
-            body = msgspec.msgpack.encode(value)
-        except (TypeError, OverflowError):
-            continue
-        _check(pipeline, body, "application/msgpack")
+        _check(pipeline, body, content_type)
     _render_parses(pipeline)
 
 
