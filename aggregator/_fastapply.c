@@ -1555,8 +1555,8 @@ static const char * const __pyx_cfilenm = __FILE__;
 static const char* const __pyx_f[] = {
   "aggregator/_fastapply.pyx",
   "carray.to_py",
-  "cpython/array.pxd",
-  "cpython/type.pxd",
+  ".venv/lib/python3.11/site-packages/Cython/Includes/cpython/array.pxd",
+  ".venv/lib/python3.11/site-packages/Cython/Includes/cpython/type.pxd",
 };
 /* #### Code section: utility_code_proto_before_types ### */
 /* Atomics.proto (used by UnpackUnboundCMethod) */
