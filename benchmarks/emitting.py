@@ -109,11 +109,12 @@ def emit_at(emitter: Emitter, rate: float, seconds: float) -> Trial:
 
 
 def highest_drop_free_rate(url: str, seconds: float, start: float = 25_000.0, steps: int = 3,
-                           max_buffer: int = 100_000, progress: Callable[[str], None] = print) -> DropFree:  # fmt: skip
+                           max_buffer: int = 100_000, up_to: float = float("inf"),
+                           progress: Callable[[str], None] = print) -> DropFree:  # fmt: skip
     """Double the rate until a trial drops or cannot keep up, then bisect `steps` times between pass and failure.
 
     The emitter has its default settings and a `max_buffer` outbox; a queue holds what it sends (purged between
-    trials), with no consumer competing for the CPU.
+    trials), with no consumer competing for the CPU. The search stops at `up_to` if every rate up to it passes.
     """
     names = Names.fresh("emitrate")
     result = DropFree(0.0, seconds, max_buffer)
@@ -133,6 +134,9 @@ def highest_drop_free_rate(url: str, seconds: float, start: float = 25_000.0, st
             passed, failed = 0.0, start
             while trial(failed):
                 passed, failed = failed, failed * 2
+                if failed > up_to:
+                    result.rate = passed
+                    return result
             for _ in range(steps):
                 middle = (passed + failed) / 2
                 if trial(middle):
