@@ -9,6 +9,7 @@ from aggregator.decode import MessageDecoder
 from benchmarks import collectd, scale
 from benchmarks.harness import SECTIONS, Figure, Report, counter_bodies, table
 from benchmarks.picture import bars
+from benchmarks.profile import profile_pipeline
 from schemas.events import Error, Signal
 
 
@@ -102,3 +103,13 @@ def test_bench_only_one_quick_section_writes_the_json_the_picture_reads(tmp_path
                              capture_output=True, text=True, timeout=60, check=False)  # fmt: skip
     assert refused.returncode == 2
     assert f"choose from {', '.join(SECTIONS)}" in refused.stderr
+
+
+def test_the_in_process_profile_covers_the_pipeline_and_the_commits(tmp_path: Path) -> None:
+    """benchmarks.profile runs the service's pipeline with commits in the profiled thread: both show in its stats,
+    and the commits leave a journal in the state directory."""
+    stats, rate = profile_pipeline(100, 2000, tmp_path / "state")
+    functions = {name for _, _, name in stats.stats}  # type: ignore[attr-defined]
+    assert {"process", "_write_record", "capture"} <= functions
+    assert rate > 0
+    assert any(path.name.startswith("journal.") for path in (tmp_path / "state").iterdir())
