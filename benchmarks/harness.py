@@ -607,8 +607,13 @@ def run(url: str, quick: bool, progress: Progress, only: list[str] | None = None
     return report
 
 
+def _number(value: float) -> str:
+    """Whole numbers for large figures, three decimals for small ones (a CPU-seconds-per-million figure is ~1)."""
+    return f"{value:,.0f}" if abs(value) >= 1000 else f"{value:,.1f}" if abs(value) >= 10 else f"{value:.3f}"
+
+
 def _row(figure: Figure) -> str:
-    return (f"{figure.name:<62} {figure.ours:>13,.1f} {figure.baseline:>13,.1f} {figure.unit:<15} "
+    return (f"{figure.name:<62} {_number(figure.ours):>13} {_number(figure.baseline):>13} {figure.unit:<15} "
             f"{figure.ratio:>8.3f}  {figure.target:<10} {'yes' if figure.met else 'NO'}")  # fmt: skip
 
 
