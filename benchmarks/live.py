@@ -234,33 +234,6 @@ def declare_aggregator_queue(url: str, names: Names) -> None:
     asyncio.run(declare())
 
 
-def declare_exchange(url: str, name: str) -> None:
-    async def declare() -> None:
-        connection = await aio_pika.connect(url)
-        async with connection:
-            channel = await connection.channel()
-            await channel.declare_exchange(name, aio_pika.ExchangeType.TOPIC, durable=True)
-
-    asyncio.run(declare())
-
-
-def queue_consumers(url: str, queue: str) -> int:
-    """Consumers of `queue` now (0 if it does not exist yet)."""
-
-    async def count() -> int:
-        connection = await aio_pika.connect(url)
-        async with connection:
-            channel = await connection.channel()
-            try:
-                declared = await channel.declare_queue(queue, passive=True)
-            except aio_pika.exceptions.ChannelClosed:
-                return 0
-            consumers: int = declared.declaration_result.consumer_count or 0
-            return consumers
-
-    return asyncio.run(count())
-
-
 def purge(url: str, queue: str) -> None:
     async def run() -> None:
         connection = await aio_pika.connect(url)
