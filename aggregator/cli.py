@@ -361,6 +361,7 @@ def bench(
         list[str] | None,
         typer.Option(
             "--only",
+            metavar="SECTION",
             help="Run only this section (repeat for several): single, batched, ceiling, collectd, emit, render, "
             "scraped, memory, freshness, series.",
         ),
