@@ -84,7 +84,7 @@ def test_bench_logs_each_step_and_draws_the_picture_after_the_run(
 
     saved = _results()
 
-    def run(url: str, quick: bool, progress: harness.Progress) -> Report:
+    def run(url: str, quick: bool, progress: harness.Progress, only: list[str] | None = None) -> Report:
         progress("first step")
         progress("second step")
         figures = [Figure(**figure) for figure in saved["figures"]]  # type: ignore[attr-defined]
