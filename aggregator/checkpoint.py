@@ -4,145 +4,41 @@ import abc
 import logging
 import os
 import re
-import struct
 import time
-import zlib
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 import anyio
-import msgspec
 
 from aggregator.blackbox import BlackBox
 from aggregator.dedup import RecentIds
 from aggregator.selfmetrics import SelfMetrics
+from aggregator.stateformat import (
+    Chunk,
+    CorruptCheckpoint,
+    State,
+    chunked,
+    decode_checkpoint,
+    encode_record,
+    read_records,
+    write_checkpoint,
+)
 from aggregator.store import AnyFamily, LabelKey, Store
 
 log = logging.getLogger(__name__)
 
-MAGIC = b"TBCK"
-FORMAT_VERSION = 3
-LEGACY_VERSION = 2
-# Bases: magic, format version, payload length, CRC-32 of the payload.
-HEADER = struct.Struct(">4sHQI")
-# Journal records: payload length, CRC-32 of the payload.
-RECORD = struct.Struct(">QI")
 BASE = "base"
 BASE_PREVIOUS = "base.prev"
 # What the first release wrote: a whole snapshot per commit. Read as a base when upgrading.
 LEGACY = ("checkpoint", "checkpoint.prev")
 SEGMENT = re.compile(r"^journal\.(\d{8})$")
-# A base is rewritten once the journal behind it grows past the larger of this and the base's size.
+# A base is rewritten once the journal behind it grows past the larger of this and half the base: restart
+# then reads the base and at most half as much again.
 COMPACT_AFTER_BYTES = 32 * 1024 * 1024
 
 
 class CheckpointError(RuntimeError):
     """No checkpoint in the state directory could be read; starting empty would lose counts."""
-
-
-class CorruptCheckpoint(ValueError):
-    """A checkpoint file is truncated, altered or not a checkpoint at all."""
-
-
-class Snapshot(msgspec.Struct):
-    """A full copy of the state: every series, and the recent message ids.
-
-    `first_segment` is the first journal segment to replay on top of it: the one opened when its
-    copying began, so every change made while it was copied is replayed again (rows hold values,
-    not increments, so replaying them is idempotent).
-    """
-
-    written_at: float
-    sequence: int
-    families: dict[str, Any]
-    recent_ids: list[str]
-    first_segment: int = 0
-
-
-class Record(msgspec.Struct):
-    """One commit in the journal: the rows of the series it changed (None: deleted), and the ids it applied."""
-
-    sequence: int
-    written_at: float
-    families: dict[str, Any]
-    recent_ids: list[str]
-
-
-_encoder = msgspec.msgpack.Encoder()
-_snapshot_decoder = msgspec.msgpack.Decoder(Snapshot)
-_record_decoder = msgspec.msgpack.Decoder(Record)
-
-
-def encode_checkpoint(snapshot: Snapshot) -> bytes:
-    payload = _encoder.encode(snapshot)
-    return HEADER.pack(MAGIC, FORMAT_VERSION, len(payload), zlib.crc32(payload)) + payload
-
-
-def decode_checkpoint(data: bytes) -> Snapshot:
-    if len(data) < HEADER.size:
-        raise CorruptCheckpoint(f"{len(data)} bytes is shorter than the header")
-    magic, version, length, crc = HEADER.unpack_from(data)
-    if magic != MAGIC:
-        raise CorruptCheckpoint("not a tickbus checkpoint (bad magic)")
-    if version not in (FORMAT_VERSION, LEGACY_VERSION):
-        raise CorruptCheckpoint(f"format version {version}, this aggregator reads {FORMAT_VERSION}")
-    payload = data[HEADER.size :]
-    if len(payload) != length:
-        raise CorruptCheckpoint(f"truncated: {len(payload)} of {length} payload bytes")
-    if zlib.crc32(payload) != crc:
-        raise CorruptCheckpoint("checksum mismatch")
-    try:
-        snapshot = _snapshot_decoder.decode(payload)
-    except msgspec.DecodeError as error:
-        raise CorruptCheckpoint(f"undecodable payload: {error}") from None
-    if version == LEGACY_VERSION:
-        snapshot.families = _from_legacy(snapshot.families)
-    return snapshot
-
-
-def _from_legacy(families: dict[str, Any]) -> dict[str, Any]:
-    """Format 2 rows (the first release) as format 3 rows: running totals and gauge times inline."""
-    converted: dict[str, Any] = {}
-    for name, (kind, rows) in families.items():
-        if kind == "counter":
-            series_rows, running_rows = rows
-            totals = {tuple(key): value for key, value in running_rows}
-            converted[name] = [
-                kind,
-                [[key, [value, totals[tuple(key)]] if tuple(key) in totals else value] for key, value in series_rows],
-            ]
-        elif kind == "gauge":
-            converted[name] = [kind, [[key, [value[0], value[1], updated]] for key, value, updated in rows]]
-        else:
-            converted[name] = [kind, rows]
-    return converted
-
-
-def encode_record(record: Record) -> bytes:
-    payload = _encoder.encode(record)
-    return RECORD.pack(len(payload), zlib.crc32(payload)) + payload
-
-
-def read_records(data: bytes) -> tuple[list[Record], str]:
-    """The records of a journal segment, and why reading stopped early ('' if it read to the end)."""
-    records: list[Record] = []
-    offset = 0
-    while offset < len(data):
-        if len(data) - offset < RECORD.size:
-            return records, f"a torn record header at byte {offset}"
-        length, crc = RECORD.unpack_from(data, offset)
-        payload = data[offset + RECORD.size : offset + RECORD.size + length]
-        if len(payload) != length:
-            return records, f"a torn record at byte {offset} ({len(payload)} of {length} bytes)"
-        if zlib.crc32(payload) != crc:
-            return records, f"a record with a bad checksum at byte {offset}"
-        try:
-            records.append(_record_decoder.decode(payload))
-        except msgspec.DecodeError as error:
-            return records, f"an undecodable record at byte {offset}: {error}"
-        offset += RECORD.size + length
-    return records, ""
 
 
 def _fsync_directory(directory: Path) -> None:
@@ -151,15 +47,6 @@ def _fsync_directory(directory: Path) -> None:
         os.fsync(descriptor)
     finally:
         os.close(descriptor)
-
-
-def _write_durably(path: Path, data: bytes) -> None:
-    """Write a new file, fsync it, and fsync its directory."""
-    with path.open("wb") as file:
-        file.write(data)
-        file.flush()
-        os.fsync(file.fileno())
-    _fsync_directory(path.parent)
 
 
 def _append_durably(path: Path, data: bytes) -> None:
@@ -191,13 +78,19 @@ class Commit:
     recent_ids: list[str]
     started: float = field(default_factory=time.perf_counter)
 
-    def rows(self) -> dict[str, Any]:
+    def chunks(self) -> list[Chunk]:
         """The committed rows, read in the writer's thread while ingestion goes on (see Family.committed_row)."""
-        return {
-            family.name: [str(family.type), [[list(key), family.committed_row(key)] for key in keys]]
-            for family, keys in self.families
-            if keys
-        }
+        chunks: list[Chunk] = []
+        for family, keys in self.families:
+            if keys:
+                ordered = list(keys)
+                row = family.committed_row
+                chunks += chunked(family.name, str(family.type), ordered, [row(key) for key in ordered])
+        return chunks
+
+    def state(self) -> State:
+        """The commit's journal record."""
+        return State(self.sequence, time.time(), self.recent_ids, self.chunks())
 
     @property
     def size(self) -> int:
@@ -268,8 +161,8 @@ class CommitLog(abc.ABC):
             failures.series[()] = kept
         self.blackbox.count_checkpoint_failure(int(max(kept, restored)))
 
-    def _apply_record(self, record: Record) -> None:
-        self.store.apply_changes(record.families)
+    def _apply_record(self, record: State) -> None:
+        self.store.apply_changes(record.chunks)
         for message_id in record.recent_ids:
             self.recent_ids.add(message_id)
         self.sequence = max(self.sequence, record.sequence)
@@ -324,7 +217,7 @@ class Checkpointer(CommitLog):
                 problems.append(f"{path}: {error}")
                 continue
             self._base_bytes = path.stat().st_size
-            self.store.restore(snapshot.families)
+            self.store.restore(snapshot.chunks)
             self.recent_ids.restore(snapshot.recent_ids)
             self.sequence = snapshot.sequence
             restored = Restored(path, snapshot.sequence, snapshot.written_at, bool(problems))
@@ -405,7 +298,7 @@ class Checkpointer(CommitLog):
         return size
 
     def _write_record(self, commit: Commit) -> int:
-        data = encode_record(Record(commit.sequence, time.time(), commit.rows(), commit.recent_ids))
+        data = encode_record(commit.state())
         _append_durably(self.directory / self._segment_name(self.segment), data)
         return len(data)
 
@@ -420,7 +313,7 @@ class Checkpointer(CommitLog):
                 await anyio.to_thread.run_sync(self._install_base, pending[0])
             except OSError as error:
                 log.error("installing the compacted base failed (%s); the journal keeps everything", error)
-        elif not self._compacting and self._journal_bytes > max(self._compact_after_bytes, self._base_bytes):
+        elif not self._compacting and self._journal_bytes > max(self._compact_after_bytes, self._base_bytes // 2):
             self._compacting = True
             self.segment += 1  # changes from here on go to a segment the new base replays
             first = self.segment
@@ -436,15 +329,22 @@ class Checkpointer(CommitLog):
                 self._compacting = False
 
     def _write_base(self, first_segment: int) -> int:
-        """Copy the live state (see Snapshot) and write it as the next base; its size in bytes."""
+        """Copy the live state and write it as the next base; its size in bytes.
+
+        The copy is read while ingestion goes on, so it may hold changes of commits after the one it
+        starts at; replaying the journal from `first_segment` (opened when the copy began) fixes that,
+        rows being values, not increments.
+        """
         started = time.perf_counter()
-        snapshot = Snapshot(
-            time.time(), self.sequence, self.store.snapshot(), self.recent_ids.snapshot(), first_segment
-        )
-        data = encode_checkpoint(snapshot)
-        _write_durably(self.directory / f"{BASE}.tmp", data)
+        snapshot = State(self.sequence, time.time(), self.recent_ids.snapshot(), self.store.chunks(), first_segment)
+        path = self.directory / f"{BASE}.tmp"
+        with path.open("wb") as file:
+            size = write_checkpoint(file, snapshot)
+            file.flush()
+            os.fsync(file.fileno())
+        _fsync_directory(self.directory)
         self.metrics.compaction_seconds.observe((), time.perf_counter() - started)
-        return len(data)
+        return size
 
     def _install_base(self, first_segment: int) -> None:
         directory = self.directory

@@ -1,6 +1,7 @@
 """The aggregator service: builds the parts from settings and runs them until SIGTERM or Ctrl-C."""
 
 import contextlib
+import gc
 import ipaddress
 import logging
 import signal
@@ -56,6 +57,8 @@ def _loopback(host: str) -> bool:
 
 
 MAINTENANCE_INTERVAL = 1.0
+# Allocations between young collections, and young (then middle) collections between older ones.
+GC_THRESHOLDS = (50_000, 20, 100)
 QUEUE_DEPTH_INTERVAL = 5.0
 
 
@@ -127,6 +130,12 @@ class Aggregator:
         )
         if self.stream is not None:
             self.stream.bind(self.consumer.open_channel)
+        # The store holds millions of long-lived objects the cyclic collector would walk again and again
+        # (over half the process's time at a million series): what exists now (the restored state) is
+        # moved out of its reach, and it runs far less often. Series hold no reference cycles; refcounting
+        # frees them.
+        gc.freeze()
+        gc.set_threshold(*GC_THRESHOLDS)
         metrics, now = self.self_metrics, time.time()
         metrics.set_gauge(metrics.start_time, now, now)
         metrics.set_gauge(metrics.consumer_connected, 0.0, now)  # exists, at 0, before the first connection

@@ -13,19 +13,10 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
 from aggregator.amqp.connection import describe
 from aggregator.blackbox import BlackBox
-from aggregator.checkpoint import (
-    CheckpointError,
-    Commit,
-    CommitLog,
-    Record,
-    Snapshot,
-    decode_checkpoint,
-    encode_checkpoint,
-    encode_record,
-    read_records,
-)
+from aggregator.checkpoint import CheckpointError, Commit, CommitLog
 from aggregator.dedup import RecentIds
 from aggregator.selfmetrics import SelfMetrics
+from aggregator.stateformat import State, decode_checkpoint, encode_checkpoint, encode_record, read_records
 from aggregator.store import Store
 
 log = logging.getLogger(__name__)
@@ -65,7 +56,7 @@ class _Base:
     def complete(self) -> bool:
         return all(part is not None for part in self.parts)
 
-    def snapshot(self) -> Snapshot:
+    def state(self) -> State:
         return decode_checkpoint(b"".join(part or b"" for part in self.parts))
 
 
@@ -136,9 +127,7 @@ class StreamCheckpointer(CommitLog):
     # --- committing ------------------------------------------------------------------------------------
 
     async def _append(self, commit: Commit) -> int:
-        data = await anyio.to_thread.run_sync(
-            lambda: encode_record(Record(commit.sequence, time.time(), commit.rows(), commit.recent_ids))
-        )
+        data = await anyio.to_thread.run_sync(lambda: encode_record(commit.state()))
         await self._send(data, {HEADER_KIND: "record"})
         self._since_base += len(data)
         return len(data)
@@ -177,8 +166,7 @@ class StreamCheckpointer(CommitLog):
             self._compacting = False
 
     def _copy_base(self, marker: int) -> bytes:
-        snapshot = Snapshot(time.time(), marker, self.store.snapshot(), self.recent_ids.snapshot())
-        return encode_checkpoint(snapshot)
+        return encode_checkpoint(State(marker, time.time(), self.recent_ids.snapshot(), self.store.chunks()))
 
     # --- taking over -----------------------------------------------------------------------------------
 
@@ -225,7 +213,7 @@ class StreamCheckpointer(CommitLog):
 
     def _rebuild(self, messages: list[tuple[dict[str, Any], bytes]]) -> int:
         """The state from the stream's messages: the newest usable base, then the records after its marker."""
-        records: list[Record] = []
+        records: list[State] = []
         bases: dict[str, _Base] = {}
         for headers, body in messages:
             kind = headers.get(HEADER_KIND)
@@ -244,13 +232,13 @@ class StreamCheckpointer(CommitLog):
         last_sequence = max((record.sequence for record in records), default=0)
         # A base counts once a commit after its copy succeeded: everything it holds was committed then.
         usable = [base for base in bases.values() if base.complete() and last_sequence > base.covered]
-        snapshot = usable[-1].snapshot() if usable else None
+        snapshot = usable[-1].state() if usable else None
         for family in self.store.families.values():
             family.restore([])
         self.recent_ids.restore([])
         self.sequence = 0
         if snapshot is not None:
-            self.store.restore(snapshot.families)
+            self.store.restore(snapshot.chunks)
             self.recent_ids.restore(snapshot.recent_ids)
             self.sequence = snapshot.sequence
         replay = [record for record in records if snapshot is None or record.sequence > snapshot.sequence]

@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 from aggregator.catalog import MetricType
+from aggregator.stateformat import Chunk, chunked
 
 log = logging.getLogger(__name__)
 
@@ -122,20 +123,31 @@ class Family:
             shared.append(kept)
         return tuple(shared)
 
-    def rows(self) -> list[list[Any]]:
-        """Every series as [key, row], for a full checkpoint."""
+    def rows(self) -> tuple[list[LabelKey], list[Any]]:
+        """Every series' key and row, for a full checkpoint (read while ingestion may go on)."""
+        keys = list(self.series)
         row = self.row
-        return [[list(key), row(key)] for key in list(self.series)]
+        return keys, [row(key) for key in keys]
 
-    def restore(self, rows: Iterable[Any]) -> None:
-        """Replace every series with checkpoint rows; nothing restored is dirty."""
+    def clear(self) -> None:
+        """Forget every series (before a restore)."""
         self.series.clear()
-        load = self.load
-        shared_key = self.shared_key
-        for key, row in rows:
-            load(shared_key(key), row)
         self.dirty.clear()
         self.version += 1
+
+    def load_rows(self, keys: list[LabelKey], rows: list[Any]) -> None:
+        """Set many series from checkpoint rows (a restore); the keys' values are shared as on admission."""
+        load = self.load
+        for key, row in zip(keys, rows, strict=True):
+            load(key, row)
+        self.version += 1
+
+    def restore(self, rows: Iterable[Any]) -> None:
+        """Replace every series with checkpoint rows ([key, row] pairs); nothing restored is dirty."""
+        self.clear()
+        pairs = [(tuple(key), row) for key, row in rows]
+        self.load_rows([key for key, _ in pairs], [row for _, row in pairs])
+        self.dirty.clear()
 
     def discard(self, key: LabelKey) -> None:
         """Forget one series."""
@@ -199,12 +211,19 @@ class CounterFamily(Family):
             self.running_totals.pop(key, None)
         super().load(key, value)
 
-    def restore(self, rows: Iterable[Any]) -> None:
+    def clear(self) -> None:
+        super().clear()
         self.running_totals.clear()
         self.exemplars.clear()
-        super().restore(rows)
         if not self.label_names:
-            self.series.setdefault((), 0.0)
+            self.series[()] = 0.0
+
+    def load_rows(self, keys: list[LabelKey], rows: list[Any]) -> None:
+        if any(isinstance(row, list) for row in rows):
+            super().load_rows(keys, rows)
+        else:  # plain totals, the usual case: one C-level update
+            self.series.update(zip(keys, rows, strict=True))
+            self.version += 1
 
     def discard(self, key: LabelKey) -> None:
         super().discard(key)
@@ -281,9 +300,9 @@ class GaugeFamily(Family):
             self.series[key] = (value, event_ts)
             self.updated[key] = updated
 
-    def restore(self, rows: Iterable[Any]) -> None:
+    def clear(self) -> None:
+        super().clear()
         self.updated.clear()
-        super().restore(rows)
 
     def discard(self, key: LabelKey) -> None:
         super().discard(key)
@@ -334,19 +353,23 @@ class HistogramFamily(Family):
         elif len(row) == self._width:
             self.series[key] = array("d", row)
 
-    def restore(self, rows: Iterable[Any]) -> None:
-        rows = list(rows)
+    def clear(self) -> None:
+        super().clear()
         self.exemplars.clear()
-        super().restore(rows)
-        mismatched = sum(1 for _, row in rows if row is not None and len(row) != self._width)
         if not self.label_names:
-            self.series.setdefault((), self.empty())
-        if mismatched:
+            self.series[()] = self.empty()
+
+    def load_rows(self, keys: list[LabelKey], rows: list[Any]) -> None:
+        width = self._width
+        fits = [(key, row) for key, row in zip(keys, rows, strict=True) if row is not None and len(row) == width]
+        self.series.update((key, array("d", row)) for key, row in fits)
+        if len(fits) != len(keys):
             log.warning(
                 "checkpoint has %d series of %s with other buckets than configured now; dropping them",
-                mismatched,
+                len(keys) - len(fits),
                 self.name,
             )
+        self.version += 1
 
 
 AnyFamily = CounterFamily | GaugeFamily | HistogramFamily
@@ -378,43 +401,65 @@ class Store:
                     expired += family.expire(now - ttl, source_activity)
         return expired
 
-    def snapshot(self) -> dict[str, Any]:
-        """Every family as [type, rows]: plain data for a full checkpoint."""
-        return {name: [str(family.type), family.rows()] for name, family in list(self.families.items())}
+    def chunks(self) -> list[Chunk]:
+        """Every family's series in chunks, for a full checkpoint (read while ingestion may go on)."""
+        chunks: list[Chunk] = []
+        for name, family in list(self.families.items()):
+            keys, rows = family.rows()
+            chunks += chunked(name, str(family.type), keys, rows)
+        return chunks
 
-    def restore(self, snapshot: Mapping[str, Any]) -> None:
-        """Load a snapshot; what the configuration no longer defines the same way is dropped with a warning.
+    def snapshot(self) -> dict[str, Any]:
+        """Every family as {name: [type, [[key, row], ...]]}: plain data, for tests and tools."""
+        return {
+            name: [str(family.type), [[list(key), row] for key, row in zip(*family.rows(), strict=True)]]
+            for name, family in list(self.families.items())
+        }
+
+    def restore(self, chunks: Iterable[Chunk]) -> None:
+        """Load a full checkpoint; what the configuration no longer defines the same way is dropped with a warning.
 
         A metric may be gone, have another type, or other labels (a custom metric's declaration
-        changed): its old series cannot be served under the new definition.
+        changed): its old series cannot be served under the new definition. Families the checkpoint
+        does not have keep what they have.
         """
-        for name, (kind, rows) in snapshot.items():
-            family = self._compatible(name, kind)
+        cleared: set[str] = set()
+        for chunk in chunks:
+            family = self._compatible(chunk.family, chunk.kind, quiet=chunk.family in cleared)
             if family is None:
                 continue
-            width = len(family.label_names)
-            kept = [[key, row] for key, row in rows if len(key) == width]
-            family.restore(kept)
-            if len(kept) != len(rows):
-                log.warning(
-                    "checkpoint has %d series of %s with other labels than configured now; dropping them",
-                    len(rows) - len(kept),
-                    name,
-                )
+            if chunk.family not in cleared:
+                family.clear()
+                cleared.add(chunk.family)
+            keys, rows = self._fitting(family, chunk)
+            family.load_rows(keys, rows)
+            family.dirty.clear()
 
-    def apply_changes(self, changes: Mapping[str, tuple[str, list[Any]]]) -> None:
-        """Apply a journal record: [key, row] per changed series (row None: deleted), last one wins."""
-        for name, (kind, rows) in changes.items():
-            family = self._compatible(name, kind, quiet=True)
+    def apply_changes(self, chunks: Iterable[Chunk]) -> None:
+        """Apply a journal record: each changed series' row (None: deleted), the last one winning."""
+        for chunk in chunks:
+            family = self._compatible(chunk.family, chunk.kind, quiet=True)
             if family is None:
                 continue
-            width = len(family.label_names)
+            keys, rows = self._fitting(family, chunk)
             load = family.load
-            shared_key = family.shared_key
-            for key, row in rows:
-                if len(key) == width:
-                    load(shared_key(key), row)
+            for key, row in zip(keys, rows, strict=True):
+                load(key, row)
             family.version += 1
+
+    @staticmethod
+    def _fitting(family: AnyFamily, chunk: Chunk) -> tuple[list[LabelKey], list[Any]]:
+        """The chunk's series whose keys have the family's labels, with their values shared."""
+        width = len(family.label_names)
+        shared_key = family.shared_key
+        pairs = [(shared_key(key), row) for key, row in zip(chunk.keys, chunk.rows, strict=True) if len(key) == width]
+        if len(pairs) != len(chunk.keys):
+            log.warning(
+                "checkpoint has %d series of %s with other labels than configured now; dropping them",
+                len(chunk.keys) - len(pairs),
+                family.name,
+            )
+        return [key for key, _ in pairs], [row for _, row in pairs]
 
     def _compatible(self, name: str, kind: str, quiet: bool = False) -> AnyFamily | None:
         family = self.families.get(name)

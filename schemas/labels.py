@@ -1,4 +1,4 @@
-"""The safe charset of label-like strings, checked once per distinct combination of values."""
+"""The safe charset of label-like strings, checked once per distinct value (and combination of values)."""
 
 import operator
 import re
@@ -17,12 +17,17 @@ _METRIC_NAME = re.compile(METRIC_NAME_PATTERN)
 
 @dataclass
 class _Fields:
-    """The label-like fields of one event type, and the value combinations already found valid."""
+    """The label-like fields of one event type, and the combinations and values already found valid."""
 
     names: tuple[str, ...]
     patterns: tuple[re.Pattern[str], ...]
     values_of: Callable[[Any], tuple[str, ...]]
     valid: set[tuple[str, ...]] = field(default_factory=set)
+    # Per field, the values already found valid.
+    seen: tuple[set[str], ...] = ()
+
+    def __post_init__(self) -> None:
+        self.seen = tuple(set() for _ in self.names)
 
 
 def _fields(event_type: type[EventBase]) -> _Fields:
@@ -41,11 +46,13 @@ def _fields(event_type: type[EventBase]) -> _Fields:
 
 
 class LabelCheck:
-    """Finds label-like values outside their charset; value combinations seen valid are remembered.
+    """Finds label-like values outside their charset; combinations and values seen valid are remembered.
 
     Events of a kind repeat the same few combinations (source, strategy, symbol...), so after the
-    first event of each, the check is one set lookup. At most `capacity` combinations are kept per
-    kind, so a flood of distinct values cannot grow it without bound.
+    first event of each, the check is one set lookup; a new combination is checked value by value,
+    and only a value never seen goes to the regular expression. At most `capacity` combinations and
+    values per field are kept per kind: past that, new ones are checked each time rather than
+    remembered, so a flood of distinct values can neither grow the memory nor empty what is known.
     """
 
     def __init__(self, capacity: int = 100_000) -> None:
@@ -57,12 +64,16 @@ class LabelCheck:
         fields = self._by_type[type(event)]
         values = fields.values_of(event)
         if values not in fields.valid:
-            for name, pattern, value in zip(fields.names, fields.patterns, values, strict=True):
+            capacity = self.capacity
+            for name, pattern, value, seen in zip(fields.names, fields.patterns, values, fields.seen, strict=True):
+                if value in seen:
+                    continue
                 if pattern.match(value) is None:
                     return f"`{name}` {value!r} has characters outside {pattern.pattern}"
-            if len(fields.valid) >= self.capacity:
-                fields.valid.clear()
-            fields.valid.add(values)
+                if len(seen) < capacity:
+                    seen.add(value)
+            if len(fields.valid) < capacity:
+                fields.valid.add(values)
         if type(event) is Metric:
             for label, value in event.labels.items():
                 if _METRIC_NAME.match(label) is None:

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from aggregator.checkpoint import encode_record, read_records
+from aggregator.stateformat import encode_record, read_records
 from producers.emitter import Emitter, EmitterSettings
 from schemas.events import Signal
 from tests.support.broker import RawMessage, drain, publish_raw
@@ -162,7 +162,7 @@ def _journal_signals(state: Path) -> list[float]:
         records, stopped = read_records(segment.read_bytes())
         assert stopped == ""
         for record in records:
-            _, rows = record.families.get("trading_signals_total", ["counter", []])
+            _, rows = record.families().get("trading_signals_total", ("counter", []))
             totals.update((tuple(key), row[0] if isinstance(row, list) else row) for key, row in rows)
             after_each.append(sum(totals.values()))
     return after_each

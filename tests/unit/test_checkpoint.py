@@ -8,21 +8,21 @@ import anyio
 import msgspec
 import pytest
 
-from aggregator.checkpoint import (
+from aggregator.checkpoint import Checkpointer, CheckpointError
+from aggregator.config import CatalogSettings
+from aggregator.dedup import RecentIds
+from aggregator.ingest import Ingest
+from aggregator.stateformat import (
     HEADER,
     MAGIC,
-    Checkpointer,
-    CheckpointError,
+    Chunk,
     CorruptCheckpoint,
-    Snapshot,
+    State,
     decode_checkpoint,
     encode_checkpoint,
     encode_record,
     read_records,
 )
-from aggregator.config import CatalogSettings
-from aggregator.dedup import RecentIds
-from aggregator.ingest import Ingest
 from aggregator.store import CounterFamily, GaugeFamily
 from schemas.events import Error
 from tests.support.engine import make_ingest
@@ -48,8 +48,8 @@ def _error_total(ingest: Ingest) -> float:
 
 def test_round_trip() -> None:
     """What is encoded decodes to the same snapshot."""
-    snapshot = Snapshot(1.5, 7, {"m": [[["a"], 1.0]]}, ["id-1"])
-    assert decode_checkpoint(encode_checkpoint(snapshot)) == snapshot
+    state = State(7, 1.5, ["id-1"], [Chunk("m", "counter", [("a",), ("b",)], [1.0, [2.0, {"i": 2.0}]])], 3)
+    assert decode_checkpoint(encode_checkpoint(state)) == state
 
 
 @pytest.mark.parametrize(
@@ -63,7 +63,7 @@ def test_round_trip() -> None:
 )
 def test_damage_is_detected(damage: object, message: str) -> None:
     """Truncation, flipped bits and foreign files are all refused with a reason."""
-    data = encode_checkpoint(Snapshot(1.0, 1, {}, []))
+    data = encode_checkpoint(State(1, 1.0, []))
     with pytest.raises(CorruptCheckpoint, match=message):
         decode_checkpoint(damage(data))  # type: ignore[operator]
 
@@ -164,7 +164,7 @@ def test_a_commit_writes_only_the_series_it_changed(tmp_path: Path) -> None:
     anyio.run(checkpointer.persist, commit)
     records, stopped = read_records((tmp_path / "journal.00000000").read_bytes())
     assert stopped == ""
-    assert len(records[-1].families["trading_errors_total"][1]) == 3
+    assert len(records[-1].families()["trading_errors_total"][1]) == 3
 
 
 def test_the_journal_holds_values_as_at_the_commit_point(tmp_path: Path) -> None:
@@ -176,7 +176,7 @@ def test_the_journal_holds_values_as_at_the_commit_point(tmp_path: Path) -> None
     family.inc(key, 5.0)
     commit = checkpointer.capture()
     family.inc(key, 100.0)  # applied after the commit point, while the commit is being written
-    assert commit.rows()["trading_errors_total"][1] == [[list(key), 5.0]]
+    assert commit.state().families()["trading_errors_total"][1] == [(key, 5.0)]
     anyio.run(checkpointer.persist, commit)
     assert key in family.dirty, "the later change waits for the next commit"
     restored, restored_ingest, _ = _checkpointer(tmp_path)

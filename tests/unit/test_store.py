@@ -100,7 +100,7 @@ def test_snapshot_round_trips_every_family_type() -> None:
     gauge.set(("x",), 2.5, 10.0, 11.0)
     histogram.observe(("x",), 0.5)
     restored, _ = build()
-    restored.restore(store.snapshot())
+    restored.restore(store.chunks())
     assert restored.snapshot() == store.snapshot()
 
 
@@ -120,7 +120,7 @@ def test_a_changed_declaration_drops_the_old_series_instead_of_breaking_the_scra
     new.add(CounterFamily("c_total", "h", ["source", "reason", "desk"]))
     new.add(GaugeFamily("lat_seconds", "h", ["source"]))
     new.add(CounterFamily("kept_total", "h", ["source"]))
-    new.restore(old.snapshot())
+    new.restore(old.chunks())
     assert new.families["c_total"].series == {}
     assert new.families["lat_seconds"].series == {}
     assert new.families["kept_total"].series == {("a",): 2.0}

@@ -1,0 +1,224 @@
+"""The checkpoint's bytes: a state as framed, chunked MessagePack, written and read in bounded pieces."""
+
+import struct
+import zlib
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import Any, BinaryIO
+
+import msgspec
+
+MAGIC = b"TBCK"
+FORMAT_VERSION = 3
+LEGACY_VERSION = 2
+# Bases: magic, format version, payload length, CRC-32 of the payload.
+HEADER = struct.Struct(">4sHQI")
+# Journal records: payload length, CRC-32 of the payload.
+RECORD = struct.Struct(">QI")
+# Within a payload: one frame for the header, then one per chunk, each its length first.
+FRAME = struct.Struct(">I")
+# Series per chunk: one chunk is encoded (or decoded) in one call that holds the interpreter, so this
+# bounds how long a writer thread can keep the event loop waiting.
+CHUNK_SERIES = 20_000
+
+
+class CorruptCheckpoint(ValueError):
+    """A checkpoint file or record is truncated, altered or not a checkpoint at all."""
+
+
+@dataclass
+class Chunk:
+    """Series of one family: their keys and rows (see Family.row), in the same order."""
+
+    family: str
+    kind: str
+    keys: list[tuple[str, ...]]
+    rows: list[Any]
+
+
+@dataclass
+class State:
+    """A base (every series) or a journal record (the series one commit changed), and the message ids."""
+
+    sequence: int
+    written_at: float
+    recent_ids: list[str]
+    chunks: list[Chunk] = field(default_factory=list)
+    # Bases only: the first journal segment to replay on top of it.
+    first_segment: int = 0
+
+    def families(self) -> dict[str, tuple[str, list[tuple[tuple[str, ...], Any]]]]:
+        """The chunks as {family: (kind, [(key, row), ...])}, for tests and tools."""
+        merged: dict[str, tuple[str, list[tuple[tuple[str, ...], Any]]]] = {}
+        for chunk in self.chunks:
+            merged.setdefault(chunk.family, (chunk.kind, []))[1].extend(zip(chunk.keys, chunk.rows, strict=True))
+        return merged
+
+
+class _Header(msgspec.Struct, array_like=True):
+    sequence: int
+    written_at: float
+    recent_ids: list[str]
+    first_segment: int = 0
+
+
+class _Chunk(msgspec.Struct, array_like=True):
+    """A chunk on disk: each distinct label value once, keys as indexes into them (restores fast, shares)."""
+
+    family: str
+    kind: str
+    strings: list[str]
+    keys: list[list[int]]
+    rows: list[Any]
+
+
+class _Legacy(msgspec.Struct):
+    """The first release's checkpoint (format 2)."""
+
+    written_at: float
+    sequence: int
+    families: dict[str, Any]
+    recent_ids: list[str]
+
+
+_encoder = msgspec.msgpack.Encoder()
+_header_decoder = msgspec.msgpack.Decoder(_Header)
+_chunk_decoder = msgspec.msgpack.Decoder(_Chunk)
+_legacy_decoder = msgspec.msgpack.Decoder(_Legacy)
+
+
+def chunked(family: str, kind: str, keys: list[tuple[str, ...]], rows: list[Any]) -> Iterator[Chunk]:
+    """One family's series in chunks of at most CHUNK_SERIES."""
+    for start in range(0, len(keys), CHUNK_SERIES):
+        yield Chunk(family, kind, keys[start : start + CHUNK_SERIES], rows[start : start + CHUNK_SERIES])
+
+
+def _encode_chunk(chunk: Chunk) -> bytes:
+    table: dict[str, int] = {}
+    index = table.setdefault
+    keys = [[index(value, len(table)) for value in key] for key in chunk.keys]
+    return _encoder.encode(_Chunk(chunk.family, chunk.kind, list(table), keys, chunk.rows))
+
+
+def _frames(state: State) -> Iterator[bytes]:
+    """A state's frames, each encoded when it is asked for: its header, then its chunks."""
+    yield _encoder.encode(_Header(state.sequence, state.written_at, state.recent_ids, state.first_segment))
+    yield from map(_encode_chunk, state.chunks)
+
+
+def encode_payload(state: State) -> bytes:
+    """The framed payload of a state: its header, then its chunks, each encoded on its own."""
+    return b"".join(FRAME.pack(len(frame)) + frame for frame in _frames(state))
+
+
+def write_checkpoint(file: BinaryIO, state: State) -> int:
+    """Write a base file frame by frame (never the whole payload in one piece); the bytes written."""
+    file.write(HEADER.pack(MAGIC, FORMAT_VERSION, 0, 0))
+    length, crc = 0, 0
+    for frame in _frames(state):
+        prefix = FRAME.pack(len(frame))
+        file.write(prefix)
+        file.write(frame)
+        crc = zlib.crc32(frame, zlib.crc32(prefix, crc))
+        length += len(prefix) + len(frame)
+    file.seek(0)
+    file.write(HEADER.pack(MAGIC, FORMAT_VERSION, length, crc))
+    return HEADER.size + length
+
+
+def decode_payload(payload: bytes) -> State:
+    frames = []
+    offset = 0
+    while offset < len(payload):
+        if len(payload) - offset < FRAME.size:
+            raise CorruptCheckpoint(f"a frame header cut short at byte {offset}")
+        (length,) = FRAME.unpack_from(payload, offset)
+        offset += FRAME.size
+        if len(payload) - offset < length:
+            raise CorruptCheckpoint(f"a frame cut short at byte {offset}")
+        frames.append(payload[offset : offset + length])
+        offset += length
+    if not frames:
+        raise CorruptCheckpoint("no header")
+    try:
+        header = _header_decoder.decode(frames[0])
+        chunks = [_chunk_decoder.decode(frame) for frame in frames[1:]]
+    except msgspec.DecodeError as error:
+        raise CorruptCheckpoint(f"undecodable payload: {error}") from None
+    state = State(header.sequence, header.written_at, header.recent_ids, first_segment=header.first_segment)
+    for chunk in chunks:
+        get = chunk.strings.__getitem__
+        keys = [tuple(map(get, key)) for key in chunk.keys]
+        state.chunks.append(Chunk(chunk.family, chunk.kind, keys, chunk.rows))
+    return state
+
+
+def encode_checkpoint(state: State) -> bytes:
+    """A base file's bytes."""
+    payload = encode_payload(state)
+    return HEADER.pack(MAGIC, FORMAT_VERSION, len(payload), zlib.crc32(payload)) + payload
+
+
+def decode_checkpoint(data: bytes) -> State:
+    """A base file (or the first release's checkpoint) read back; CorruptCheckpoint says what is wrong."""
+    if len(data) < HEADER.size:
+        raise CorruptCheckpoint(f"{len(data)} bytes is shorter than the header")
+    magic, version, length, crc = HEADER.unpack_from(data)
+    if magic != MAGIC:
+        raise CorruptCheckpoint("not a tickbus checkpoint (bad magic)")
+    if version not in (FORMAT_VERSION, LEGACY_VERSION):
+        raise CorruptCheckpoint(f"format version {version}, this aggregator reads {FORMAT_VERSION}")
+    payload = data[HEADER.size :]
+    if len(payload) != length:
+        raise CorruptCheckpoint(f"truncated: {len(payload)} of {length} payload bytes")
+    if zlib.crc32(payload) != crc:
+        raise CorruptCheckpoint("checksum mismatch")
+    if version == FORMAT_VERSION:
+        return decode_payload(payload)
+    try:
+        legacy = _legacy_decoder.decode(payload)
+    except msgspec.DecodeError as error:
+        raise CorruptCheckpoint(f"undecodable payload: {error}") from None
+    return State(legacy.sequence, legacy.written_at, legacy.recent_ids, list(_from_legacy(legacy.families)))
+
+
+def _from_legacy(families: dict[str, Any]) -> Iterable[Chunk]:
+    """Format 2 rows (the first release) as today's rows: running totals and gauge times inline."""
+    for name, (kind, rows) in families.items():
+        if kind == "counter":
+            series_rows, running_rows = rows
+            totals = {tuple(key): value for key, value in running_rows}
+            pairs = [(tuple(key), [value, totals[tuple(key)]] if tuple(key) in totals else value)
+                     for key, value in series_rows]  # fmt: skip
+        elif kind == "gauge":
+            pairs = [(tuple(key), [value[0], value[1], updated]) for key, value, updated in rows]
+        else:
+            pairs = [(tuple(key), row) for key, row in rows]
+        yield Chunk(name, kind, [key for key, _ in pairs], [row for _, row in pairs])
+
+
+def encode_record(state: State) -> bytes:
+    """A journal record's bytes."""
+    payload = encode_payload(state)
+    return RECORD.pack(len(payload), zlib.crc32(payload)) + payload
+
+
+def read_records(data: bytes) -> tuple[list[State], str]:
+    """The records of a journal segment, and why reading stopped early ('' if it read to the end)."""
+    records: list[State] = []
+    offset = 0
+    while offset < len(data):
+        if len(data) - offset < RECORD.size:
+            return records, f"a torn record header at byte {offset}"
+        length, crc = RECORD.unpack_from(data, offset)
+        payload = data[offset + RECORD.size : offset + RECORD.size + length]
+        if len(payload) != length:
+            return records, f"a torn record at byte {offset} ({len(payload)} of {length} bytes)"
+        if zlib.crc32(payload) != crc:
+            return records, f"a record with a bad checksum at byte {offset}"
+        try:
+            records.append(decode_payload(payload))
+        except CorruptCheckpoint as error:
+            return records, f"an undecodable record at byte {offset}: {error}"
+        offset += RECORD.size + length
+    return records, ""
