@@ -248,3 +248,49 @@ def compiled_kind(Update update):
     """How `update` runs: "counter", "gauge" or "histogram" in C, or "python" (its update function)."""
     return ("counter", "gauge", "histogram", "python")[update.kind]
 
+
+
+def share_key(list tables, tuple key, Py_ssize_t limit):
+    """Family.shared_key in C: each label value replaced by the family's one copy of it, tables grown to `limit`."""
+    cdef Py_ssize_t n = len(key)
+    cdef Py_ssize_t n_tables = len(tables)
+    cdef tuple shared = PyTuple_New(n)
+    cdef Py_ssize_t index
+    cdef PyObject* found
+    cdef object value, kept, table
+    for index in range(n):
+        value = key[index]
+        kept = value
+        table = tables[index] if index < n_tables else None
+        if table is not None:
+            found = PyDict_GetItem(<dict>table, value)
+            if found != NULL:
+                kept = <object>found
+            elif len(<dict>table) >= limit:
+                tables[index] = None
+            else:
+                PyDict_SetItem(<dict>table, value, value)
+        Py_INCREF(kept)
+        PyTuple_SET_ITEM(shared, index, kept)
+    return shared
+
+
+def check_values(set valid, tuple seen, tuple patterns, tuple values, Py_ssize_t capacity):
+    """LabelCheck's test of one combination of label values in C: the position of a bad value, or -1."""
+    if values in valid:
+        return -1
+    cdef Py_ssize_t index
+    cdef set known
+    cdef object value
+    for index in range(len(values)):
+        value = values[index]
+        known = <set>seen[index]
+        if value in known:
+            continue
+        if patterns[index].match(value) is None:
+            return index
+        if len(known) < capacity:
+            known.add(value)
+    if len(valid) < capacity:
+        valid.add(values)
+    return -1

@@ -6,6 +6,7 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from aggregator.accelerated import compiled
 from aggregator.catalog import BUILTIN_CATALOG, SOURCE_UP, Getter, MetricSpec, MetricType
 from aggregator.store import AnyFamily, CounterFamily, Family, GaugeFamily, HistogramFamily, Store
 from schemas.events import EventBase
@@ -263,13 +264,12 @@ def compiled_loop(wanted: bool | None = None) -> CompiledLoop | None:
     """The compiled loop if it was built (or `wanted`); None for the pure-Python one."""
     if wanted is False:
         return None
-    try:
-        from aggregator import _fastapply
-    except ImportError:
+    module = compiled()
+    if module is None:
         if wanted:
             raise RuntimeError(
                 "the compiled apply loop (aggregator._fastapply) is not built: install tickbus where a C "
                 "compiler is available"
-            ) from None
+            )
         return None
-    return CompiledLoop(_fastapply)
+    return CompiledLoop(module)

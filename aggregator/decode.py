@@ -8,6 +8,7 @@ from typing import Any
 
 import msgspec
 
+from aggregator.accelerated import compiled
 from aggregator.refusal import Refusal
 from schemas.events import KINDS, MAX_BATCH_EVENTS, kind_of
 from schemas.labels import LabelCheck
@@ -85,7 +86,8 @@ class MessageDecoder:
 
     def __init__(self, label_check: LabelCheck | None = None) -> None:
         self._codecs = {name: Codec(name) for name in CONTENT_TYPE_ALIASES}
-        self._label_check = label_check or LabelCheck()
+        module = compiled()
+        self._label_check = label_check or LabelCheck(check_values=None if module is None else module.check_values)
         self._envelope_decoders = {
             codec.content_type: (
                 msgspec.json.Decoder(Envelope)

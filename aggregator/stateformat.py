@@ -60,6 +60,9 @@ class _Header(msgspec.Struct, array_like=True):
     written_at: float
     recent_ids: list[str]
     first_segment: int = 0
+    # Whether the chunks carry string tables (bases: they restore fast and share values) or plain keys
+    # (journal records: cheaper to write, and read back only after a crash).
+    tables: bool = True
 
 
 class _Chunk(msgspec.Struct, array_like=True):
@@ -69,6 +72,13 @@ class _Chunk(msgspec.Struct, array_like=True):
     kind: str
     strings: list[str]
     keys: list[list[int]]
+    rows: list[Any]
+
+
+class _PlainChunk(msgspec.Struct, array_like=True):
+    family: str
+    kind: str
+    keys: list[tuple[str, ...]]
     rows: list[Any]
 
 
@@ -84,6 +94,7 @@ class _Legacy(msgspec.Struct):
 _encoder = msgspec.msgpack.Encoder()
 _header_decoder = msgspec.msgpack.Decoder(_Header)
 _chunk_decoder = msgspec.msgpack.Decoder(_Chunk)
+_plain_chunk_decoder = msgspec.msgpack.Decoder(_PlainChunk)
 _legacy_decoder = msgspec.msgpack.Decoder(_Legacy)
 
 
@@ -100,22 +111,27 @@ def _encode_chunk(chunk: Chunk) -> bytes:
     return _encoder.encode(_Chunk(chunk.family, chunk.kind, list(table), keys, chunk.rows))
 
 
-def _frames(state: State) -> Iterator[bytes]:
+def _encode_plain_chunk(chunk: Chunk) -> bytes:
+    return _encoder.encode(_PlainChunk(chunk.family, chunk.kind, chunk.keys, chunk.rows))
+
+
+def _frames(state: State, tables: bool) -> Iterator[bytes]:
     """A state's frames, each encoded when it is asked for: its header, then its chunks."""
-    yield _encoder.encode(_Header(state.sequence, state.written_at, state.recent_ids, state.first_segment))
-    yield from map(_encode_chunk, state.chunks)
+    header = _Header(state.sequence, state.written_at, state.recent_ids, state.first_segment, tables)
+    yield _encoder.encode(header)
+    yield from map(_encode_chunk if tables else _encode_plain_chunk, state.chunks)
 
 
-def encode_payload(state: State) -> bytes:
+def encode_payload(state: State, tables: bool = True) -> bytes:
     """The framed payload of a state: its header, then its chunks, each encoded on its own."""
-    return b"".join(FRAME.pack(len(frame)) + frame for frame in _frames(state))
+    return b"".join(FRAME.pack(len(frame)) + frame for frame in _frames(state, tables))
 
 
 def write_checkpoint(file: BinaryIO, state: State) -> int:
     """Write a base file frame by frame (never the whole payload in one piece); the bytes written."""
     file.write(HEADER.pack(MAGIC, FORMAT_VERSION, 0, 0))
     length, crc = 0, 0
-    for frame in _frames(state):
+    for frame in _frames(state, tables=True):
         prefix = FRAME.pack(len(frame))
         file.write(prefix)
         file.write(frame)
@@ -142,14 +158,19 @@ def decode_payload(payload: bytes) -> State:
         raise CorruptCheckpoint("no header")
     try:
         header = _header_decoder.decode(frames[0])
-        chunks = [_chunk_decoder.decode(frame) for frame in frames[1:]]
+        state = State(header.sequence, header.written_at, header.recent_ids, first_segment=header.first_segment)
+        if not header.tables:
+            for frame in frames[1:]:
+                plain = _plain_chunk_decoder.decode(frame)
+                state.chunks.append(Chunk(plain.family, plain.kind, plain.keys, plain.rows))
+            return state
+        for frame in frames[1:]:
+            chunk = _chunk_decoder.decode(frame)
+            get = chunk.strings.__getitem__
+            keys = [tuple(map(get, key)) for key in chunk.keys]
+            state.chunks.append(Chunk(chunk.family, chunk.kind, keys, chunk.rows))
     except msgspec.DecodeError as error:
         raise CorruptCheckpoint(f"undecodable payload: {error}") from None
-    state = State(header.sequence, header.written_at, header.recent_ids, first_segment=header.first_segment)
-    for chunk in chunks:
-        get = chunk.strings.__getitem__
-        keys = [tuple(map(get, key)) for key in chunk.keys]
-        state.chunks.append(Chunk(chunk.family, chunk.kind, keys, chunk.rows))
     return state
 
 
@@ -198,8 +219,8 @@ def _from_legacy(families: dict[str, Any]) -> Iterable[Chunk]:
 
 
 def encode_record(state: State) -> bytes:
-    """A journal record's bytes."""
-    payload = encode_payload(state)
+    """A journal record's bytes (plain keys: a commit is written far more often than it is read)."""
+    payload = encode_payload(state, tables=False)
     return RECORD.pack(len(payload), zlib.crc32(payload)) + payload
 
 

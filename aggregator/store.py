@@ -6,10 +6,13 @@ from array import array
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
+from aggregator.accelerated import compiled
 from aggregator.catalog import MetricType
 from aggregator.stateformat import Chunk, chunked
 
 log = logging.getLogger(__name__)
+
+_COMPILED = compiled()
 
 LabelKey = tuple[str, ...]
 OVERFLOW_VALUE = "__overflow__"
@@ -19,6 +22,27 @@ MAX_INSTANCES_PER_SERIES = 16
 # with more distinct values than this (an order book's symbols) stops: its values are unique anyway, and a
 # table of them would cost more than it saves.
 SHARED_VALUES_PER_LABEL = 4096
+
+
+def share_key(tables: list[dict[str, str] | None], key: LabelKey, limit: int) -> LabelKey:
+    """Each value of `key` replaced by its copy in the table of its label; a table stops at `limit` values.
+
+    The reference for the compiled form (aggregator/_fastapply.pyx), which a test holds to it.
+    """
+    shared = []
+    for position, value in enumerate(key):
+        table = tables[position] if position < len(tables) else None
+        kept = value
+        if table is not None:
+            found = table.get(value)
+            if found is not None:
+                kept = found
+            elif len(table) >= limit:
+                tables[position] = None
+            else:
+                table[value] = value
+        shared.append(kept)
+    return tuple(shared)
 
 
 class Family:
@@ -107,21 +131,10 @@ class Family:
 
     def shared_key(self, key: Iterable[str]) -> LabelKey:
         """`key` with each repeating label value replaced by the one copy the family keeps of it."""
-        shared = []
-        tables = self._shared
-        for position, value in enumerate(key):
-            table = tables[position] if position < len(tables) else None
-            kept = value
-            if table is not None:
-                found = table.get(value)
-                if found is not None:
-                    kept = found
-                elif len(table) >= SHARED_VALUES_PER_LABEL:
-                    tables[position] = None
-                else:
-                    table[value] = value
-            shared.append(kept)
-        return tuple(shared)
+        key = key if type(key) is tuple else tuple(key)
+        if _COMPILED is not None:
+            return _COMPILED.share_key(self._shared, key, SHARED_VALUES_PER_LABEL)  # type: ignore[no-any-return]
+        return share_key(self._shared, key, SHARED_VALUES_PER_LABEL)
 
     def rows(self) -> tuple[list[LabelKey], list[Any]]:
         """Every series' key and row, for a full checkpoint (read while ingestion may go on)."""

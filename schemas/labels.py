@@ -15,6 +15,11 @@ _NAME = re.compile(NAME_PATTERN)
 _METRIC_NAME = re.compile(METRIC_NAME_PATTERN)
 
 
+CheckValues = Callable[
+    [set[tuple[str, ...]], tuple[set[str], ...], tuple[re.Pattern[str], ...], tuple[str, ...], int], int
+]
+
+
 @dataclass
 class _Fields:
     """The label-like fields of one event type, and the combinations and values already found valid."""
@@ -55,15 +60,22 @@ class LabelCheck:
     remembered, so a flood of distinct values can neither grow the memory nor empty what is known.
     """
 
-    def __init__(self, capacity: int = 100_000) -> None:
+    def __init__(self, capacity: int = 100_000, check_values: CheckValues | None = None) -> None:
+        """`check_values`: a compiled form of the check of one combination (its position of a bad value or -1)."""
         self.capacity = capacity
+        self._check_values = check_values
         self._by_type = {event_type: _fields(event_type) for event_type in EVENT_TYPES}
 
     def problem(self, event: EventBase) -> str | None:
         """What is wrong with the event's label-like values, or None."""
         fields = self._by_type[type(event)]
         values = fields.values_of(event)
-        if values not in fields.valid:
+        if self._check_values is not None:
+            bad = self._check_values(fields.valid, fields.seen, fields.patterns, values, self.capacity)
+            if bad >= 0:
+                name, pattern, value = fields.names[bad], fields.patterns[bad], values[bad]
+                return f"`{name}` {value!r} has characters outside {pattern.pattern}"
+        elif values not in fields.valid:
             capacity = self.capacity
             for name, pattern, value, seen in zip(fields.names, fields.patterns, values, fields.seen, strict=True):
                 if value in seen:

@@ -9,8 +9,10 @@ import pytest
 from aggregator import _fastapply
 from aggregator.config import CatalogSettings
 from aggregator.ingest import Ingest
+from aggregator.store import share_key
 from benchmarks.harness import mixed_events
 from schemas.events import Dependency, Error, Heartbeat, Order, Portfolio, Position, Prediction, Signal, Trade
+from schemas.labels import LabelCheck
 from tests.support.engine import make_ingest
 from tests.support.scenario import desk_events
 
@@ -104,3 +106,36 @@ def test_most_built_in_updates_run_compiled() -> None:
     kinds = [_fastapply.compiled_kind(update) for updates in ingest._plan.values() for update in updates]
     assert kinds.count("python") <= 4
     assert len(kinds) - kinds.count("python") >= 40
+
+
+def test_key_sharing_is_the_same_compiled_and_in_python() -> None:
+    """Random keys through both forms of share_key: the same keys, the same shared copies, the same tables."""
+    rng = random.Random(5)
+    compiled_tables: list[dict[str, str] | None] = [{}, {}, {}]
+    python_tables: list[dict[str, str] | None] = [{}, {}, {}]
+    for _ in range(3_000):
+        key = (f"s{rng.randrange(3)}", f"v{rng.randrange(40)}", f"u{rng.randrange(10_000)}")
+        ours = _fastapply.share_key(compiled_tables, tuple(part[:] for part in key), 25)
+        theirs = share_key(python_tables, key, 25)
+        assert ours == theirs
+    assert [None if table is None else sorted(table) for table in compiled_tables] == [
+        None if table is None else sorted(table) for table in python_tables
+    ]
+    assert compiled_tables[2] is None, "a label of unique values stops being shared at the limit"
+
+
+@pytest.mark.parametrize("capacity", [5, 100_000])
+def test_the_label_check_is_the_same_compiled_and_in_python(capacity: int) -> None:
+    """Good and bad label values, below and past the cache's capacity: both forms find the same problems."""
+    rng = random.Random(6)
+    compiled_check = LabelCheck(capacity, check_values=_fastapply.check_values)
+    python_check = LabelCheck(capacity)
+    found = []
+    for index in range(2_000):
+        symbol = rng.choice(["BTC", "ETH", f"S{index}", "bad|symbol", "tab\there", "/api/{id}"])
+        event = Signal(ts=1.0, source=rng.choice(["s1", "bad source"]), strategy="m", symbol=symbol, side="buy")
+        problem = compiled_check.problem(event)
+        assert problem == python_check.problem(event)
+        found.append(problem is not None)
+    assert any(found)
+    assert not all(found)
