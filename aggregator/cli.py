@@ -18,18 +18,18 @@ import typer
 from yarl import URL
 
 from aggregator.amqp import connection as amqp_connection
-from aggregator.amqp.connection import CONNECT_ERRORS, explain, redacted
+from aggregator.amqp.connection import CONNECT_ERRORS, explain, where
 from aggregator.amqp.dlq import DeadLetterQueue, ReplayRefused
 from aggregator.amqp.topology import TopologyError
 from aggregator.checkpoint import CheckpointError
-from aggregator.config import AmqpSettings, ConfigError, load_settings
+from aggregator.config import AmqpSettings, ConfigError, load_settings, split_urls
 from aggregator.custom import Declarations
 from aggregator.version import build_info
 from schemas.asyncapi import asyncapi_text
 from schemas.events import EVENT_TYPES, KINDS, Event, Metric, kind_of
 from schemas.jsonschema import event_json_schema
 from schemas.labels import LabelCheck
-from schemas.wire import CONTENT_TYPE_JSON, DEFAULT_AMQP_URL, DEFAULT_EXCHANGE, routing_key_for
+from schemas.wire import CONTENT_TYPE_JSON, DEFAULT_AMQP_URL, DEFAULT_EXCHANGE, HEADER_SOURCE, routing_key_for
 
 T = TypeVar("T")
 
@@ -42,7 +42,11 @@ app = typer.Typer(
 
 AmqpUrl = Annotated[
     str | None,
-    typer.Option("--amqp-url", envvar="TICKBUS_AMQP_URL", help=f"RabbitMQ URL (default {DEFAULT_AMQP_URL})."),
+    typer.Option(
+        "--amqp-url",
+        envvar="TICKBUS_AMQP_URL",
+        help=f"RabbitMQ URL (default {DEFAULT_AMQP_URL}); the nodes of a cluster separated by commas.",
+    ),
 ]
 Exchange = Annotated[
     str | None,
@@ -82,8 +86,10 @@ def _amqp_overrides(
     url: str | None, ca_file: str | None, cert_file: str | None, key_file: str | None, password_file: str | None
 ) -> dict[str, Any]:
     """The AMQP connection flags as settings overrides (None: not given)."""
+    urls = split_urls(url) if url is not None else None
     return {
-        "amqp.url": url,
+        "amqp.url": urls[0] if urls else url,
+        "amqp.urls": urls,
         "amqp.ca_file": ca_file,
         "amqp.cert_file": cert_file,
         "amqp.key_file": key_file,
@@ -311,7 +317,8 @@ def emit(
         raise _fail(str(error)) from None
     except (*CONNECT_ERRORS, TimeoutError) as error:
         raise _fail(
-            f"could not deliver to RabbitMQ at {redacted(amqp.url)} within {timeout:g}s: {explain(error, amqp)}"
+            f"could not deliver to RabbitMQ at {where(amqp)} within {timeout:g}s: "
+            f"{explain(error, amqp, amqp.addresses[-1])}"
         ) from None
     typer.echo(msgspec.json.encode(event).decode())
 
@@ -355,6 +362,8 @@ async def publish_once(amqp: AmqpSettings, event: Event, timeout: float) -> None
             message_id=uuid.uuid4().hex,
             timestamp=time.time(),
             app_id=event.source,
+            # What a sharded deployment's consistent-hash exchange routes on.
+            headers={HEADER_SOURCE: event.source},
             # The broker refuses a user_id other than the connection's user: it vouches for the publisher
             # (authenticated sources).
             user_id=URL(amqp.url).user or None,
@@ -565,7 +574,7 @@ def _with_dlq(amqp: AmqpSettings, action: Callable[[DeadLetterQueue], Awaitable[
             f"access to {amqp.dead_letter_queue_name!r} (and, to replay, write access to {amqp.exchange!r})"
         ) from None
     except CONNECT_ERRORS as error:
-        raise _fail(f"cannot reach RabbitMQ at {redacted(amqp.url)}: {explain(error, amqp)}") from None
+        raise _fail(f"cannot reach RabbitMQ at {where(amqp)}: {explain(error, amqp, amqp.addresses[-1])}") from None
 
 
 @dlq_app.command("list", epilog="Example:  aggregator dlq list --limit 20")
