@@ -1,0 +1,152 @@
+"""Sharded aggregators on a RabbitMQ node with the consistent-hash exchange plugin: every source on one replica,
+sums exact, and a replica added mid-stream moving some sources without losing or doubling a count."""
+
+import asyncio
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import aio_pika
+import pytest
+
+from tests.support.process import AggregatorProcess
+from tests.support.rabbitnodes import CONSISTENT_HASH_PLUGIN, PrivateNode, RabbitNodes
+from tests.support.scrape import wait_for
+from tests.support.shards import (
+    COUNTER,
+    GAUGE,
+    SourceStream,
+    by_source,
+    replica_names,
+    scrape_all,
+    shard_config,
+    wait_counted,
+)
+
+StartAggregator = Callable[..., AggregatorProcess]
+SOURCES = [f"desk-{index:02d}" for index in range(24)]
+
+
+@pytest.fixture(scope="module")
+def hash_node() -> Iterator[PrivateNode]:
+    """One private node with rabbitmq_consistent_hash_exchange for the module's tests."""
+    nodes = RabbitNodes()
+    try:
+        yield nodes.node(plugins=[CONSISTENT_HASH_PLUGIN])
+    finally:
+        nodes.close()
+
+
+def _exchange() -> str:
+    return f"shards.{uuid.uuid4().hex[:8]}"
+
+
+def test_three_shards_give_each_source_to_one_replica_and_count_every_event_once(
+    hash_node: PrivateNode, start_aggregator: StartAggregator, tmp_path: Path
+) -> None:
+    """Three replicas with [shard] on, 24 sources publishing through the unchanged Python emitter: each source's
+    counter and gauge live on exactly one replica, every replica holds some sources, and the sum over the
+    replicas is every event, once."""
+    exchange = _exchange()
+    config = shard_config(tmp_path, "replica")
+    replicas = [
+        start_aggregator(replica_names(exchange, f"{exchange}.shard-{index}"), config=config, amqp_url=hash_node.url)
+        for index in range(3)
+    ]
+    events = 400
+    SourceStream(hash_node.url, exchange, SOURCES, events).start().join()
+    samples = wait_counted(lambda: replicas, len(SOURCES) * events)
+    time.sleep(0.5)
+    samples = scrape_all(replicas)
+
+    counters = by_source(samples, COUNTER)
+    assert set(counters) == set(SOURCES)
+    assert {source: list(where.values()) for source, where in counters.items()} == {
+        source: [float(events)] for source in SOURCES
+    }
+    gauges = by_source(samples, GAUGE)
+    assert {source: (list(where), list(where.values())) for source, where in gauges.items()} == {
+        source: (list(counters[source]), [float(events)]) for source in SOURCES
+    }
+    holders = {next(iter(where)) for where in counters.values()}
+    assert holders == {0, 1, 2}, f"sources per replica: {counters}"
+    for replica in replicas:
+        assert "bound to shard exchange" in replica.log()
+
+
+def test_a_replica_added_mid_stream_moves_some_sources_and_the_sums_stay_exact(
+    hash_node: PrivateNode, start_aggregator: StartAggregator, tmp_path: Path
+) -> None:
+    """Two replicas, 24 sources streaming; a third replica joins mid-stream. Some sources move to it (and only
+    to it); each moved source's count is split between its old replica (what it counted before) and the new one
+    (from there on), and the sums are exact. The old replica's gauges of a moved source expire after the gauge
+    time to live, so after that every source's gauge is on one replica, with its last value."""
+    exchange = _exchange()
+    ttl = 3.0
+    config = shard_config(tmp_path, "replica", f"[catalog]\ngauge_ttl_seconds = {ttl}\nheartbeat_staleness_seconds = 2")
+    replicas = [
+        start_aggregator(replica_names(exchange, f"{exchange}.shard-{index}"), config=config, amqp_url=hash_node.url)
+        for index in range(2)
+    ]
+    events = 1_500
+    stream = SourceStream(hash_node.url, exchange, SOURCES, events, seconds=8.0).start()
+    wait_for(lambda: all(scrape_all(replicas)), what="both replicas to count")
+    time.sleep(2.0)
+    added = start_aggregator(replica_names(exchange, f"{exchange}.shard-2"), config=config, amqp_url=hash_node.url)
+    replicas.append(added)
+    stream.join()
+    samples = wait_counted(lambda: replicas, len(SOURCES) * events)
+    finished = time.monotonic()
+    time.sleep(0.5)
+    samples = scrape_all(replicas)
+
+    counters = by_source(samples, COUNTER)
+    assert {source: sum(where.values()) for source, where in counters.items()} == {
+        source: float(events) for source in SOURCES
+    }
+    moved = {source: where for source, where in counters.items() if len(where) > 1}
+    assert moved, f"no source moved to the added replica: {counters}"
+    for source, where in moved.items():
+        assert len(where) == 2 and 2 in where, f"{source} moved elsewhere than to the new replica: {where}"
+        assert all(count > 0 for count in where.values())
+    assert all(len(where) == 1 for source, where in counters.items() if source not in moved)
+
+    def gauges_on_one_replica() -> dict[str, dict[int, float]] | None:
+        gauges = by_source(scrape_all(replicas), GAUGE)
+        return gauges if all(len(where) == 1 for where in gauges.values()) else None
+
+    gauges = wait_for(gauges_on_one_replica, timeout=ttl + 10, what="the moved sources' old gauges to expire")
+    expired_after = time.monotonic() - finished
+    assert {source: list(where.items()) for source, where in gauges.items()} == {
+        source: [(2 if source in moved else next(iter(counters[source])), float(events))] for source in SOURCES
+    }
+    print(f"{len(moved)} of {len(SOURCES)} sources moved; old gauges gone {expired_after:.1f}s after the stream")
+
+
+async def _declare_shard_exchange(url: str, exchange: str) -> str:
+    connection = await aio_pika.connect(url, timeout=15)
+    async with connection:
+        channel = await connection.channel()
+        await channel.declare_exchange(exchange, aio_pika.ExchangeType.TOPIC, durable=True)
+    return exchange
+
+
+def test_without_the_plugin_the_replica_exits_naming_the_plugin_and_the_script(
+    rabbit_nodes: RabbitNodes, start_aggregator: StartAggregator, tmp_path: Path
+) -> None:
+    """On a node without rabbitmq_consistent_hash_exchange, a replica with [shard] on exits 1 saying which plugin
+    to enable and with which script, instead of retrying forever."""
+    node = rabbit_nodes.node()
+    exchange = asyncio.run(_declare_shard_exchange(node.url, _exchange()))
+    replica = start_aggregator(
+        replica_names(exchange, f"{exchange}.shard-0"),
+        config=shard_config(tmp_path, "replica"),
+        amqp_url=node.url,
+        wait_ready=False,
+    )
+    assert replica.process is not None
+    assert replica.process.wait(60) == 1
+    log = replica.log()
+    assert "enable the rabbitmq_consistent_hash_exchange plugin" in log, log
+    assert "scripts/rabbitmq-shard-plugin" in log
