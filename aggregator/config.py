@@ -88,6 +88,10 @@ class AmqpSettings(_Section):
     binding_keys: list[str] = msgspec.field(default_factory=lambda: ["#"])
     prefetch: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 2000
     queue_type: Literal["classic", "quorum"] = "classic"
+    # The dead-letter queue's type. On a cluster make it "quorum" too: a classic queue lives on one node, and while
+    # that node is down no aggregator can declare it, so none can reconnect. (Default classic: an existing
+    # dead-letter queue cannot change type in place.)
+    dead_letter_queue_type: Literal["classic", "quorum"] = "classic"
     # Quorum queues only: deliveries after which the broker dead-letters a message. Well above what a
     # crash loop reaches before the poison breaker (state.poison_after) sets the culprit aside, so the
     # broker never dead-letters a backlog of good messages delivered during crashes.

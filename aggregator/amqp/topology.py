@@ -60,7 +60,11 @@ async def declare_topology(
             amqp.dead_letter_exchange_name, aio_pika.ExchangeType.TOPIC, durable=True
         )
         what = f"queue {amqp.dead_letter_queue_name!r}"
-        dead_letter_queue = await channel.declare_queue(amqp.dead_letter_queue_name, durable=True)
+        dead_letter_queue = await channel.declare_queue(
+            amqp.dead_letter_queue_name,
+            durable=True,
+            arguments={"x-queue-type": "quorum"} if amqp.dead_letter_queue_type == "quorum" else None,
+        )
         await dead_letter_queue.bind(dead_letter_exchange, "#")
         what = f"queue {amqp.queue!r}"
         queue = await channel.declare_queue(amqp.queue, durable=True, arguments=queue_arguments(amqp))
@@ -89,7 +93,8 @@ async def declare_topology(
         raise TopologyError(
             f"{what} already exists on the broker with different settings ({error.args[0]}). "
             f"Either point the aggregator at a new name (amqp.queue / amqp.exchange in the config, "
-            f"or --queue / --exchange), or match its settings (amqp.queue_type), or delete it with "
+            f"or --queue / --exchange), or match its settings (amqp.queue_type, amqp.dead_letter_queue_type), or "
+            f"delete it with "
             f"`rabbitmqctl delete_queue NAME` after draining it (its messages are lost)."
         ) from None
     return Topology(exchange, queue, dead_letter_exchange, dead_letter_queue, shard_exchange)
