@@ -108,7 +108,8 @@ def test_a_replica_added_mid_stream_moves_some_sources_and_the_sums_stay_exact(
     moved = {source: where for source, where in counters.items() if len(where) > 1}
     assert moved, f"no source moved to the added replica: {counters}"
     for source, where in moved.items():
-        assert len(where) == 2 and 2 in where, f"{source} moved elsewhere than to the new replica: {where}"
+        assert len(where) == 2, f"{source} counted on {where}"
+        assert 2 in where, f"{source} moved elsewhere than to the new replica: {where}"
         assert all(count > 0 for count in where.values())
     assert all(len(where) == 1 for source, where in counters.items() if source not in moved)
 
