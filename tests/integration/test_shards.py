@@ -2,6 +2,7 @@
 sums exact, and a replica added mid-stream moving some sources without losing or doubling a count."""
 
 import asyncio
+import subprocess
 import time
 import uuid
 from collections.abc import Callable, Iterator
@@ -26,6 +27,7 @@ from tests.support.shards import (
 
 StartAggregator = Callable[..., AggregatorProcess]
 SOURCES = [f"desk-{index:02d}" for index in range(24)]
+PLUGIN_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "rabbitmq-shard-plugin"
 
 
 @pytest.fixture(scope="module")
@@ -133,11 +135,16 @@ async def _declare_shard_exchange(url: str, exchange: str) -> str:
     return exchange
 
 
-def test_without_the_plugin_the_replica_exits_naming_the_plugin_and_the_script(
+def _plugin_script(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(PLUGIN_SCRIPT), *args], capture_output=True, text=True, timeout=120, check=False)
+
+
+def test_without_the_plugin_the_replica_exits_naming_the_script_which_then_enables_it(
     rabbit_nodes: RabbitNodes, start_aggregator: StartAggregator, tmp_path: Path
 ) -> None:
     """On a node without rabbitmq_consistent_hash_exchange, a replica with [shard] on exits 1 saying which plugin
-    to enable and with which script, instead of retrying forever."""
+    to enable and with which script, instead of retrying forever; `scripts/rabbitmq-shard-plugin --check` says it
+    is missing; the script enables it on the running node (twice is fine) and the replica then starts."""
     node = rabbit_nodes.node()
     exchange = asyncio.run(_declare_shard_exchange(node.url, _exchange()))
     replica = start_aggregator(
@@ -151,3 +158,15 @@ def test_without_the_plugin_the_replica_exits_naming_the_plugin_and_the_script(
     log = replica.log()
     assert "enable the rabbitmq_consistent_hash_exchange plugin" in log, log
     assert "scripts/rabbitmq-shard-plugin" in log
+
+    check = _plugin_script("--check", node.node_name)
+    assert check.returncode == 1
+    assert f"not enabled on {node.node_name}" in check.stderr
+    for _ in range(2):
+        enabled = _plugin_script(node.node_name)
+        assert enabled.returncode == 0, enabled.stderr
+        assert f"{node.node_name} has the x-consistent-hash exchange type" in enabled.stdout
+    assert _plugin_script("--check", node.node_name).returncode == 0
+    assert CONSISTENT_HASH_PLUGIN in (node.base_dir / node.name / "enabled_plugins").read_text()
+    replica.start()
+    assert "bound to shard exchange" in replica.log()
