@@ -3,14 +3,19 @@ sums exact, and a replica added mid-stream moving some sources without losing or
 
 import asyncio
 import subprocess
+import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import aio_pika
+import aiormq
 import pytest
 
+from aggregator.amqp.connection import connect
+from aggregator.amqp.topology import declare_topology
+from aggregator.config import AmqpSettings, ShardSettings
 from tests.support.process import AggregatorProcess
 from tests.support.rabbitnodes import CONSISTENT_HASH_PLUGIN, PrivateNode, RabbitNodes
 from tests.support.scrape import wait_for
@@ -170,3 +175,75 @@ def test_without_the_plugin_the_replica_exits_naming_the_script_which_then_enabl
     assert CONSISTENT_HASH_PLUGIN in (node.base_dir / node.name / "enabled_plugins").read_text()
     replica.start()
     assert "bound to shard exchange" in replica.log()
+
+
+ACCESS_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "rabbitmq-access"
+NODE_SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "rabbitmq-node"
+
+
+def _grant(node: PrivateNode, vhost: str, exchange: str, secrets: Path, *queue_options: str) -> None:
+    for role in ("aggregator", "producer", "operator"):
+        (secrets / role).write_text(f"{role}-{uuid.uuid4().hex}\n")
+    result = subprocess.run(
+        [sys.executable, str(ACCESS_SCRIPT), "apply", "--vhost", vhost, "--exchange", exchange,
+         "--aggregator", f"{vhost}-aggregator={secrets / 'aggregator'}",
+         "--producer", f"{vhost}-producer={secrets / 'producer'}",
+         "--operator", f"{vhost}-operator={secrets / 'operator'}",
+         *queue_options,
+         "--rabbitmqctl", f"{NODE_SCRIPT} ctl {node.name} --base-dir {node.base_dir}"],
+        capture_output=True, text=True, timeout=180, check=False,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+
+
+def test_the_access_script_grants_a_sharded_deployment_exactly_what_it_needs(
+    hash_node: PrivateNode, start_aggregator: StartAggregator, tmp_path: Path
+) -> None:
+    """With `scripts/rabbitmq-access --shard-queue` for each replica, two replicas run as the aggregator user and
+    count a producer user's events exactly between them, and the operator user lists each replica's dead letters.
+    Granted for one queue only (no --shard-queue), the aggregator user is refused the shard exchange."""
+    vhost, exchange = f"tickbus-{uuid.uuid4().hex[:8]}", _exchange()
+    queues = [f"{exchange}.shard-{index}" for index in range(2)]
+    secrets = tmp_path / "secrets"
+    secrets.mkdir()
+    port = hash_node.amqp_port
+
+    def url(role: str) -> str:
+        return f"amqp://{vhost}-{role}@127.0.0.1:{port}/{vhost}"
+
+    _grant(hash_node, vhost, exchange, secrets, "--queue", queues[0])
+    refused = asyncio.run(_declare_as(url("aggregator"), secrets / "aggregator", exchange, queues[0]))
+    assert isinstance(refused, aiormq.exceptions.ChannelAccessRefused), repr(refused)
+    assert f"{exchange}.shards" in str(refused)
+
+    _grant(hash_node, vhost, exchange, secrets, *(word for queue in queues for word in ("--shard-queue", queue)))
+    config = shard_config(tmp_path, "replica", f'[amqp]\npassword_file = "{secrets / "aggregator"}"')
+    replicas = [start_aggregator(replica_names(exchange, queue), config=config, amqp_url=url("aggregator"))
+                for queue in queues]  # fmt: skip
+    sources = SOURCES[:8]
+    stream = SourceStream(url("producer"), exchange, sources, 300, password_file=str(secrets / "producer"))
+    stream.start().join()
+    samples = wait_counted(lambda: replicas, len(sources) * 300)
+    assert {source: sum(where.values()) for source, where in by_source(samples, COUNTER).items()} == dict.fromkeys(
+        sources, 300.0
+    )
+    for queue in queues:
+        listed = subprocess.run(
+            [sys.executable, "-m", "aggregator", "dlq", "list", "--config", str(config), "--queue", queue,
+             "--amqp-url", url("operator"), "--amqp-password-file", str(secrets / "operator")],
+            capture_output=True, text=True, timeout=60, check=False,
+        )  # fmt: skip
+        assert listed.returncode == 0, listed.stderr
+
+
+async def _declare_as(url: str, password_file: Path, exchange: str, queue: str) -> BaseException | None:
+    amqp = AmqpSettings(url=url, password_file=str(password_file), exchange=exchange, queue=queue,
+                        dead_letter_exchange=f"{queue}.dead")  # fmt: skip
+    connection = await connect(amqp, "tickbus-test")
+    async with connection:
+        channel = await connection.channel()
+        try:
+            await declare_topology(channel, amqp, ShardSettings(enabled=True))
+        except aiormq.exceptions.AMQPError as error:
+            return error
+    return None

@@ -56,6 +56,7 @@ class SourceStream:
     seconds: float = 0.0
     gauge_every: int = 100
     heartbeat_interval: float = 1.0
+    password_file: str = ""
     threads: list[threading.Thread] = field(default_factory=list)
     failures: list[str] = field(default_factory=list)
     done: threading.Event = field(default_factory=threading.Event)
@@ -70,7 +71,7 @@ class SourceStream:
     def _produce(self, source: str) -> None:
         settings = EmitterSettings(
             source=source, url=self.url, exchange=self.exchange, batch_size=50,
-            heartbeat_interval=self.heartbeat_interval,
+            heartbeat_interval=self.heartbeat_interval, password_file=self.password_file,
         )  # fmt: skip
         pause = self.seconds / max(1, self.events // self.gauge_every)
         with Emitter(settings) as emitter:
