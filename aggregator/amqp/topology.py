@@ -98,3 +98,16 @@ async def declare_topology(
             f"`rabbitmqctl delete_queue NAME` after draining it (its messages are lost)."
         ) from None
     return Topology(exchange, queue, dead_letter_exchange, dead_letter_queue, shard_exchange)
+
+
+async def leave_shard(channel: AbstractChannel, amqp: AmqpSettings, shard: ShardSettings) -> None:
+    """Unbind the queue from the shard exchange: its sources go to the other queues from the next message on."""
+    exchange = await channel.get_exchange(shard.exchange_name(amqp), ensure=True)
+    queue = await channel.get_queue(amqp.queue, ensure=True)
+    await queue.unbind(exchange, str(shard.weight))
+
+
+async def ready_messages(channel: AbstractChannel, queue_name: str) -> int:
+    """Messages waiting in the queue, not yet delivered (a passive declare; unacked deliveries are not counted)."""
+    queue = await channel.declare_queue(queue_name, passive=True)
+    return int(queue.declaration_result.message_count or 0)

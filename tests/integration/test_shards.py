@@ -132,6 +132,48 @@ def test_a_replica_added_mid_stream_moves_some_sources_and_the_sums_stay_exact(
     print(f"{len(moved)} of {len(SOURCES)} sources moved; old gauges gone {expired_after:.1f}s after the stream")
 
 
+def test_a_replica_that_leaves_mid_stream_hands_its_sources_over_and_the_sums_stay_exact(
+    hash_node: PrivateNode, start_aggregator: StartAggregator, tmp_path: Path
+) -> None:
+    """Three replicas, 24 sources streaming; `aggregator shard leave` takes the third replica's queue out of the
+    ring mid-stream and returns once the replica drained it. From then on that replica counts nothing more, it is
+    stopped, its queue deleted, and its final counts plus the two others' are every event, once."""
+    exchange = _exchange()
+    config = shard_config(tmp_path, "replica")
+    replicas = [
+        start_aggregator(replica_names(exchange, f"{exchange}.shard-{index}"), config=config, amqp_url=hash_node.url)
+        for index in range(3)
+    ]
+    events = 1_500
+    stream = SourceStream(hash_node.url, exchange, SOURCES, events, seconds=8.0).start()
+    wait_for(lambda: all(scrape_all(replicas)), what="the replicas to count")
+    time.sleep(2.0)
+    leaving = replicas[2]
+    left = subprocess.run(
+        [sys.executable, "-m", "aggregator", "shard", "leave", "--config", str(config), "--queue", leaving.names.queue,
+         "--exchange", exchange, "--amqp-url", hash_node.url, "--timeout", "60"],
+        capture_output=True, text=True, timeout=120, check=False,
+    )  # fmt: skip
+    assert left.returncode == 0, left.stderr
+    assert f"queue {leaving.names.queue!r} is drained" in left.stdout
+    final = leaving.scrape()
+    time.sleep(1.5)
+    assert by_source([leaving.scrape()], COUNTER) == by_source([final], COUNTER)
+    assert leaving.stop() == 0
+    hash_node.rabbitmqctl("delete_queue", leaving.names.queue)
+    stream.join()
+    samples = [*wait_counted(lambda: replicas[:2], len(SOURCES) * events - sum(by_counter(final))), final]
+    counters = by_source(samples, COUNTER)
+    assert {source: sum(where.values()) for source, where in counters.items()} == {
+        source: float(events) for source in SOURCES
+    }
+    assert any(2 in where for where in counters.values()), "the leaving replica held no source"
+
+
+def by_counter(samples: dict[tuple[str, frozenset[tuple[str, str]]], float]) -> list[float]:
+    return [value for (name, _), value in samples.items() if name == COUNTER]
+
+
 async def _declare_shard_exchange(url: str, exchange: str) -> str:
     connection = await aio_pika.connect(url, timeout=15)
     async with connection:
