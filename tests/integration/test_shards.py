@@ -82,6 +82,35 @@ def test_three_shards_give_each_source_to_one_replica_and_count_every_event_once
         assert "bound to shard exchange" in replica.log()
 
 
+def test_an_unsharded_aggregator_restarted_as_a_shard_keeps_its_queue_and_drops_its_direct_binding(
+    hash_node: PrivateNode, start_aggregator: StartAggregator, tmp_path: Path
+) -> None:
+    """The first step from one aggregator to shards: the running aggregator is restarted with [shard] on (and its
+    dead-letter exchange kept, so its queue is redeclared as it was). It keeps its queue and state, its queue now
+    takes its share through the shard exchange only, and with a second replica the sums are exact: no message
+    reaches it both directly and through the ring."""
+    exchange = _exchange()
+    names = replica_names(exchange, f"{exchange}.aggregator")
+    state = ["--state-dir", str(tmp_path / "state")]
+    single = start_aggregator(names, amqp_url=hash_node.url, extra_args=state)
+    SourceStream(hash_node.url, exchange, SOURCES[:6], 100).start().join()
+    wait_counted(lambda: [single], 600)
+    assert single.stop() == 0
+    first = shard_config(tmp_path, "first", f'[amqp]\ndead_letter_exchange = "{exchange}.dead"')
+    replicas = [
+        start_aggregator(names, config=first, amqp_url=hash_node.url, extra_args=state),
+        start_aggregator(replica_names(exchange, f"{exchange}.shard-2"), config=shard_config(tmp_path, "second"),
+                         amqp_url=hash_node.url),
+    ]  # fmt: skip
+    SourceStream(hash_node.url, exchange, SOURCES, 200).start().join()
+    wait_counted(lambda: replicas, 600 + len(SOURCES) * 200)
+    time.sleep(1.0)
+    counters = by_source(scrape_all(replicas), COUNTER)
+    expected = {source: 200.0 + (100.0 if source in SOURCES[:6] else 0.0) for source in SOURCES}
+    assert {source: sum(where.values()) for source, where in counters.items()} == expected
+    assert any(1 in where for where in counters.values()), "the second replica took no source"
+
+
 def test_a_replica_added_mid_stream_moves_some_sources_and_the_sums_stay_exact(
     hash_node: PrivateNode, start_aggregator: StartAggregator, tmp_path: Path
 ) -> None:
