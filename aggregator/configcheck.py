@@ -33,6 +33,9 @@ SECTIONS: dict[str, type[msgspec.Struct]] = {
     "shard": ShardSettings,
 }
 REQUIRED_METRIC_KEYS = ("name", "type", "help")
+# Keys checked together, since each one's validity depends on the others (a password file needs a user in the
+# URL and no password there; TLS files need amqps://).
+TOGETHER = {"amqp": ("url", "urls", "password_file", "ca_file", "cert_file", "key_file")}
 
 
 @dataclass
@@ -98,12 +101,18 @@ def _check_section(name: str, table: Any, struct: type[msgspec.Struct]) -> list[
         return [f"{name}: expected a table ([{name}]), got {type(table).__name__}"]
     known = _fields(struct)
     problems = _unknown(name, [key for key in table if key not in known], known)
+    together = TOGETHER.get(name, ())
     for key, value in table.items():
         if key in known:
+            alone = {key: value}
+            if key in together:
+                alone = {other: table[other] for other in together if other in table}
             try:
-                msgspec.convert({key: value}, struct)
+                msgspec.convert(alone, struct)
             except msgspec.ValidationError as error:
-                problems.append(_located(name, error, key))
+                problem = _located(name, error, key)
+                if not any(problem.partition(": ")[2] == seen.partition(": ")[2] for seen in problems):
+                    problems.append(problem)
     if not problems:
         try:
             msgspec.convert(table, struct)
