@@ -18,18 +18,18 @@ import typer
 from yarl import URL
 
 from aggregator.amqp import connection as amqp_connection
-from aggregator.amqp.connection import CONNECT_ERRORS, explain, redacted
+from aggregator.amqp.connection import CONNECT_ERRORS, explain, where
 from aggregator.amqp.dlq import DeadLetterQueue, ReplayRefused
-from aggregator.amqp.topology import TopologyError
+from aggregator.amqp.topology import TopologyError, leave_shard, ready_messages
 from aggregator.checkpoint import CheckpointError
-from aggregator.config import AmqpSettings, ConfigError, load_settings
+from aggregator.config import AmqpSettings, ConfigError, load_settings, split_urls
 from aggregator.custom import Declarations
 from aggregator.version import build_info
 from schemas.asyncapi import asyncapi_text
 from schemas.events import EVENT_TYPES, KINDS, Event, Metric, kind_of
 from schemas.jsonschema import event_json_schema
 from schemas.labels import LabelCheck
-from schemas.wire import CONTENT_TYPE_JSON, DEFAULT_AMQP_URL, DEFAULT_EXCHANGE, routing_key_for
+from schemas.wire import CONTENT_TYPE_JSON, DEFAULT_AMQP_URL, DEFAULT_EXCHANGE, HEADER_SOURCE, routing_key_for
 
 T = TypeVar("T")
 
@@ -42,7 +42,11 @@ app = typer.Typer(
 
 AmqpUrl = Annotated[
     str | None,
-    typer.Option("--amqp-url", envvar="TICKBUS_AMQP_URL", help=f"RabbitMQ URL (default {DEFAULT_AMQP_URL})."),
+    typer.Option(
+        "--amqp-url",
+        envvar="TICKBUS_AMQP_URL",
+        help=f"RabbitMQ URL (default {DEFAULT_AMQP_URL}); the nodes of a cluster separated by commas.",
+    ),
 ]
 Exchange = Annotated[
     str | None,
@@ -82,8 +86,10 @@ def _amqp_overrides(
     url: str | None, ca_file: str | None, cert_file: str | None, key_file: str | None, password_file: str | None
 ) -> dict[str, Any]:
     """The AMQP connection flags as settings overrides (None: not given)."""
+    urls = split_urls(url) if url is not None else None
     return {
-        "amqp.url": url,
+        "amqp.url": urls[0] if urls else url,
+        "amqp.urls": urls,
         "amqp.ca_file": ca_file,
         "amqp.cert_file": cert_file,
         "amqp.key_file": key_file,
@@ -311,7 +317,8 @@ def emit(
         raise _fail(str(error)) from None
     except (*CONNECT_ERRORS, TimeoutError) as error:
         raise _fail(
-            f"could not deliver to RabbitMQ at {redacted(amqp.url)} within {timeout:g}s: {explain(error, amqp)}"
+            f"could not deliver to RabbitMQ at {where(amqp)} within {timeout:g}s: "
+            f"{explain(error, amqp, amqp.addresses[-1])}"
         ) from None
     typer.echo(msgspec.json.encode(event).decode())
 
@@ -355,6 +362,8 @@ async def publish_once(amqp: AmqpSettings, event: Event, timeout: float) -> None
             message_id=uuid.uuid4().hex,
             timestamp=time.time(),
             app_id=event.source,
+            # What a sharded deployment's consistent-hash exchange routes on.
+            headers={HEADER_SOURCE: event.source},
             # The broker refuses a user_id other than the connection's user: it vouches for the publisher
             # (authenticated sources).
             user_id=URL(amqp.url).user or None,
@@ -582,7 +591,7 @@ def _with_dlq(amqp: AmqpSettings, action: Callable[[DeadLetterQueue], Awaitable[
             f"access to {amqp.dead_letter_queue_name!r} (and, to replay, write access to {amqp.exchange!r})"
         ) from None
     except CONNECT_ERRORS as error:
-        raise _fail(f"cannot reach RabbitMQ at {redacted(amqp.url)}: {explain(error, amqp)}") from None
+        raise _fail(f"cannot reach RabbitMQ at {where(amqp)}: {explain(error, amqp, amqp.addresses[-1])}") from None
 
 
 @dlq_app.command("list", epilog="Example:  aggregator dlq list --limit 20")
@@ -705,6 +714,75 @@ def dlq_purge(
         raise typer.Exit(1)
     purged = _with_dlq(amqp, lambda dlq: dlq.purge())
     typer.echo(f"purged {purged} dead letter(s)")
+
+
+shard_app = typer.Typer(
+    help="Sharded deployments ([shard] in the config): take a replica's queue out of the hash ring.",
+    no_args_is_help=True,
+)
+app.add_typer(shard_app, name="shard")
+
+
+@shard_app.command(
+    "leave", epilog="Example:  aggregator shard leave --config shard-3.toml  (then stop that replica, delete its queue)"
+)
+def shard_leave(
+    config: Annotated[Path, typer.Option("--config", "-c", envvar="TICKBUS_CONFIG", help="The replica's config.")],
+    amqp_url: AmqpUrl = None,
+    amqp_ca_file: AmqpCaFile = None,
+    amqp_cert_file: AmqpCertFile = None,
+    amqp_key_file: AmqpKeyFile = None,
+    amqp_password_file: AmqpPasswordFile = None,
+    exchange: Exchange = None,
+    queue: Queue = None,
+    timeout: Annotated[float, typer.Option(help="Seconds to wait for the queue to drain.")] = 600.0,
+) -> None:
+    """Unbind this replica's queue from the shard exchange, then wait until its replica has drained it.
+
+    Its sources go to the other replicas from the next message on; what is already in its queue is still
+    applied by the replica, which must keep running until this returns. Then stop the replica (its counts stay
+    exact: they are what it applied) and delete its queue.
+    """
+    overrides = _amqp_overrides(amqp_url, amqp_ca_file, amqp_cert_file, amqp_key_file, amqp_password_file)
+    try:
+        settings = load_settings(config, {**overrides, "amqp.exchange": exchange, "amqp.queue": queue})
+    except ConfigError as error:
+        raise _fail(str(error), 2) from None
+    if not settings.shard.enabled:
+        raise _fail(f"{config}: [shard] is not enabled: the queue is not in a hash ring", 2)
+    amqp = _checked(settings.amqp)
+
+    async def leave() -> int:
+        connection = await amqp_connection.connect(amqp, f"tickbus-shard-leave {amqp.queue}")
+        async with connection:
+            channel = await connection.channel()
+            await leave_shard(channel, amqp, settings.shard)
+            typer.echo(f"unbound queue {amqp.queue!r} from {settings.shard.exchange_name(amqp)!r}; draining")
+            deadline = time.monotonic() + timeout
+            # Empty twice, a commit interval apart: what was delivered last is acked by then.
+            empty = 0
+            while empty < 2:
+                waiting = await ready_messages(channel, amqp.queue)
+                empty = empty + 1 if waiting == 0 else 0
+                if time.monotonic() > deadline:
+                    return waiting
+                await anyio.sleep(1.0)
+        return 0
+
+    try:
+        left = anyio.run(leave)
+    except aiormq.exceptions.ChannelNotFoundEntity as error:
+        raise _fail(
+            f"{error.args[0] if error.args else error}: check --exchange / --queue; has this replica ever run?"
+        ) from None
+    except CONNECT_ERRORS as error:
+        raise _fail(f"cannot reach RabbitMQ at {where(amqp)}: {explain(error, amqp, amqp.addresses[-1])}") from None
+    if left:
+        raise _fail(f"{left} message(s) still wait in {amqp.queue!r} after {timeout:g}s: is its replica running?")
+    typer.echo(
+        f"queue {amqp.queue!r} is drained: stop its replica, then `rabbitmqctl delete_queue {amqp.queue}` "
+        f"(and its {amqp.dead_letter_queue_name!r} once its dead letters are dealt with)"
+    )
 
 
 def main() -> None:

@@ -1,9 +1,10 @@
 """Aggregator settings: defaults, an optional TOML file and overrides from flags or environment."""
 
+import re
 import tomllib
 from pathlib import Path
 from typing import Annotated, Any, Literal
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import SplitResult, parse_qsl, urlsplit
 
 import msgspec
 
@@ -28,6 +29,39 @@ class _Section(msgspec.Struct, kw_only=True, forbid_unknown_fields=True):
 # TLS settings the AMQP client would take from the URL's query; tickbus takes them from its own keys only, so
 # that certificate verification cannot be turned off by a URL.
 _URL_TLS_OPTIONS = frozenset({"cafile", "capath", "cadata", "keyfile", "certfile", "no_verify_ssl"})
+# Several broker URLs in one flag or variable: split at a comma that starts another amqp:// or amqps:// URL (a
+# comma inside a password stays where it is).
+_URL_SEPARATOR = re.compile(r"\s*,\s*(?=amqps?://)")
+
+
+def split_urls(text: str) -> list[str]:
+    """`amqp://a,amqp://b` (a flag or environment variable naming several brokers) as a list of URLs."""
+    return [part for part in _URL_SEPARATOR.split(text.strip()) if part]
+
+
+def _scheme(url: str) -> str:
+    """A URL's scheme for an error message (never the URL: it may hold a password)."""
+    return url.partition("://")[0] + "://" if "://" in url else "no scheme"
+
+
+def _checked_addresses(addresses: list[str], key: str) -> list[SplitResult]:
+    """The broker URLs split, once each is known to be amqp:// or amqps:// without TLS options, and all alike."""
+    for position, url in enumerate(addresses):
+        where = f"{key}[{position}]" if key == "urls" else key
+        # Never quote the URL in an error: it may hold a password.
+        if not url.startswith(("amqp://", "amqps://")):
+            raise ValueError(f"{where} must start with amqp:// or amqps://, got {_scheme(url)[:16]!r}")
+        given = sorted(_URL_TLS_OPTIONS.intersection(name for name, _ in parse_qsl(urlsplit(url).query)))
+        if given:
+            raise ValueError(
+                f"{where}: set TLS with amqp.ca_file, amqp.cert_file and amqp.key_file, not in the URL ({given[0]}=)"
+            )
+    parts = [urlsplit(url) for url in addresses]
+    if len({part.scheme for part in parts}) > 1:
+        raise ValueError("amqp.urls mixes amqp:// and amqps://: the nodes of one cluster take one scheme")
+    if len({(part.username, part.password, part.path) for part in parts}) > 1:
+        raise ValueError("amqp.urls differ in user, password or vhost: the nodes of one cluster share them")
+    return parts
 
 
 class AmqpSettings(_Section):
@@ -35,6 +69,9 @@ class AmqpSettings(_Section):
 
     # amqp:// or amqps:// (TLS); the password may instead come from `password_file`.
     url: str = DEFAULT_AMQP_URL
+    # The nodes of one RabbitMQ cluster, instead of `url`: connecting tries them in turn, from the first, and a lost
+    # connection is taken up again by the next node that answers. Same scheme, user and vhost on every one.
+    urls: list[str] = []
     # TLS (amqps:// only): the CA that signed the broker's certificate (empty: the system's CAs), and the client
     # certificate and key to present when the broker asks for one. The broker's certificate and its name are
     # always verified.
@@ -51,6 +88,10 @@ class AmqpSettings(_Section):
     binding_keys: list[str] = msgspec.field(default_factory=lambda: ["#"])
     prefetch: Annotated[int, msgspec.Meta(ge=1, le=65535)] = 2000
     queue_type: Literal["classic", "quorum"] = "classic"
+    # The dead-letter queue's type. On a cluster make it "quorum" too: a classic queue lives on one node, and while
+    # that node is down no aggregator can declare it, so none can reconnect. (Default classic: an existing
+    # dead-letter queue cannot change type in place.)
+    dead_letter_queue_type: Literal["classic", "quorum"] = "classic"
     # Quorum queues only: deliveries after which the broker dead-letters a message. Well above what a
     # crash loop reaches before the poison breaker (state.poison_after) sets the culprit aside, so the
     # broker never dead-letters a backlog of good messages delivered during crashes.
@@ -60,18 +101,14 @@ class AmqpSettings(_Section):
     single_active_consumer: bool = False
 
     def __post_init__(self) -> None:
-        # Never quote the URL in an error: it may hold a password.
-        if not self.url.startswith(("amqp://", "amqps://")):
-            scheme = self.url.partition("://")[0] + "://" if "://" in self.url else "no scheme"
-            raise ValueError(f"url must start with amqp:// or amqps://, got {scheme[:16]!r}")
-        parts = urlsplit(self.url)
-        given = sorted(_URL_TLS_OPTIONS.intersection(name for name, _ in parse_qsl(parts.query)))
-        if given:
-            raise ValueError(
-                f"url: set TLS with amqp.ca_file, amqp.cert_file and amqp.key_file, not in the URL ({given[0]}=)"
-            )
+        if self.urls:
+            if self.url not in (DEFAULT_AMQP_URL, self.urls[0]):
+                raise ValueError("both amqp.url and amqp.urls are set: list every broker in amqp.urls and drop url")
+            self.url = self.urls[0]
+        parts = _checked_addresses(self.addresses, "urls" if self.urls else "url")
+        first = parts[0]
         tls_files = [key for key in ("ca_file", "cert_file", "key_file") if getattr(self, key)]
-        if tls_files and parts.scheme != "amqps":
+        if tls_files and first.scheme != "amqps":
             raise ValueError(
                 f"amqp.{tls_files[0]} is set but the url is amqp://: use amqps:// and the broker's TLS port "
                 "(5671 by default)"
@@ -81,14 +118,19 @@ class AmqpSettings(_Section):
                 "amqp.cert_file and amqp.key_file go together (the client certificate and its private key)"
             )
         if self.password_file:
-            if parts.password is not None:
+            if first.password is not None:
                 raise ValueError("the password is given twice: in amqp.url and in amqp.password_file; keep one")
-            if not parts.username:
+            if not first.username:
                 raise ValueError("amqp.password_file needs a user in amqp.url (amqps://USER@host:5671/)")
         for key in ("ca_file", "cert_file", "key_file", "password_file"):
             path = getattr(self, key)
             if path and not Path(path).is_file():
                 raise ValueError(f"amqp.{key}: {path} does not exist or is not a file")
+
+    @property
+    def addresses(self) -> list[str]:
+        """Every broker URL to connect to, in the order they are tried: `urls`, or `url` alone."""
+        return list(self.urls) or [self.url]
 
     @property
     def tls(self) -> bool:
@@ -148,6 +190,22 @@ class StateSettings(_Section):
     stream: bool = False
     # Retention of that stream: several times the size of the state (tickbus warns when it is not).
     stream_max_bytes: Annotated[int, msgspec.Meta(ge=16 * 1024 * 1024)] = 512 * 1024 * 1024
+
+
+class ShardSettings(_Section):
+    """Sharding: this replica consumes one share of the sources, through RabbitMQ's consistent-hash exchange."""
+
+    # On: the aggregator declares the consistent-hash exchange (hashing on the x-tickbus-source header), binds it to
+    # the metrics exchange with amqp.binding_keys, and binds its own queue to it (not to the metrics exchange).
+    # Needs the rabbitmq_consistent_hash_exchange plugin on every broker node (scripts/rabbitmq-shard-plugin).
+    enabled: bool = False
+    # The consistent-hash exchange every replica of the deployment shares; empty: `<amqp.exchange>.shards`.
+    exchange: str = ""
+    # This queue's share of the sources, relative to the other queues' weights (its binding key on the exchange).
+    weight: Annotated[int, msgspec.Meta(ge=1, le=10_000)] = 1
+
+    def exchange_name(self, amqp: AmqpSettings) -> str:
+        return self.exchange or f"{amqp.exchange}.shards"
 
 
 SourcePattern = Annotated[str, msgspec.Meta(pattern=r"^(\*|[A-Za-z0-9_.:-]{1,64}|[A-Za-z0-9_.:-]{1,63}\*)$")]
@@ -227,6 +285,7 @@ class Settings(_Section):
     catalog: CatalogSettings = msgspec.field(default_factory=CatalogSettings)
     state: StateSettings = msgspec.field(default_factory=StateSettings)
     source_auth: SourceAuthSettings = msgspec.field(default_factory=SourceAuthSettings)
+    shard: ShardSettings = msgspec.field(default_factory=ShardSettings)
     metrics: list[CustomMetric] = []
     log_level: Literal["debug", "info", "warning", "error"] = "info"
 
@@ -235,6 +294,15 @@ class Settings(_Section):
         duplicates = sorted({name for name in names if names.count(name) > 1})
         if duplicates:
             raise ValueError(f"custom metric {duplicates[0]!r} is declared twice")
+        if self.shard.enabled and not self.amqp.dead_letter_exchange:
+            # Replicas share the metrics exchange: `<exchange>.dead` would copy every replica's dead letters into
+            # every replica's dead-letter queue. Each replica's own exchange keeps them apart.
+            self.amqp.dead_letter_exchange = f"{self.amqp.queue}.dead"
+        if self.shard.enabled and self.shard.exchange_name(self.amqp) in (
+            self.amqp.exchange,
+            self.amqp.dead_letter_exchange_name,
+        ):
+            raise ValueError("shard.exchange must differ from amqp.exchange and its dead-letter exchange")
 
 
 def load_settings(path: Path | None = None, overrides: dict[str, Any] | None = None) -> Settings:

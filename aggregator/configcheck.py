@@ -8,7 +8,7 @@ from typing import Any
 
 import msgspec
 
-from aggregator.amqp.connection import redacted
+from aggregator.amqp.connection import where
 from aggregator.config import (
     AmqpSettings,
     CatalogSettings,
@@ -16,11 +16,13 @@ from aggregator.config import (
     CustomMetric,
     HttpSettings,
     Settings,
+    ShardSettings,
     StateSettings,
     load_settings,
 )
 from aggregator.ingest import Ingest
 from aggregator.selfmetrics import SelfMetrics
+from aggregator.statestream import stream_name
 from aggregator.store import Store
 
 SECTIONS: dict[str, type[msgspec.Struct]] = {
@@ -28,8 +30,12 @@ SECTIONS: dict[str, type[msgspec.Struct]] = {
     "http": HttpSettings,
     "catalog": CatalogSettings,
     "state": StateSettings,
+    "shard": ShardSettings,
 }
 REQUIRED_METRIC_KEYS = ("name", "type", "help")
+# Keys checked together, since each one's validity depends on the others (a password file needs a user in the
+# URL and no password there; TLS files need amqps://).
+TOGETHER = {"amqp": ("url", "urls", "password_file", "ca_file", "cert_file", "key_file")}
 
 
 @dataclass
@@ -51,12 +57,21 @@ class ConfigCheck:
         amqp, catalog = settings.amqp, settings.catalog
         types = Counter(metric.type for metric in settings.metrics)
         metrics = ", ".join(f"{count} {kind}{'s' if count > 1 else ''}" for kind, count in sorted(types.items()))
+        consumer = ", single active consumer" if amqp.single_active_consumer else ""
+        shard = ""
+        if settings.shard.enabled:
+            shard = (
+                f" through shard exchange {settings.shard.exchange_name(amqp)!r} (consistent hash on the source, "
+                f"weight {settings.shard.weight})"
+            )
+        checkpoints = f"checkpoints in {settings.state.dir}" if settings.state.dir else "no checkpoints (no state dir)"
+        if settings.state.stream:
+            checkpoints = f"checkpoints in stream {stream_name(amqp.queue)!r}"
         return (
-            f"{self.path}: OK: consumes exchange {amqp.exchange!r} into queue {amqp.queue!r} ({amqp.queue_type}, "
-            f"prefetch {amqp.prefetch}) at {redacted(amqp.url)}; serves {settings.http.host}:{settings.http.port}; "
-            f"namespace {catalog.namespace!r}; {len(settings.metrics)} custom metric(s)"
-            f"{f' ({metrics})' if metrics else ''}; "
-            f"{f'checkpoints in {settings.state.dir}' if settings.state.dir else 'no checkpoints (no state dir)'}"
+            f"{self.path}: OK: consumes exchange {amqp.exchange!r}{shard} into queue {amqp.queue!r} "
+            f"({amqp.queue_type}, prefetch {amqp.prefetch}{consumer}) at {where(amqp)}; serves "
+            f"{settings.http.host}:{settings.http.port}; namespace {catalog.namespace!r}; {len(settings.metrics)} "
+            f"custom metric(s){f' ({metrics})' if metrics else ''}; {checkpoints}"
         )
 
 
@@ -86,12 +101,18 @@ def _check_section(name: str, table: Any, struct: type[msgspec.Struct]) -> list[
         return [f"{name}: expected a table ([{name}]), got {type(table).__name__}"]
     known = _fields(struct)
     problems = _unknown(name, [key for key in table if key not in known], known)
+    together = TOGETHER.get(name, ())
     for key, value in table.items():
         if key in known:
+            alone = {key: value}
+            if key in together:
+                alone = {other: table[other] for other in together if other in table}
             try:
-                msgspec.convert({key: value}, struct)
+                msgspec.convert(alone, struct)
             except msgspec.ValidationError as error:
-                problems.append(_located(name, error, key))
+                problem = _located(name, error, key)
+                if not any(problem.partition(": ")[2] == seen.partition(": ")[2] for seen in problems):
+                    problems.append(problem)
     if not problems:
         try:
             msgspec.convert(table, struct)

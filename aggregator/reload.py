@@ -12,7 +12,7 @@ from aggregator.webconfig import WebGuard
 log = logging.getLogger(__name__)
 
 # Read once at start: a change to these is refused with a message, the running values stay.
-RESTART_ONLY = ("amqp", "http", "state", "source_auth")
+RESTART_ONLY = ("amqp", "http", "state", "source_auth", "shard")
 
 
 def _differences(old: object, new: object, prefix: str) -> list[str]:

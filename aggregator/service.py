@@ -127,6 +127,7 @@ class Aggregator:
             poison_after=settings.state.poison_after,
             crash_marker=crash_marker,
             take_over=None if self.stream is None else self._take_over,
+            shard=settings.shard,
         )
         if self.stream is not None:
             self.stream.bind(self.consumer.open_channel)

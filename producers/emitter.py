@@ -31,6 +31,7 @@ from schemas.wire import (
     CONTENT_TYPE_MSGPACK,
     DEFAULT_AMQP_URL,
     DEFAULT_EXCHANGE,
+    HEADER_SOURCE,
     MAX_MESSAGE_BYTES,
     Codec,
     routing_key_for,
@@ -262,6 +263,8 @@ class Publisher:
                 message_id=f"{self.instance}-{self._sequence}",
                 timestamp=time.time(),
                 app_id=settings.source,
+                # Sharded deployments route every message of one source to one aggregator replica by it.
+                headers={HEADER_SOURCE: settings.source},
                 user_id=self.user_id,
             )
             outgoing = Outgoing(message, routing_key, count)

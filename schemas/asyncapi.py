@@ -22,6 +22,7 @@ from schemas.wire import (
     HEADER_ORIGINAL_MESSAGE_ID,
     HEADER_ORIGINAL_ROUTING_KEY,
     HEADER_REASON,
+    HEADER_SOURCE,
     MAX_MESSAGE_BYTES,
     REJECTION_REASONS,
 )
@@ -30,7 +31,7 @@ ASYNCAPI_VERSION: Final = "3.0.0"
 AMQP_BINDING_VERSION: Final = "0.3.0"
 # The version of the contract itself: minor for new kinds or new optional fields, major for anything a
 # producer written against the previous version would get rejected for.
-CONTRACT_VERSION: Final = "1.4.0"
+CONTRACT_VERSION: Final = "1.5.0"
 DOCUMENT_ID: Final = "urn:tickbus:wire-contract"
 DEAD_LETTER_CHANNEL: Final = "deadLetters"
 
@@ -40,8 +41,22 @@ DEAD_LETTER_CHANNEL: Final = "deadLetters"
 _MESSAGE_PROPERTIES = (
     "Publish every message with delivery mode 2 (persistent), content type application/json or "
     "application/msgpack, a message id unique per message and kept across retries of the same message "
-    "(the aggregator applies an id once), and preferably the timestamp and app id (the source) properties."
+    "(the aggregator applies an id once), and preferably the timestamp and app id (the source) properties and "
+    f"the {HEADER_SOURCE} header (the source: sharded aggregators route every message of a source by it)."
 )
+_EVENT_HEADERS: dict[str, Any] = {
+    "type": "object",
+    "properties": {
+        HEADER_SOURCE: {
+            "type": "string",
+            "description": (
+                "The source of the message's events (recommended since 1.5.0). A sharded deployment's "
+                "consistent-hash exchange hashes on it, so that every message of one source reaches one "
+                "aggregator replica; messages without it all reach the same one."
+            ),
+        }
+    },
+}
 
 
 def _event_types() -> tuple[type[EventBase], ...]:
@@ -125,6 +140,7 @@ def asyncapi_document(exchange: str = DEFAULT_EXCHANGE) -> dict[str, Any]:
                 f"One `{kind}` event as the whole body, published with routing key `{kind}`. {_MESSAGE_PROPERTIES}"
             ),
             "contentType": CONTENT_TYPE_JSON,
+            "headers": _EVENT_HEADERS,
             "payload": ref,
             "bindings": {"amqp": {"messageType": kind, "bindingVersion": AMQP_BINDING_VERSION}},
         }
@@ -138,6 +154,7 @@ def asyncapi_document(exchange: str = DEFAULT_EXCHANGE) -> dict[str, Any]:
             f"dead-letters the bad ones one by one. {_MESSAGE_PROPERTIES}"
         ),
         "contentType": CONTENT_TYPE_JSON,
+        "headers": _EVENT_HEADERS,
         "payload": {
             "type": "array",
             "minItems": 1,

@@ -34,6 +34,9 @@ HEADER_ORIGINAL_ROUTING_KEY: Final = "x-tickbus-routing-key"
 # message_id property (amqp-publish), its id.
 HEADER_ORIGINAL_MESSAGE_ID: Final = "x-tickbus-message-id"
 HEADER_BATCH_INDEX: Final = "x-tickbus-batch-index"
+# The source whose events the message holds: what a sharded deployment's consistent-hash exchange hashes on, so
+# that every message of one source reaches one aggregator replica (its `hash-header`). Contract 1.5.0.
+HEADER_SOURCE: Final = "x-tickbus-source"
 
 
 class Reason(enum.StrEnum):

@@ -1,4 +1,4 @@
-"""Connecting to RabbitMQ: TLS, the password file, retries while the broker is unreachable, and saying why not."""
+"""Connecting to RabbitMQ: TLS, the password file, several broker addresses, retries, and saying why not."""
 
 import asyncio
 import logging
@@ -11,6 +11,7 @@ from typing import Any
 import aio_pika
 import aiormq
 from aio_pika.abc import AbstractConnection, AbstractRobustConnection
+from aio_pika.robust_connection import RobustConnection
 from yarl import URL
 
 from aggregator.config import AmqpSettings, ConfigError
@@ -53,11 +54,17 @@ def _read_password(amqp: AmqpSettings) -> str:
     return password
 
 
-def connection_url(amqp: AmqpSettings) -> str:
-    """The URL to connect with: amqp.url, with the password from amqp.password_file when that is set."""
+def connection_url(amqp: AmqpSettings, url: str | None = None) -> str:
+    """The URL to connect with (amqp.url, or `url`: one of amqp.addresses), with amqp.password_file's password."""
+    url = url or amqp.url
     if not amqp.password_file:
-        return amqp.url
-    return str(URL(amqp.url).with_password(_read_password(amqp)))
+        return url
+    return str(URL(url).with_password(_read_password(amqp)))
+
+
+def where(amqp: AmqpSettings) -> str:
+    """The broker's address or addresses for logs and messages, without passwords."""
+    return ", ".join(redacted(url) for url in amqp.addresses)
 
 
 def tls_context(amqp: AmqpSettings) -> ssl.SSLContext | None:
@@ -86,35 +93,103 @@ def check(amqp: AmqpSettings) -> None:
 
 
 async def connect(amqp: AmqpSettings, name: str, timeout: float = 10.0) -> AbstractConnection:
-    """One plain connection with the settings' TLS and credentials (for commands that connect once)."""
-    return await aio_pika.connect(
-        connection_url(amqp),
-        ssl_context=tls_context(amqp),
-        timeout=timeout,
-        client_properties={"connection_name": name},
-    )
+    """One plain connection with the settings' TLS and credentials (for commands that connect once).
+
+    To the first of amqp.addresses that answers; the last one's error if none does.
+    """
+    addresses = amqp.addresses
+    for position, url in enumerate(addresses):
+        try:
+            return await aio_pika.connect(
+                connection_url(amqp, url),
+                ssl_context=tls_context(amqp),
+                timeout=timeout,
+                client_properties={"connection_name": name},
+            )
+        except CONNECT_ERRORS as error:
+            if position == len(addresses) - 1:
+                raise
+            log.info("cannot reach RabbitMQ at %s (%s); trying %s", redacted(url), describe(error),
+                     redacted(addresses[position + 1]))  # fmt: skip
+    raise AssertionError("amqp.addresses is never empty")
+
+
+class FailoverConnection(RobustConnection):
+    """A robust connection over the nodes of one cluster: each failed attempt moves on to the next address.
+
+    aio-pika's robust connection reconnects to the one URL it was made with. This one keeps the list: a lost
+    connection is first taken up again at the node it was on; every attempt that fails moves to the next node in
+    the list (round robin), `reconnect_interval` apart, so the survivors of a dead node are reached within one
+    interval per dead node. The password file is read again at each attempt.
+    """
+
+    def __init__(self, url: URL, *, amqp: AmqpSettings, **kwargs: Any) -> None:
+        self.amqp = amqp
+        self.position = 0
+        self.established = False
+        super().__init__(URL(connection_url(amqp, amqp.addresses[0])), **kwargs)
+
+    @property
+    def address(self) -> str:
+        """The URL of the node this connection is on, or tries next (without the password)."""
+        return redacted(self.amqp.addresses[self.position])
+
+    def advance(self) -> None:
+        """Aim the next attempt at the next node."""
+        addresses = self.amqp.addresses
+        self.position = (self.position + 1) % len(addresses)
+        self.url = URL(connection_url(self.amqp, addresses[self.position]))
+
+    # aio-pika makes each attempt in this (name-mangled) method: wrapped, a failure moves on to the next node.
+    async def _RobustConnection__connect_transport(self) -> None:
+        try:
+            await _CONNECT_TRANSPORT(self)
+        except CONNECT_ERRORS as error:
+            failed = self.address
+            self.advance()
+            if self.established and len(self.amqp.addresses) > 1:
+                log.warning("cannot reach RabbitMQ at %s (%s); trying %s next", failed, describe(error), self.address)
+            raise
+        self.established = True
+
+
+_CONNECT_TRANSPORT = RobustConnection._RobustConnection__connect_transport  # type: ignore[attr-defined]
 
 
 async def connect_with_retry(
     amqp: AmqpSettings, on_retry: Callable[[], None] | None = None
 ) -> AbstractRobustConnection:
-    """Connect robustly, retrying with capped exponential backoff while the broker is unreachable or refuses.
+    """Connect robustly, retrying with capped exponential backoff while no broker answers or every one refuses.
 
-    The password file and the TLS files are read again at each attempt, so a rotated secret is picked up.
+    Each attempt tries the next of amqp.addresses. The password file and the TLS files are read again at each
+    attempt, so a rotated secret is picked up.
     """
     delay = 0.5
+    position = 0
+    addresses = amqp.addresses
     while True:
+        url = addresses[position]
         try:
-            return await aio_pika.connect_robust(
-                connection_url(amqp),
+            connection = FailoverConnection(
+                URL(url),
+                amqp=amqp,
                 ssl_context=tls_context(amqp),
                 reconnect_interval=1.0,
-                timeout=10,
                 client_properties={"connection_name": f"tickbus-aggregator {amqp.queue}"},
             )
+            # Start from the node this attempt is for.
+            connection.position = (position - 1) % len(addresses)
+            connection.advance()
+            await connection.connect(timeout=10)
+            return connection
         except CONNECT_ERRORS as error:
-            reason = await asyncio.to_thread(explain, error, amqp)
-            log.error("cannot reach RabbitMQ at %s (%s); retrying in %.1fs", redacted(amqp.url), reason, delay)
+            reason = await asyncio.to_thread(explain, error, amqp, url)
+            position = (position + 1) % len(addresses)
+            if position:
+                log.error("cannot reach RabbitMQ at %s (%s); trying %s", redacted(url), reason,
+                          redacted(addresses[position]))  # fmt: skip
+                continue
+            log.error("cannot reach RabbitMQ at %s (%s); retrying in %.1fs", redacted(url), reason, delay)
             if on_retry is not None:
                 on_retry()
             await asyncio.sleep(delay)
@@ -131,12 +206,12 @@ def _causes(error: BaseException) -> list[BaseException]:
     return chain
 
 
-def explain(error: BaseException, amqp: AmqpSettings) -> str:
-    """Why a connection failed, in words that say what to do; never the password.
+def explain(error: BaseException, amqp: AmqpSettings, address: str | None = None) -> str:
+    """Why a connection to `address` (default amqp.url) failed, in words that say what to do; never the password.
 
     May open one more TLS connection to read the names in the broker's certificate (a host name mismatch).
     """
-    url = URL(amqp.url)
+    url = URL(address or amqp.url)
     host, port = url.host or "localhost", url.port or AMQPS_PORT
     for cause in _causes(error):
         if isinstance(cause, ssl.SSLCertVerificationError):

@@ -12,12 +12,12 @@ import aiormq
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 from aio_pika.exceptions import ChannelInvalidStateError
 
-from aggregator.amqp.connection import connect_with_retry, describe, redacted
+from aggregator.amqp.connection import FailoverConnection, connect_with_retry, describe, where
 from aggregator.amqp.deadletter import DeadLetterPublisher
 from aggregator.amqp.ledger import AckLedger, Durability
 from aggregator.amqp.topology import Topology, TopologyError, declare_topology
 from aggregator.blackbox import BlackBox, fingerprint
-from aggregator.config import AmqpSettings
+from aggregator.config import AmqpSettings, ShardSettings
 from aggregator.pipeline import Pipeline
 from aggregator.refusal import Refusal
 from schemas.wire import HEADER_ORIGINAL_MESSAGE_ID, Reason
@@ -41,8 +41,10 @@ class Consumer:
         poison_after: int = 2,
         crash_marker: bytes | None = None,
         take_over: Callable[[], Awaitable[Any]] | None = None,
+        shard: ShardSettings | None = None,
     ) -> None:
         self.amqp = amqp
+        self.shard = shard
         self.pipeline = pipeline
         self.blackbox = blackbox or BlackBox.open(None)
         self._poison_after = poison_after
@@ -80,18 +82,17 @@ class Consumer:
         channel = await connection.channel()
         await channel.set_qos(prefetch_count=self.amqp.prefetch)
         try:
-            self.topology = await declare_topology(channel, self.amqp)
+            self.topology = await declare_topology(channel, self.amqp, self.shard)
         except TopologyError:
             await connection.close()  # nothing left pending behind the error the user sees
             raise
         self._consumer_tag = await self.topology.queue.consume(self._on_message)
         self.consuming = True
-        log.info(
-            "consuming queue %r bound to exchange %r at %s",
-            self.amqp.queue,
-            self.amqp.exchange,
-            redacted(self.amqp.url),
-        )
+        bound = f"exchange {self.amqp.exchange!r}"
+        if self.topology.shard_exchange is not None:
+            assert self.shard is not None
+            bound = f"shard exchange {self.topology.shard_exchange.name!r} with weight {self.shard.weight}"
+        log.info("consuming queue %r bound to %s at %s", self.amqp.queue, bound, self._address())
 
     async def open_channel(self) -> AbstractChannel:
         """A confirm channel on the consumer's connection."""
@@ -101,8 +102,14 @@ class Consumer:
     async def _open_dead_letter_channel(self) -> AbstractChannel:
         assert self.connection is not None
         channel = await self.connection.channel(publisher_confirms=True)
-        await declare_topology(channel, self.amqp)
+        await declare_topology(channel, self.amqp, self.shard)
         return channel
+
+    def _address(self) -> str:
+        """The broker node the connection is on (every address when that is not known)."""
+        if isinstance(self.connection, FailoverConnection):
+            return self.connection.address
+        return where(self.amqp)
 
     def _on_connection_lost(self, *_: Any) -> None:
         if self.consuming:
@@ -113,7 +120,7 @@ class Consumer:
             self._taken_over = False
 
     def _on_reconnected(self, *_: Any) -> None:
-        log.info("reconnected to RabbitMQ; consuming again")
+        log.info("reconnected to RabbitMQ at %s; consuming again", self._address())
         self.consuming = True
 
     async def _on_message(self, message: AbstractIncomingMessage) -> None:

@@ -18,6 +18,7 @@ from schemas.wire import (
     HEADER_ORIGINAL_MESSAGE_ID,
     HEADER_ORIGINAL_ROUTING_KEY,
     HEADER_REASON,
+    HEADER_SOURCE,
 )
 
 log = logging.getLogger(__name__)
@@ -36,6 +37,9 @@ def dead_letter(message: AbstractIncomingMessage, refusal: Refusal) -> aio_pika.
     }
     if refusal.position is not None:
         headers[HEADER_BATCH_INDEX] = refusal.position
+    source = (message.headers or {}).get(HEADER_SOURCE)
+    if source is not None:
+        headers[HEADER_SOURCE] = source  # a replayed letter goes back to its source's shard
     return aio_pika.Message(
         refusal.body or message.body,
         content_type=refusal.content_type or message.content_type or None,

@@ -23,6 +23,7 @@ from schemas.wire import (
     HEADER_ORIGINAL_MESSAGE_ID,
     HEADER_ORIGINAL_ROUTING_KEY,
     HEADER_REASON,
+    HEADER_SOURCE,
 )
 
 
@@ -76,6 +77,12 @@ def _view(position: int, message: AbstractIncomingMessage) -> DeadLetterView:
         content_type=message.content_type or "",
         body=message.body,
     )
+
+
+def _routing_headers(message: AbstractIncomingMessage) -> dict[str, Any]:
+    """The letter's x-tickbus-source, so that a sharded deployment routes the replay to the source's replica."""
+    source = (message.headers or {}).get(HEADER_SOURCE)
+    return {} if source is None else {HEADER_SOURCE: source}
 
 
 def _broker_reason(headers: dict[str, Any]) -> str:
@@ -166,6 +173,7 @@ class DeadLetterQueue:
                         message_id=f"{original}{index}:replay",
                         delivery_mode=aio_pika.DeliveryMode.PERSISTENT,
                         app_id=message.app_id,
+                        headers=_routing_headers(message),
                         # Replayed under the operator's user: with authenticated sources, that user needs
                         # the letters' sources (or `*`) in source_auth.users.
                         user_id=URL(self._amqp.url).user or None,

@@ -453,6 +453,8 @@ queued:
 			MessageId:    fmt.Sprintf("%s-%d", e.instance, e.sequence),
 			Timestamp:    time.Now(),
 			AppId:        e.opts.Source,
+			// Sharded deployments route every message of one source to one aggregator replica by this header.
+			Headers: amqp.Table{"x-tickbus-source": e.opts.Source},
 			// The broker refuses a user id other than the connection's user: the aggregator can trust it
 			// (authenticated sources).
 			UserId: e.uri.Username,

@@ -543,6 +543,8 @@ export class Emitter {
         messageId: `${this.instance}-${this._sequence}`,
         timestamp: Math.floor(Date.now() / 1000),
         appId: this.source,
+        // Sharded deployments route every message of one source to one aggregator replica by this header.
+        headers: { 'x-tickbus-source': this.source },
         userId: this.userId,
       },
       events: batch.length - ownHeartbeats,

@@ -193,7 +193,10 @@ for assignment in "$@"; do
   fi
   [ "$name" = kind ] && fail "give the kind as the first word, not as a field"
   [ "$name" = ts ] && have_ts=1
-  [ "$name" = source ] && have_source=1
+  if [ "$name" = source ]; then
+    have_source=1
+    [[ $assignment == *:=* ]] || source_name=${assignment#*=}
+  fi
   fields+=",$(json_string "$name"):$raw"
 done
 [ -n "$labels" ] && fields+=",\"labels\":{$labels}"
@@ -210,7 +213,7 @@ instance=$(od -An -N6 -tx1 /dev/urandom 2>/dev/null | tr -d ' \n') || instance="
 message_id="$instance-1"
 
 publish=(--exchange="$exchange" --routing-key="$kind" --persistent --content-type=application/json
-  --header="x-tickbus-message-id: $message_id" --body="$body")
+  --header="x-tickbus-message-id: $message_id" --header="x-tickbus-source: $source_name" --body="$body")
 connection=(--url="$url")
 shown=$url
 [[ $url =~ ^([a-z]+://[^:/@]*):[^@]*@(.*)$ ]] && shown="${BASH_REMATCH[1]}:***@${BASH_REMATCH[2]}"

@@ -14,7 +14,7 @@ from typing import Any
 import aio_pika
 import pytest
 
-from schemas.wire import HEADER_REASON
+from schemas.wire import HEADER_REASON, HEADER_SOURCE
 from tests.support.broker import drain
 from tests.support.crosscheck import Tap, assert_same_as_python, desk_raw, send_python_reference
 from tests.support.driver import ROOT
@@ -82,6 +82,7 @@ def test_amqp_publish_script_desk_scenario_matches_the_python_emitter(
         assert message.content_type == "application/json"
         assert json.loads(message.body) == {**event, "source": "sh-desk"}
         assert re.fullmatch(r"[0-9a-f]{12}-1", str(message.headers[ID_HEADER]))
+        assert message.headers[HEADER_SOURCE] == "sh-desk"
         ids.add(message.headers[ID_HEADER])
     assert len(ids) == len(events)
 
@@ -100,6 +101,7 @@ def test_aggregator_emit_script_desk_scenario_matches_the_python_emitter(
     assert len(messages) == len(desk_raw(now))
     assert all(message.delivery_mode == aio_pika.DeliveryMode.PERSISTENT for message in messages)
     assert len({message.message_id for message in messages}) == len(messages)
+    assert {message.headers[HEADER_SOURCE] for message in messages} == {"cli-desk"}
 
 
 def test_amqp_publish_script_refuses_bad_words_and_reports_an_unreachable_broker(names: Names) -> None:

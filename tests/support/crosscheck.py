@@ -11,6 +11,7 @@ import aio_pika
 from aio_pika.abc import AbstractIncomingMessage
 
 from producers.emitter import Emitter, EmitterSettings
+from schemas.wire import HEADER_SOURCE
 from tests.support.broker import drain
 from tests.support.driver import ProducerDriver
 from tests.support.process import AMQP_URL, AggregatorProcess, Names
@@ -103,13 +104,15 @@ class Tap:
 
 
 def assert_producer_properties(messages: list[AbstractIncomingMessage], source: str) -> list[int]:
-    """Every message is persistent JSON from `source` with a timestamp and an `<instance>-<seq>` id; the seqs."""
+    """Every message is persistent JSON from `source` (app_id and the x-tickbus-source header that shards route on)
+    with a timestamp and an `<instance>-<seq>` id; the seqs."""
     assert messages
     instances, sequences = set(), []
     for message in messages:
         assert message.delivery_mode == aio_pika.DeliveryMode.PERSISTENT
         assert message.content_type == "application/json"
         assert message.app_id == source
+        assert (message.headers or {}).get(HEADER_SOURCE) == source
         assert message.timestamp is not None
         assert abs(message.timestamp.timestamp() - time.time()) < 120
         match = MESSAGE_ID.fullmatch(message.message_id or "")

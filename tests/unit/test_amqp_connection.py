@@ -175,6 +175,7 @@ class _Message:
     message_id = "m-1"
     app_id = None
     timestamp = None
+    headers = None  # the dead letter copies x-tickbus-source from here
 
 
 def test_a_dead_letter_the_full_queue_refuses_is_counted_and_nothing_stalls(caplog: pytest.LogCaptureFixture) -> None:

@@ -95,3 +95,48 @@ def test_unreadable_files_and_wrong_shapes_are_one_clear_problem(
     result = _check(config)
     assert result.returncode == 2
     assert f"{config}: {expected}" in result.stderr
+
+
+def test_a_shard_replica_on_a_cluster_passes_and_the_summary_names_its_nodes_shard_and_failover(
+    tmp_path: Path,
+) -> None:
+    """A replica's config as docs/operations.md writes it (three nodes, a password file, quorum queues, single
+    active consumer, the state stream, [shard]) passes: the password file is checked together with the URLs, not
+    against the default URL's password; the summary names every node, the shard exchange and weight, the single
+    active consumer and the stream."""
+    secret = tmp_path / "aggregator"
+    secret.write_text("s3cret\n")
+    config = tmp_path / "shard-1.toml"
+    config.write_text(
+        '[amqp]\nurls = ["amqp://agg@n1:5672/", "amqp://agg@n2:5672/", "amqp://agg@n3:5672/"]\n'
+        f'password_file = "{secret}"\nqueue = "tickbus.shard-1"\nqueue_type = "quorum"\n'
+        'dead_letter_queue_type = "quorum"\nsingle_active_consumer = true\n'
+        "[state]\nstream = true\n[shard]\nenabled = true\nweight = 2\n"
+    )
+    result = _check(config)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert result.stdout.strip() == (
+        f"{config}: OK: consumes exchange 'metrics' through shard exchange 'metrics.shards' (consistent hash on the "
+        "source, weight 2) into queue 'tickbus.shard-1' (quorum, prefetch 2000, single active consumer) at "
+        "amqp://agg@n1:5672/, amqp://agg@n2:5672/, amqp://agg@n3:5672/; serves 127.0.0.1:10464; namespace "
+        "'trading'; 0 custom metric(s); checkpoints in stream 'tickbus.shard-1.state'"
+    )
+
+
+def test_shard_and_broker_address_mistakes_are_named_by_their_keys(tmp_path: Path) -> None:
+    """A bad weight, an unknown [shard] key, URLs of mixed schemes and a shard exchange that is the metrics
+    exchange itself are each reported with their key."""
+    config = tmp_path / "bad.toml"
+    config.write_text(
+        '[amqp]\nurls = ["amqp://a@n1/", "amqps://a@n2/"]\n[shard]\nenabled = true\nweight = 0\nhash = "x"\n'
+    )
+    result = _check(config)
+    assert result.returncode == 2
+    assert "shard.hash: unknown key" in result.stderr
+    assert "shard.weight: Expected `int` >= 1" in result.stderr
+    assert "amqp.urls mixes amqp:// and amqps://" in result.stderr
+    same = tmp_path / "same.toml"
+    same.write_text('[amqp]\nexchange = "desk"\n[shard]\nenabled = true\nexchange = "desk"\n')
+    result = _check(same)
+    assert result.returncode == 2
+    assert "shard.exchange must differ from amqp.exchange" in result.stderr
