@@ -31,7 +31,8 @@ import aio_pika
 import msgspec
 from prometheus_client.parser import text_string_to_metric_families
 
-from benchmarks.harness import free_port, mixed_events
+from benchmarks.harness import mixed_events
+from benchmarks.live import free_port
 from schemas.events import EventBase
 from schemas.wire import BATCH_ROUTING_KEY, CONTENT_TYPE_MSGPACK, HEADER_SOURCE, Codec
 
