@@ -127,6 +127,7 @@ class Aggregator:
             poison_after=settings.state.poison_after,
             crash_marker=crash_marker,
             take_over=None if self.stream is None else self._take_over,
+            released=None if self.stream is None else self._released,
             shard=settings.shard,
         )
         if self.stream is not None:
@@ -168,6 +169,16 @@ class Aggregator:
         await self.stream.take_over()
         for family in self.store.families.values():
             family.version += 1
+
+    def _released(self) -> None:
+        """A replica that was the active one lost its connection: it serves no series until it takes over.
+
+        Another replica may count them meanwhile; showing them here too would count them twice.
+        """
+        for family in self.store.families.values():
+            family.clear()
+        self.ingest.sources.activity.clear()
+        log.warning("lost the active role with the connection: serving no series until this replica takes over")
 
     def readiness(self) -> Readiness:
         """Ready while consuming and able to commit; otherwise why not."""

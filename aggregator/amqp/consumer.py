@@ -42,6 +42,7 @@ class Consumer:
         crash_marker: bytes | None = None,
         take_over: Callable[[], Awaitable[Any]] | None = None,
         shard: ShardSettings | None = None,
+        released: Callable[[], None] | None = None,
     ) -> None:
         self.amqp = amqp
         self.shard = shard
@@ -54,6 +55,8 @@ class Consumer:
         # state is loaded from the broker; delivery is how the broker says this replica is the active one.
         self._take_over = take_over
         self._taken_over = take_over is None
+        # Called when a replica that was the active one loses its connection (it may be a standby now).
+        self._released = released
         self._commit_interval = commit_interval
         dropped = pipeline.ingest.self_metrics.dead_letters_dropped
         self.letters = DeadLetterPublisher(
@@ -115,9 +118,14 @@ class Consumer:
         if self.consuming:
             log.warning("lost the connection to RabbitMQ; reconnecting")
         self.consuming = False
-        if self._take_over is not None:
-            # Another replica may be the active one meanwhile: take over again before applying anything.
+        if self._take_over is not None and self._taken_over:
+            # Another replica may be the active one meanwhile: nothing applied here can be acked or
+            # committed any more (it would write over the other's state), and the state is loaded again
+            # before anything is applied, when the broker turns to this replica.
             self._taken_over = False
+            self.ledger.forget()
+            if self._released is not None:
+                self._released()
 
     def _on_reconnected(self, *_: Any) -> None:
         log.info("reconnected to RabbitMQ at %s; consuming again", self._address())
@@ -136,7 +144,11 @@ class Consumer:
                 if item is _STOP:
                     return
                 if item is _TICK:
-                    if ledger.unacked and time.monotonic() - ledger.last_commit >= self._commit_interval:
+                    if (
+                        self._taken_over
+                        and ledger.unacked
+                        and time.monotonic() - ledger.last_commit >= self._commit_interval
+                    ):
                         await ledger.commit()
                     continue
                 if not self._taken_over:

@@ -69,6 +69,12 @@ class AckLedger:
     def durable(self) -> bool:
         return self._durability is not None
 
+    def forget(self) -> None:
+        """The channel the pending messages came on is gone: they are redelivered, and not acked from here."""
+        self._last = None
+        self.unacked = 0
+        self._tokens = []
+
     def applied(self, message: Ackable, token: bytes | None = None) -> None:
         """`message` was applied (and its refusals handed to the dead-letter publisher).
 
