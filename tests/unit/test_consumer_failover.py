@@ -21,7 +21,7 @@ def test_losing_the_connection_forgets_what_is_pending_and_releases_the_state() 
     released: list[bool] = []
     consumer = Consumer(AmqpSettings(), make_pipeline(), take_over=_take_over, released=lambda: released.append(True))
     consumer._taken_over = True
-    consumer.ledger.applied(Message())  # type: ignore[arg-type]
+    consumer.ledger.applied(Message())
     consumer._on_connection_lost()
     assert consumer.ledger.unacked == 0
     assert released == [True]
@@ -33,6 +33,6 @@ def test_losing_the_connection_forgets_what_is_pending_and_releases_the_state() 
 def test_a_single_replica_keeps_its_pending_messages_across_a_reconnect() -> None:
     """Without failover, messages applied before a reconnect stay pending: redeliveries are skipped by id."""
     consumer = Consumer(AmqpSettings(), make_pipeline())
-    consumer.ledger.applied(Message())  # type: ignore[arg-type]
+    consumer.ledger.applied(Message())
     consumer._on_connection_lost()
     assert consumer.ledger.unacked == 1
