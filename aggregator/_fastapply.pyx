@@ -287,7 +287,7 @@ def check_values(set valid, tuple seen, tuple patterns, tuple values, Py_ssize_t
         known = <set>seen[index]
         if value in known:
             continue
-        if patterns[index].match(value) is None:
+        if patterns[index].fullmatch(value) is None:
             return index
         if len(known) < capacity:
             known.add(value)

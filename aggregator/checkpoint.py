@@ -1,6 +1,7 @@
 """Checkpoints: a full base plus a journal of the series each commit changed, so a commit costs what changed."""
 
 import abc
+import contextlib
 import logging
 import os
 import re
@@ -17,7 +18,6 @@ from aggregator.stateformat import (
     Chunk,
     CorruptCheckpoint,
     State,
-    chunked,
     decode_checkpoint,
     encode_record,
     read_records,
@@ -50,12 +50,26 @@ def _fsync_directory(directory: Path) -> None:
 
 
 def _append_durably(path: Path, data: bytes) -> None:
-    """Append to a journal segment and fsync it (and the directory, when the segment is new)."""
+    """Append to a journal segment and fsync it (and the directory, when the segment is new).
+
+    A write the file system cuts short (a full disk) is cut back off, so the records appended once
+    space is back do not follow a torn one.
+    """
     new = not path.exists()
-    with path.open("ab") as file:
-        file.write(data)
-        file.flush()
-        os.fsync(file.fileno())
+    descriptor = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+    try:
+        start = os.lseek(descriptor, 0, os.SEEK_END)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(descriptor, view) :]
+            os.fsync(descriptor)
+        except OSError:
+            with contextlib.suppress(OSError):
+                os.ftruncate(descriptor, start)
+            raise
+    finally:
+        os.close(descriptor)
     if new:
         _fsync_directory(path.parent)
 
@@ -85,7 +99,7 @@ class Commit:
             if keys:
                 ordered = list(keys)
                 row = family.committed_row
-                chunks += chunked(family.name, str(family.type), ordered, [row(key) for key in ordered])
+                chunks += family.chunks(ordered, [row(key) for key in ordered])
         return chunks
 
     def state(self) -> State:
@@ -124,6 +138,9 @@ class CommitLog(abc.ABC):
             size = await self._append(commit)
         except OSError:
             self._thaw(commit, written=False)
+            if self.sequence == commit.sequence:
+                # The next commit takes this number again, so committed sequences have no gaps.
+                self.sequence -= 1
             failures = self.metrics.checkpoint_failures
             failures.inc(())
             if self.blackbox is not None:
@@ -240,7 +257,19 @@ class Checkpointer(CommitLog):
             restored = Restored(self.directory / self._segment_name(first), self.sequence, time.time(), False)
         if restored is not None:
             restored.replayed = replayed
-            if restored.fell_back:
+            if restored.fell_back and restored.path.name == BASE_PREVIOUS:
+                # Compaction keeps the journal segments the previous base needs, so nothing is missing
+                # unless the replay said a segment is damaged.
+                log.warning(
+                    "fell back to the previous checkpoint %s (sequence %d, written %s) and replayed the %d journal "
+                    "record(s) kept for it (sequence %d)",
+                    restored.path,
+                    restored.sequence,
+                    time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(restored.written_at)),
+                    replayed,
+                    self.sequence,
+                )
+            elif restored.fell_back:
                 log.error(
                     "fell back to the previous checkpoint %s (sequence %d, written %s): counts applied after it "
                     "and already acknowledged are missing",
@@ -265,7 +294,7 @@ class Checkpointer(CommitLog):
 
     def _replay(self, segments: list[int]) -> int:
         replayed = 0
-        for position, number in enumerate(segments):
+        for number in segments:
             path = self.directory / self._segment_name(number)
             try:
                 data = path.read_bytes()
@@ -277,16 +306,19 @@ class Checkpointer(CommitLog):
             replayed += len(records)
             if not stopped:
                 continue
-            if position == len(segments) - 1 and "torn" in stopped:
-                # The last commit of a run that died while writing it: it was never acked.
+            if "torn" in stopped:
+                # A record cut off by the end of its segment: the commit of a run that died while writing it
+                # (or whose write failed), never acknowledged. Later records went to later segments.
                 log.info("journal segment %s ends in %s; the commit it held was not acknowledged", path, stopped)
             else:
+                # Rows are values, not increments: the later segments still bring every series they hold
+                # up to date, so they are replayed; what only the unreadable records held is lost.
                 log.error(
-                    "journal segment %s is damaged (%s): counts applied after it and already acknowledged are missing",
+                    "journal segment %s is damaged (%s): counts of the records after that point, already "
+                    "acknowledged, are missing where later records do not hold them again",
                     path,
                     stopped,
                 )
-                break
         self.recent_ids.take_new()  # restored ids are not new: the next commit need not journal them again
         return replayed
 
@@ -299,7 +331,17 @@ class Checkpointer(CommitLog):
 
     def _write_record(self, commit: Commit) -> int:
         data = encode_record(commit.state())
-        _append_durably(self.directory / self._segment_name(self.segment), data)
+        path = self.directory / self._segment_name(self.segment)
+        before = path.stat().st_size if path.exists() else 0
+        try:
+            _append_durably(path, data)
+        except OSError:
+            # The failed write is cut back off; if even that failed, the next record goes to a new
+            # segment rather than after a torn one.
+            with contextlib.suppress(OSError):
+                if path.stat().st_size != before:
+                    self.segment += 1
+            raise
         return len(data)
 
     # --- compacting ------------------------------------------------------------------------------------

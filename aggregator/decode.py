@@ -115,7 +115,7 @@ class MessageDecoder:
                 # Only known kinds and well-formed names: refusals cannot flood the counter with label values.
                 kind = envelope.kind if envelope.kind in KINDS else ""
                 source = envelope.source
-                if len(source) > LABEL_MAX_LENGTH or not _SOURCE.match(source):
+                if len(source) > LABEL_MAX_LENGTH or not _SOURCE.fullmatch(source):
                     source = ""
         return Refusal(
             reason,

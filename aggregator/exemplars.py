@@ -24,14 +24,15 @@ class Exemplar(NamedTuple):
 
 
 def exemplar_of(event: Any) -> tuple[str, str] | None:
-    """The id an event carries for an exemplar (its trace id, or an order's id), if any fits."""
+    """The id an event carries for an exemplar (its trace id, or an order's id), if it fits and is printable."""
     if event.trace_id:
         label, value = "trace_id", event.trace_id
     elif type(event) is Order and event.order_id:
         label, value = "order_id", event.order_id
     else:
         return None
-    return (label, value) if len(label) + len(value) <= MAX_EXEMPLAR_LABELS else None
+    # Control characters (a NUL, a newline) would make Prometheus refuse the whole scrape.
+    return (label, value) if len(label) + len(value) <= MAX_EXEMPLAR_LABELS and value.isprintable() else None
 
 
 class ExemplarRecorder:

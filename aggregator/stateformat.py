@@ -34,6 +34,10 @@ class Chunk:
     kind: str
     keys: list[tuple[str, ...]]
     rows: list[Any]
+    # The family's label names and (histograms) bucket bounds when written: a restore under a declaration
+    # that changed them must not put values under the wrong labels or bounds. None in files written before.
+    labels: tuple[str, ...] | None = None
+    buckets: tuple[float, ...] | None = None
 
 
 @dataclass
@@ -73,6 +77,8 @@ class _Chunk(msgspec.Struct, array_like=True):
     strings: list[str]
     keys: list[list[int]]
     rows: list[Any]
+    labels: tuple[str, ...] | None = None
+    buckets: tuple[float, ...] | None = None
 
 
 class _PlainChunk(msgspec.Struct, array_like=True):
@@ -80,6 +86,8 @@ class _PlainChunk(msgspec.Struct, array_like=True):
     kind: str
     keys: list[tuple[str, ...]]
     rows: list[Any]
+    labels: tuple[str, ...] | None = None
+    buckets: tuple[float, ...] | None = None
 
 
 class _Legacy(msgspec.Struct):
@@ -98,21 +106,29 @@ _plain_chunk_decoder = msgspec.msgpack.Decoder(_PlainChunk)
 _legacy_decoder = msgspec.msgpack.Decoder(_Legacy)
 
 
-def chunked(family: str, kind: str, keys: list[tuple[str, ...]], rows: list[Any]) -> Iterator[Chunk]:
+def chunked(
+    family: str,
+    kind: str,
+    keys: list[tuple[str, ...]],
+    rows: list[Any],
+    labels: tuple[str, ...] | None = None,
+    buckets: tuple[float, ...] | None = None,
+) -> Iterator[Chunk]:
     """One family's series in chunks of at most CHUNK_SERIES."""
     for start in range(0, len(keys), CHUNK_SERIES):
-        yield Chunk(family, kind, keys[start : start + CHUNK_SERIES], rows[start : start + CHUNK_SERIES])
+        end = start + CHUNK_SERIES
+        yield Chunk(family, kind, keys[start:end], rows[start:end], labels, buckets)
 
 
 def _encode_chunk(chunk: Chunk) -> bytes:
     table: dict[str, int] = {}
     index = table.setdefault
     keys = [[index(value, len(table)) for value in key] for key in chunk.keys]
-    return _encoder.encode(_Chunk(chunk.family, chunk.kind, list(table), keys, chunk.rows))
+    return _encoder.encode(_Chunk(chunk.family, chunk.kind, list(table), keys, chunk.rows, chunk.labels, chunk.buckets))
 
 
 def _encode_plain_chunk(chunk: Chunk) -> bytes:
-    return _encoder.encode(_PlainChunk(chunk.family, chunk.kind, chunk.keys, chunk.rows))
+    return _encoder.encode(_PlainChunk(chunk.family, chunk.kind, chunk.keys, chunk.rows, chunk.labels, chunk.buckets))
 
 
 def _frames(state: State, tables: bool) -> Iterator[bytes]:
@@ -162,13 +178,15 @@ def decode_payload(payload: bytes) -> State:
         if not header.tables:
             for frame in frames[1:]:
                 plain = _plain_chunk_decoder.decode(frame)
-                state.chunks.append(Chunk(plain.family, plain.kind, plain.keys, plain.rows))
+                state.chunks.append(
+                    Chunk(plain.family, plain.kind, plain.keys, plain.rows, plain.labels, plain.buckets)
+                )
             return state
         for frame in frames[1:]:
             chunk = _chunk_decoder.decode(frame)
             get = chunk.strings.__getitem__
             keys = [tuple(map(get, key)) for key in chunk.keys]
-            state.chunks.append(Chunk(chunk.family, chunk.kind, keys, chunk.rows))
+            state.chunks.append(Chunk(chunk.family, chunk.kind, keys, chunk.rows, chunk.labels, chunk.buckets))
     except msgspec.DecodeError as error:
         raise CorruptCheckpoint(f"undecodable payload: {error}") from None
     return state

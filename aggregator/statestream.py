@@ -28,7 +28,11 @@ HEADER_BASE = "x-tickbus-base"
 HEADER_PART = "x-tickbus-part"
 HEADER_PARTS = "x-tickbus-parts"
 HEADER_COVERED = "x-tickbus-covered"
-BASE_PART_BYTES = 8 * 1024 * 1024
+# A commit's record too large for one message: its id (with HEADER_PART and HEADER_PARTS).
+HEADER_RECORD = "x-tickbus-record"
+# Bases and large records go in messages of at most this size, well under any broker's max_message_size
+# (deploy/rabbitmq sets 4 MiB; RabbitMQ's default is larger).
+PART_BYTES = 1024 * 1024
 COMPACT_AFTER_BYTES = 32 * 1024 * 1024
 
 
@@ -41,10 +45,14 @@ def stream_name(queue: str) -> str:
     return f"{queue}.state"
 
 
-class _Base:
-    """A base read back in parts."""
+def _split(data: bytes) -> list[bytes]:
+    return [data[start : start + PART_BYTES] for start in range(0, len(data), PART_BYTES)] or [b""]
 
-    def __init__(self, parts: int, covered: int) -> None:
+
+class _Base:
+    """A base (or a large record) read back in parts."""
+
+    def __init__(self, parts: int, covered: int = 0) -> None:
         self.parts: list[bytes | None] = [None] * parts
         self.covered = covered
         self.position = -1  # where in the stream it became complete
@@ -56,8 +64,11 @@ class _Base:
     def complete(self) -> bool:
         return all(part is not None for part in self.parts)
 
+    def joined(self) -> bytes:
+        return b"".join(part or b"" for part in self.parts)
+
     def state(self) -> State:
-        return decode_checkpoint(b"".join(part or b"" for part in self.parts))
+        return decode_checkpoint(self.joined())
 
 
 class StreamCheckpointer(CommitLog):
@@ -128,7 +139,18 @@ class StreamCheckpointer(CommitLog):
 
     async def _append(self, commit: Commit) -> int:
         data = await anyio.to_thread.run_sync(lambda: encode_record(commit.state()))
-        await self._send(data, {HEADER_KIND: "record"})
+        parts = _split(data)
+        if len(parts) == 1:
+            await self._send(data, {HEADER_KIND: "record"})
+        else:
+            # Confirmed part by part; a record missing parts (its writer died or lost the broker) was never
+            # confirmed whole, so nothing it covers was acked, and a takeover leaves it out.
+            record_id = uuid.uuid4().hex
+            for number, part in enumerate(parts):
+                await self._send(
+                    part,
+                    {HEADER_KIND: "record", HEADER_RECORD: record_id, HEADER_PART: number, HEADER_PARTS: len(parts)},
+                )
         self._since_base += len(data)
         return len(data)
 
@@ -142,7 +164,7 @@ class StreamCheckpointer(CommitLog):
             data = await anyio.to_thread.run_sync(self._copy_base, marker)
             covered = self.sequence  # the copy may hold changes of commits up to this one and after it
             base_id = uuid.uuid4().hex
-            parts = [data[start : start + BASE_PART_BYTES] for start in range(0, len(data), BASE_PART_BYTES)]
+            parts = _split(data)
             for number, part in enumerate(parts):
                 headers = {
                     HEADER_KIND: "base",
@@ -153,6 +175,7 @@ class StreamCheckpointer(CommitLog):
                 }
                 await self._send(part, headers)
             self._base_bytes = len(data)
+            log.info("published a base of the state to the stream (%d bytes in %d part(s))", len(data), len(parts))
             if len(data) * 4 > self.max_bytes:
                 log.warning(
                     "a base of the state is %d bytes, over a quarter of state.stream_max_bytes (%d): raise it, or "
@@ -215,10 +238,18 @@ class StreamCheckpointer(CommitLog):
         """The state from the stream's messages: the newest usable base, then the records after its marker."""
         records: list[State] = []
         bases: dict[str, _Base] = {}
+        pieces: dict[str, _Base] = {}
         for headers, body in messages:
             kind = headers.get(HEADER_KIND)
             if kind == "record":
-                found, stopped = read_records(body)
+                record_id = headers.get(HEADER_RECORD)
+                if record_id is not None:
+                    piece = pieces.setdefault(str(record_id), _Base(int(headers[HEADER_PARTS])))
+                    piece.add(int(headers[HEADER_PART]), body)
+                    if not piece.complete():
+                        continue
+                    del pieces[str(record_id)]
+                found, stopped = read_records(body if record_id is None else piece.joined())
                 if stopped:
                     log.error("the state stream holds a damaged record (%s); skipping it", stopped)
                 records.extend(found)
@@ -229,6 +260,10 @@ class StreamCheckpointer(CommitLog):
                 base.add(int(headers[HEADER_PART]), body)
                 if base.complete() and base.position < 0:
                     base.position = len(records)
+        if pieces:
+            log.info(
+                "left out %d record(s) of the state stream missing parts: never confirmed, so never acked", len(pieces)
+            )
         last_sequence = max((record.sequence for record in records), default=0)
         # A base counts once a commit after its copy succeeded: everything it holds was committed then.
         usable = [base for base in bases.values() if base.complete() and last_sequence > base.covered]

@@ -3,7 +3,7 @@
 import bisect
 import logging
 from array import array
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 from aggregator.accelerated import compiled
@@ -96,6 +96,14 @@ class Family:
     def row(self, key: LabelKey) -> Any:
         """The checkpoint row of one series (None if it does not exist); never shared with the live value."""
         return self.series.get(key)
+
+    def chunks(self, keys: list[LabelKey], rows: list[Any]) -> Iterator[Chunk]:
+        """Series as checkpoint chunks, carrying the label names (and bucket bounds) they were written under."""
+        return chunked(self.name, str(self.type), keys, rows, self.label_names, self.bucket_bounds())
+
+    def bucket_bounds(self) -> tuple[float, ...] | None:
+        """A histogram's bucket bounds; None for other types."""
+        return None
 
     def load(self, key: LabelKey, row: Any) -> None:
         """Set one series from a checkpoint row (None deletes it)."""
@@ -356,6 +364,9 @@ class HistogramFamily(Family):
         counts = self.series.get(key)
         return None if counts is None else counts.tolist()
 
+    def bucket_bounds(self) -> tuple[float, ...] | None:
+        return self.bounds
+
     def discard(self, key: LabelKey) -> None:
         super().discard(key)
         self.exemplars.pop(key, None)
@@ -417,9 +428,9 @@ class Store:
     def chunks(self) -> list[Chunk]:
         """Every family's series in chunks, for a full checkpoint (read while ingestion may go on)."""
         chunks: list[Chunk] = []
-        for name, family in list(self.families.items()):
+        for family in list(self.families.values()):
             keys, rows = family.rows()
-            chunks += chunked(name, str(family.type), keys, rows)
+            chunks += family.chunks(keys, rows)
         return chunks
 
     def snapshot(self) -> dict[str, Any]:
@@ -462,10 +473,38 @@ class Store:
 
     @staticmethod
     def _fitting(family: AnyFamily, chunk: Chunk) -> tuple[list[LabelKey], list[Any]]:
-        """The chunk's series whose keys have the family's labels, with their values shared."""
-        width = len(family.label_names)
+        """The chunk's series whose keys have the family's labels, with their values shared.
+
+        Keys written under the same label names in another order are reordered; under other names, or
+        (histograms) other bucket bounds, the series are dropped: their values belong to another declaration.
+        """
+        names = family.label_names
+        written = chunk.labels
+        if chunk.buckets is not None and tuple(chunk.buckets) != family.bucket_bounds():
+            log.warning(
+                "checkpoint has %s with buckets %s, configured now with %s; dropping its %d series",
+                family.name,
+                list(chunk.buckets),
+                list(family.bucket_bounds() or ()),
+                len(chunk.keys),
+            )
+            return [], []
+        keys: Iterable[LabelKey] = chunk.keys
+        if written is not None and tuple(written) != names:
+            if sorted(written) != sorted(names):
+                log.warning(
+                    "checkpoint has %s with labels %s, configured now with %s; dropping its %d series",
+                    family.name,
+                    list(written),
+                    list(names),
+                    len(chunk.keys),
+                )
+                return [], []
+            order = [list(written).index(name) for name in names]
+            keys = [tuple(key[position] for position in order) for key in chunk.keys]
+        width = len(names)
         shared_key = family.shared_key
-        pairs = [(shared_key(key), row) for key, row in zip(chunk.keys, chunk.rows, strict=True) if len(key) == width]
+        pairs = [(shared_key(key), row) for key, row in zip(keys, chunk.rows, strict=True) if len(key) == width]
         if len(pairs) != len(chunk.keys):
             log.warning(
                 "checkpoint has %d series of %s with other labels than configured now; dropping them",

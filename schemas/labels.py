@@ -80,7 +80,7 @@ class LabelCheck:
             for name, pattern, value, seen in zip(fields.names, fields.patterns, values, fields.seen, strict=True):
                 if value in seen:
                     continue
-                if pattern.match(value) is None:
+                if pattern.fullmatch(value) is None:
                     return f"`{name}` {value!r} has characters outside {pattern.pattern}"
                 if len(seen) < capacity:
                     seen.add(value)
@@ -88,8 +88,8 @@ class LabelCheck:
                 fields.valid.add(values)
         if type(event) is Metric:
             for label, value in event.labels.items():
-                if _METRIC_NAME.match(label) is None:
+                if _METRIC_NAME.fullmatch(label) is None:
                     return f"label name {label!r} is not a valid Prometheus label name"
-                if _LABEL.match(value) is None:
+                if _LABEL.fullmatch(value) is None:
                     return f"label `{label}` {value!r} has characters outside {LABEL_PATTERN}"
         return None

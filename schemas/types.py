@@ -7,6 +7,8 @@ from msgspec import Meta
 LABEL_PATTERN = r"^[A-Za-z0-9_.:/+=@{}<> -]*$"
 NAME_PATTERN = r"^[A-Za-z0-9_.:-]+$"
 METRIC_NAME_PATTERN = r"^[a-zA-Z_][a-zA-Z0-9_]*$"
+# Written for the JSON Schema (ECMA, where `$` is the end); Python checks them with fullmatch, since
+# Python's `$` also matches before a final newline.
 LABEL_MAX_LENGTH = 64
 
 # 2100-01-01: a bound that also rejects inf and NaN.

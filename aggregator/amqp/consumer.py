@@ -174,8 +174,11 @@ class Consumer:
         blackbox = self.blackbox
         name = fingerprint(message_id, message.body)
         crashes = blackbox.crashes(name) if message.redelivered else 0
+        suspect = None
         if crashes >= self._poison_after:
             refusals = [self._poison(message_id, f"the aggregator died {crashes} times while processing it")]
+            # Set aside, it stays a suspect until its ack is in: killed before that, the redelivery still knows it.
+            suspect = name
         else:
             blackbox.began(name)
             if self._crash_marker is not None and self._crash_marker in message.body:
@@ -188,10 +191,14 @@ class Consumer:
                 log.exception("processing message %s raised; setting it aside as poison", message_id or "without id")
                 refusals = [self._poison(message_id, f"processing it raised {describe(error)}")]
             blackbox.ended()
+            if crashes:
+                # Processed through: what it holds does not kill the aggregator. Cleared now, not at its ack, so
+                # that another message of the same body (messages without ids are known by their body) starts
+                # from zero deaths.
+                blackbox.forget(name)
         for refusal in refusals:
             self.letters.publish(message, refusal)
-        # A suspect stays one until its ack is in: killed before that, the redelivery still knows it.
-        self.ledger.applied(message, name if crashes else None)
+        self.ledger.applied(message, suspect)
 
     def _settled(self, suspects: list[bytes]) -> None:
         for suspect in suspects:

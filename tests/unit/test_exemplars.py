@@ -73,3 +73,16 @@ def test_prometheus_text_has_no_exemplars_and_ids_too_long_are_not_kept() -> Non
     exposition = Exposition(read_view(ingest), min_interval=0)
     assert b" # {" not in exposition.render()
     assert _exemplars(exposition.render(openmetrics=True).decode()) == {}
+
+
+def test_an_id_holding_a_control_character_is_not_kept_and_a_quote_is_escaped() -> None:
+    """A NUL or a newline in an id would make Prometheus refuse the whole scrape: such an id gets no exemplar (the
+    event still counts); quotes and backslashes are printable and come back intact through the escaping."""
+    ingest = _ingest()
+    ingest.apply([Signal(ts=1.0, source="s", strategy="m", symbol="X", side="buy", trace_id="a\x00b")], 2.0)
+    ingest.apply([Signal(ts=1.0, source="s", strategy="n", symbol="X", side="buy", trace_id="a\nb")], 2.0)
+    ingest.apply([Signal(ts=1.0, source="s", strategy="q", symbol="X", side="buy", trace_id='say "hi" \\')], 2.0)
+    text = Exposition(read_view(ingest), min_interval=0).render(openmetrics=True).decode()
+    assert "\x00" not in text
+    assert [labels for labels, _ in _exemplars(text).values()] == [{"trace_id": 'say "hi" \\'}]
+    assert text.count('strategy="') >= 3, "every event counted"

@@ -161,3 +161,21 @@ def test_the_first_delivery_is_never_poison(tmp_path: Path) -> None:
     consumer, letters = _consumer(tmp_path)
     consumer._handle(FakeMessage(body, "m-5", redelivered=False))  # type: ignore[arg-type]
     assert letters.refusals == []
+
+
+def test_a_body_processed_through_between_two_deaths_is_not_poison(tmp_path: Path) -> None:
+    """Messages without ids are known by their body. A cron job's identical messages: one was in flight at a kill,
+    the redelivered copy is processed through (so the body does not kill), then another copy is in flight at a
+    second kill. The body has one death against it, not two: the next copy is processed, not set aside."""
+    body = b'{"kind": "error", "ts": 1.0, "source": "s", "component": "c", "error_type": "t"}'
+    name = fingerprint(None, body)
+    _die_while_processing(tmp_path, name)
+    consumer, letters = _consumer(tmp_path)
+    consumer._handle(FakeMessage(body, None, redelivered=True))  # type: ignore[arg-type]
+    assert consumer.blackbox.crashes(name) == 0, "cleared once processed through, before its ack"
+    consumer.blackbox.close()
+    _die_while_processing(tmp_path, name)
+    consumer, letters = _consumer(tmp_path)
+    consumer._handle(FakeMessage(body, None, redelivered=True))  # type: ignore[arg-type]
+    assert letters.refusals == []
+    assert consumer.pipeline.ingest.self_metrics.events_received.series == {("error", "s"): 1.0}
