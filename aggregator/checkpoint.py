@@ -91,6 +91,9 @@ class Commit:
     families: list[tuple[AnyFamily, set[LabelKey]]]
     recent_ids: list[str]
     started: float = field(default_factory=time.perf_counter)
+    # Every series and every remembered id, not only what changed: the record stands in for a base.
+    full: bool = False
+    all_ids: list[str] | None = None
 
     def chunks(self) -> list[Chunk]:
         """The committed rows, read in the writer's thread while ingestion goes on (see Family.committed_row)."""
@@ -104,7 +107,9 @@ class Commit:
 
     def state(self) -> State:
         """The commit's journal record."""
-        return State(self.sequence, time.time(), self.recent_ids, self.chunks())
+        return State(
+            self.sequence, time.time(), self.recent_ids if self.all_ids is None else self.all_ids, self.chunks()
+        )
 
     @property
     def size(self) -> int:
@@ -126,11 +131,15 @@ class CommitLog(abc.ABC):
         self.blackbox = blackbox
         self.sequence = 0
 
-    def capture(self) -> Commit:
-        """The commit point, on the event loop: O(families), whatever the store's size."""
+    def capture(self, full: bool = False) -> Commit:
+        """The commit point, on the event loop: O(families), whatever the store's size (O(series) if `full`)."""
         self.sequence += 1
+        if full:
+            for family in self.store.families.values():
+                family.dirty.update(family.series)
         families = [(family, family.freeze()) for family in self.store.families.values()]
-        return Commit(self.sequence, families, self.recent_ids.take_new())
+        new_ids = self.recent_ids.take_new()
+        return Commit(self.sequence, families, new_ids, full=full, all_ids=self.recent_ids.snapshot() if full else None)
 
     async def persist(self, commit: Commit) -> None:
         """Append the commit durably while ingestion goes on; raise OSError if it fails."""

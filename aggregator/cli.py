@@ -233,7 +233,7 @@ def run(
     except BaseException as raised:
         # Task groups wrap what a task raised; a user needs the one line that says what is wrong.
         cause = _innermost(raised)
-        if isinstance(cause, TopologyError):
+        if isinstance(cause, TopologyError | CheckpointError):
             raise _fail(str(cause)) from None
         if isinstance(cause, OSError) and not isinstance(cause, ConnectionError):
             raise _fail(f"cannot serve on {settings.http.host}:{settings.http.port}: {cause}") from None
@@ -244,7 +244,9 @@ def run(
 
 def _innermost(error: BaseException) -> BaseException:
     while isinstance(error, BaseExceptionGroup) and error.exceptions:
-        error = next((e for e in error.exceptions if isinstance(e, TopologyError)), error.exceptions[0])
+        error = next(
+            (e for e in error.exceptions if isinstance(e, TopologyError | CheckpointError)), error.exceptions[0]
+        )
     return error
 
 

@@ -94,8 +94,9 @@ class CustomMetrics:
     def update(self, declared: Sequence[CustomMetric]) -> list[str]:
         """Bring the families in line with new declarations (a reload); returns what changed, for the log.
 
-        A metric whose declaration changed starts again without series: its old ones cannot be served
-        under the new definition (as when a checkpoint is restored under a changed config).
+        A metric whose declaration changed keeps the series that fit the new one (same type, the same
+        label names in any order, the same buckets), as a restart would restore them from a checkpoint;
+        otherwise it starts again without series.
         """
         for metric in declared:
             name = full_name(self._namespace, metric.name)
@@ -111,9 +112,11 @@ class CustomMetrics:
                 self._add(metric)
                 changes.append(f"custom metric {name} added")
             elif old[name] != metric:
-                dropped = self._remove(name)
+                previous = self.families[name]
+                had = self._remove(name)
                 self._add(metric)
-                changes.append(f"custom metric {name} changed ({dropped} series dropped)")
+                kept = self._store.carry_over(previous, self.families[name])
+                changes.append(f"custom metric {name} changed ({kept} series kept, {had - kept} dropped)")
         self.declarations = Declarations(declared)
         return changes
 

@@ -128,6 +128,7 @@ class Aggregator:
             crash_marker=crash_marker,
             take_over=None if self.stream is None else self._take_over,
             released=None if self.stream is None else self._released,
+            declare_state=None if self.stream is None else self.stream.declare,
             shard=settings.shard,
         )
         if self.stream is not None:
@@ -256,10 +257,14 @@ class Aggregator:
     async def _serve(self) -> None:
         await self.consumer.start()
         self._consuming.set()
-        async with anyio.create_task_group() as group:
-            group.start_soon(self._maintain)
-            await self.consumer.run()
-            group.cancel_scope.cancel()
+        try:
+            async with anyio.create_task_group() as group:
+                group.start_soon(self._maintain)
+                await self.consumer.run()
+                group.cancel_scope.cancel()
+        except Exception:
+            await self.consumer.abandon()  # so the log ends with the error, not "reconnecting"
+            raise
         self._drained.set()
 
     async def _on_signals(self) -> None:

@@ -8,10 +8,12 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aio_pika
+import aiormq
 import anyio
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 
 from aggregator.amqp.connection import describe
+from aggregator.amqp.topology import TopologyError
 from aggregator.blackbox import BlackBox
 from aggregator.checkpoint import CheckpointError, Commit, CommitLog
 from aggregator.dedup import RecentIds
@@ -30,6 +32,8 @@ HEADER_PARTS = "x-tickbus-parts"
 HEADER_COVERED = "x-tickbus-covered"
 # A commit's record too large for one message: its id (with HEADER_PART and HEADER_PARTS).
 HEADER_RECORD = "x-tickbus-record"
+# A record of every series (written when the stream was found gone): a takeover starts from it.
+HEADER_FULL = "x-tickbus-full"
 # Bases and large records go in messages of at most this size, well under any broker's max_message_size
 # (deploy/rabbitmq sets 4 MiB; RabbitMQ's default is larger).
 PART_BYTES = 1024 * 1024
@@ -94,11 +98,15 @@ class StreamCheckpointer(CommitLog):
         self.stream = stream
         self.max_bytes = max_bytes
         self._compact_after_bytes = compact_after_bytes
+        self.read_stall_seconds = 15.0  # a takeover's read with no message for this long is given up
         self._open_channel: Callable[[], Awaitable[AbstractChannel]] | None = None
         self._channel: AbstractChannel | None = None
         self._since_base = 0
         self._base_bytes = 0
         self._compacting = False
+        # The stream was gone from the broker at the last publish: the next commit declares it again and
+        # writes every series, since the records it held are lost.
+        self._lost = False
 
     def bind(self, open_channel: Callable[[], Awaitable[AbstractChannel]]) -> None:
         """Where channels to the broker come from (the consumer's connection)."""
@@ -112,16 +120,27 @@ class StreamCheckpointer(CommitLog):
 
     async def declare(self, channel: AbstractChannel) -> None:
         """Declare the stream (idempotent): retention by size, newest kept."""
-        await channel.declare_queue(
-            self.stream,
-            durable=True,
-            arguments={
-                "x-queue-type": "stream",
-                "x-max-length-bytes": self.max_bytes,
-                # Retention drops whole segments: small ones, so it keeps close to the limit.
-                "x-stream-max-segment-size-bytes": max(self.max_bytes // 8, 1024 * 1024),
-            },
-        )
+        try:
+            await channel.declare_queue(
+                self.stream,
+                durable=True,
+                arguments={
+                    "x-queue-type": "stream",
+                    "x-max-length-bytes": self.max_bytes,
+                    # Retention drops whole segments: small ones, so it keeps close to the limit.
+                    "x-stream-max-segment-size-bytes": max(self.max_bytes // 8, 1024 * 1024),
+                },
+            )
+        except aiormq.exceptions.ChannelPreconditionFailed as error:
+            raise TopologyError(
+                f"the state stream {self.stream!r} already exists on the broker with other settings "
+                f"({error.args[0]}): set state.stream_max_bytes back to the retention it was declared with, or, "
+                f"with every replica of the queue stopped, delete it (`rabbitmqctl delete_queue {self.stream}`: "
+                f"the state it holds is lost, so counts start from zero)"
+            ) from None
+
+    def capture(self, full: bool = False) -> Commit:
+        return super().capture(full or self._lost)
 
     async def _send(self, body: bytes, headers: dict[str, Any]) -> None:
         try:
@@ -131,6 +150,12 @@ class StreamCheckpointer(CommitLog):
                 routing_key=self.stream,
                 timeout=30,
             )
+        except aiormq.exceptions.DeliveryError:
+            self._lost = True
+            raise CommitFailed(
+                f"the state stream {self.stream!r} is gone from the broker (deleted?): the next commit declares it "
+                "again and writes every series to it"
+            ) from None
         except Exception as error:  # a commit that is not confirmed is not a commit: nothing is acked
             why = describe(error)
             raise CommitFailed(f"the state stream {self.stream!r} did not confirm a record: {why}") from None
@@ -138,10 +163,17 @@ class StreamCheckpointer(CommitLog):
     # --- committing ------------------------------------------------------------------------------------
 
     async def _append(self, commit: Commit) -> int:
+        if commit.full:
+            channel = await self._publish_channel()
+            try:
+                await self.declare(channel)
+            except TopologyError as error:
+                raise CommitFailed(str(error)) from None
         data = await anyio.to_thread.run_sync(lambda: encode_record(commit.state()))
         parts = _split(data)
+        extra = {HEADER_FULL: 1} if commit.full else {}
         if len(parts) == 1:
-            await self._send(data, {HEADER_KIND: "record"})
+            await self._send(data, {HEADER_KIND: "record", **extra})
         else:
             # Confirmed part by part; a record missing parts (its writer died or lost the broker) was never
             # confirmed whole, so nothing it covers was acked, and a takeover leaves it out.
@@ -149,13 +181,36 @@ class StreamCheckpointer(CommitLog):
             for number, part in enumerate(parts):
                 await self._send(
                     part,
-                    {HEADER_KIND: "record", HEADER_RECORD: record_id, HEADER_PART: number, HEADER_PARTS: len(parts)},
+                    {
+                        HEADER_KIND: "record",
+                        HEADER_RECORD: record_id,
+                        HEADER_PART: number,
+                        HEADER_PARTS: len(parts),
+                        **extra,
+                    },
                 )
-        self._since_base += len(data)
+        if len(data) * 4 > self.max_bytes:
+            log.warning(
+                "a commit's record of the state is %d bytes, over a quarter of state.stream_max_bytes (%d): raise "
+                "it, or retention may drop records before a base covers them and a standby cannot take over",
+                len(data),
+                self.max_bytes,
+            )
+        if commit.full:
+            self._lost = False
+            self._since_base, self._base_bytes = 0, len(data)
+            log.warning(
+                "declared the state stream %r again and wrote every series to it (%d bytes)", self.stream, len(data)
+            )
+        else:
+            self._since_base += len(data)
         return len(data)
 
     async def _after_commit(self, commit: Commit, size: int) -> None:
-        if self._compacting or self._since_base <= max(self._compact_after_bytes, self._base_bytes):
+        # A base at least every quarter of the retention, so retention never drops the records after the
+        # newest base before the next one is complete.
+        threshold = min(max(self._compact_after_bytes, self._base_bytes), self.max_bytes // 4)
+        if self._compacting or self._since_base <= threshold:
             return
         self._compacting = True
         marker = self.sequence
@@ -196,9 +251,22 @@ class StreamCheckpointer(CommitLog):
     async def take_over(self) -> int:
         """Load the state the stream holds, up to a fence published now; the number of records applied."""
         started = time.monotonic()
+        log.info("taking over: reading the state stream %r", self.stream)
         fence = uuid.uuid4().hex
         await self._send(b"", {HEADER_KIND: "fence", HEADER_BASE: fence})
-        messages = await self._read_to(fence)
+        try:
+            messages = await self._read_to(fence)
+        except TimeoutError:
+            # Tried once more on a new channel: a takeover that waits forever without a word is the worst outcome.
+            log.warning("reading the state stream %r stalled; reading it again", self.stream)
+            try:
+                messages = await self._read_to(fence)
+            except TimeoutError:
+                raise CheckpointError(
+                    f"reading the state stream {self.stream!r} stalled twice: no message for "
+                    f"{self.read_stall_seconds:g}s before the fence this replica published. Nothing was taken "
+                    "over or acked; check the stream on the broker (rabbitmqctl list_queues name messages)."
+                ) from None
         applied = self._rebuild(messages)
         log.info(
             "took over: loaded %d record(s) of the state stream %r in %.2fs (sequence %d)",
@@ -228,17 +296,25 @@ class StreamCheckpointer(CommitLog):
 
         tag = await queue.consume(on_message, arguments={"x-stream-offset": "first"})
         try:
-            await seen
+            while not seen.done():
+                count = len(messages)
+                try:
+                    await asyncio.wait_for(asyncio.shield(seen), self.read_stall_seconds)
+                except TimeoutError:
+                    if len(messages) == count:
+                        raise
         finally:
             await queue.cancel(tag)
             await channel.close()
         return messages
 
-    def _rebuild(self, messages: list[tuple[dict[str, Any], bytes]]) -> int:
-        """The state from the stream's messages: the newest usable base, then the records after its marker."""
+    @staticmethod
+    def _read(messages: list[tuple[dict[str, Any], bytes]]) -> tuple[list[State], dict[str, _Base], int, bool]:
+        """The stream's records (large ones joined from parts), its bases, where its newest full record is (or -1)."""
         records: list[State] = []
         bases: dict[str, _Base] = {}
         pieces: dict[str, _Base] = {}
+        full_from = -1  # the newest record of every series: nothing before it is needed
         for headers, body in messages:
             kind = headers.get(HEADER_KIND)
             if kind == "record":
@@ -252,6 +328,8 @@ class StreamCheckpointer(CommitLog):
                 found, stopped = read_records(body if record_id is None else piece.joined())
                 if stopped:
                     log.error("the state stream holds a damaged record (%s); skipping it", stopped)
+                elif headers.get(HEADER_FULL):
+                    full_from = len(records)
                 records.extend(found)
             elif kind == "base":
                 base = bases.setdefault(
@@ -260,14 +338,26 @@ class StreamCheckpointer(CommitLog):
                 base.add(int(headers[HEADER_PART]), body)
                 if base.complete() and base.position < 0:
                     base.position = len(records)
-        if pieces:
+        unconfirmed = [piece for piece in pieces.values() if piece.parts[0] is not None]
+        if unconfirmed:
             log.info(
-                "left out %d record(s) of the state stream missing parts: never confirmed, so never acked", len(pieces)
+                "left out %d record(s) of the state stream missing their last parts: never confirmed, so never acked",
+                len(unconfirmed),
             )
+        # Retention drops the oldest messages: a record or base whose first part is gone was cut by it.
+        trimmed = any(piece.parts[0] is None for piece in [*pieces.values(), *bases.values()])
+        return records, bases, full_from, trimmed
+
+    def _rebuild(self, messages: list[tuple[dict[str, Any], bytes]]) -> int:
+        """The state from the stream's messages: the newest usable base, then the records after its marker."""
+        records, bases, full_from, trimmed = self._read(messages)
         last_sequence = max((record.sequence for record in records), default=0)
         # A base counts once a commit after its copy succeeded: everything it holds was committed then.
         usable = [base for base in bases.values() if base.complete() and last_sequence > base.covered]
         snapshot = usable[-1].state() if usable else None
+        if full_from >= 0 and (snapshot is None or records[full_from].sequence > snapshot.sequence):
+            snapshot = None
+            records = records[full_from:]
         for family in self.store.families.values():
             family.restore([])
         self.recent_ids.restore([])
@@ -277,12 +367,13 @@ class StreamCheckpointer(CommitLog):
             self.recent_ids.restore(snapshot.recent_ids)
             self.sequence = snapshot.sequence
         replay = [record for record in records if snapshot is None or record.sequence > snapshot.sequence]
-        expected = 1 if snapshot is None else snapshot.sequence + 1
-        if replay and replay[0].sequence > expected:
+        expected = snapshot.sequence + 1 if snapshot is not None else records[0].sequence if full_from >= 0 else 1
+        if (replay and replay[0].sequence > expected) or (trimmed and snapshot is None and full_from < 0):
+            lacking = f"the commits {expected} to {replay[0].sequence - 1}" if replay else "the start of its history"
             raise CheckpointError(
-                f"the state stream {self.stream!r} lacks the commits {expected} to {replay[0].sequence - 1} "
-                "(retention dropped them before a base covered them): taking over would start from wrong "
-                "counts. Raise state.stream_max_bytes; to start from zero on purpose, delete the stream."
+                f"the state stream {self.stream!r} lacks {lacking} (retention dropped commits before a base covered "
+                "them): taking over would start from wrong counts. Raise state.stream_max_bytes (with the replicas "
+                "stopped, delete the stream to declare it anew; counts then start from zero)."
             )
         for record in replay:
             self._apply_record(record)

@@ -471,8 +471,23 @@ class Store:
                 load(key, row)
             family.version += 1
 
+    def carry_over(self, old: AnyFamily, new: AnyFamily) -> int:
+        """Give a redeclared family (a reload) the old one's series where they fit its labels and buckets.
+
+        What fits is exactly what a restart would restore from a checkpoint under the new declaration, so
+        a reload and a restart agree. Returns how many series were kept; they are dirty, so the next commit
+        writes them under the new declaration.
+        """
+        if old.type != new.type:
+            return 0
+        for chunk in old.chunks(*old.rows()):
+            keys, rows = self._fitting(new, chunk, warn=False)
+            new.load_rows(keys, rows)
+        new.dirty.update(new.series)
+        return len(new.series)
+
     @staticmethod
-    def _fitting(family: AnyFamily, chunk: Chunk) -> tuple[list[LabelKey], list[Any]]:
+    def _fitting(family: AnyFamily, chunk: Chunk, warn: bool = True) -> tuple[list[LabelKey], list[Any]]:
         """The chunk's series whose keys have the family's labels, with their values shared.
 
         Keys written under the same label names in another order are reordered; under other names, or
@@ -480,32 +495,24 @@ class Store:
         """
         names = family.label_names
         written = chunk.labels
-        if chunk.buckets is not None and tuple(chunk.buckets) != family.bucket_bounds():
-            log.warning(
-                "checkpoint has %s with buckets %s, configured now with %s; dropping its %d series",
-                family.name,
-                list(chunk.buckets),
-                list(family.bucket_bounds() or ()),
-                len(chunk.keys),
-            )
-            return [], []
+        dropped = ""
         keys: Iterable[LabelKey] = chunk.keys
-        if written is not None and tuple(written) != names:
+        if chunk.buckets is not None and tuple(chunk.buckets) != family.bucket_bounds():
+            dropped = f"buckets {list(chunk.buckets)}, configured now with {list(family.bucket_bounds() or ())}"
+        elif written is not None and tuple(written) != names:
             if sorted(written) != sorted(names):
-                log.warning(
-                    "checkpoint has %s with labels %s, configured now with %s; dropping its %d series",
-                    family.name,
-                    list(written),
-                    list(names),
-                    len(chunk.keys),
-                )
-                return [], []
-            order = [list(written).index(name) for name in names]
-            keys = [tuple(key[position] for position in order) for key in chunk.keys]
+                dropped = f"labels {list(written)}, configured now with {list(names)}"
+            else:
+                order = [list(written).index(name) for name in names]
+                keys = [tuple(key[position] for position in order) for key in chunk.keys]
+        if dropped:
+            if warn:
+                log.warning("checkpoint has %s with %s; dropping its %d series", family.name, dropped, len(chunk.keys))
+            return [], []
         width = len(names)
         shared_key = family.shared_key
         pairs = [(shared_key(key), row) for key, row in zip(keys, chunk.rows, strict=True) if len(key) == width]
-        if len(pairs) != len(chunk.keys):
+        if len(pairs) != len(chunk.keys) and warn:
             log.warning(
                 "checkpoint has %d series of %s with other labels than configured now; dropping them",
                 len(chunk.keys) - len(pairs),

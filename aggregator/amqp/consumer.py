@@ -9,6 +9,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiormq
+import anyio
 from aio_pika.abc import AbstractChannel, AbstractIncomingMessage, AbstractRobustConnection
 from aio_pika.exceptions import ChannelInvalidStateError
 
@@ -43,6 +44,7 @@ class Consumer:
         take_over: Callable[[], Awaitable[Any]] | None = None,
         shard: ShardSettings | None = None,
         released: Callable[[], None] | None = None,
+        declare_state: Callable[[AbstractChannel], Awaitable[None]] | None = None,
     ) -> None:
         self.amqp = amqp
         self.shard = shard
@@ -57,6 +59,9 @@ class Consumer:
         self._taken_over = take_over is None
         # Called when a replica that was the active one loses its connection (it may be a standby now).
         self._released = released
+        # Declares where the state is kept (the state stream) with the topology, before consuming: a
+        # mismatch is refused at start, not at the first message.
+        self._declare_state = declare_state
         self._commit_interval = commit_interval
         dropped = pipeline.ingest.self_metrics.dead_letters_dropped
         self.letters = DeadLetterPublisher(
@@ -86,6 +91,8 @@ class Consumer:
         await channel.set_qos(prefetch_count=self.amqp.prefetch)
         try:
             self.topology = await declare_topology(channel, self.amqp, self.shard)
+            if self._declare_state is not None:
+                await self._declare_state(channel)
         except TopologyError:
             await connection.close()  # nothing left pending behind the error the user sees
             raise
@@ -98,9 +105,9 @@ class Consumer:
         log.info("consuming queue %r bound to %s at %s", self.amqp.queue, bound, self._address())
 
     async def open_channel(self) -> AbstractChannel:
-        """A confirm channel on the consumer's connection."""
+        """A confirm channel on the consumer's connection; a message no queue takes raises DeliveryError."""
         assert self.connection is not None
-        return await self.connection.channel(publisher_confirms=True)
+        return await self.connection.channel(publisher_confirms=True, on_return_raises=True)
 
     async def _open_dead_letter_channel(self) -> AbstractChannel:
         assert self.connection is not None
@@ -229,6 +236,14 @@ class Consumer:
                 log.info("could not cancel the consumer cleanly: %s", describe(error))
         self.consuming = False
         self._inbox.put_nowait(_STOP)
+
+    async def abandon(self) -> None:
+        """After an error that ends the run: close the connection without committing (the broker redelivers)."""
+        self.consuming = False
+        if self.connection is not None:
+            self.connection.close_callbacks.discard(self._on_connection_lost)
+            with anyio.move_on_after(5, shield=True):
+                await self.connection.close()
 
     async def close(self) -> None:
         """Commit and ack what was applied, then close the connection."""

@@ -193,7 +193,7 @@ def test_a_damaged_journal_record_is_reported_and_the_counts_before_it_kept(
     assert total(aggregator.scrape(), "trading_signals_total", source="ckpt") == before
     log = aggregator.log()
     assert "is damaged (a record with a bad checksum" in log
-    assert "counts applied after it and already acknowledged are missing" in log
+    assert "counts of the records after that point, already acknowledged, are missing" in log
 
 
 def _journal_totals_before_last_two(totals: list[float], records_in_last_segment: int) -> float:

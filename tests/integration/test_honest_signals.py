@@ -130,7 +130,7 @@ def test_sighup_reloads_custom_metrics_and_limits_and_refuses_what_needs_a_resta
     aggregator.process.send_signal(signal.SIGHUP)
     wait_for(lambda: "reload: custom metric jobs_total added" in aggregator.log(), what="the reload")
     log = aggregator.log()
-    assert "reload: custom metric queue_lag changed (1 series dropped)" in log
+    assert "reload: custom metric queue_lag changed (0 series kept, 1 dropped)" in log
     assert "reload: catalog.max_series_per_metric = 3" in log
     publish_raw(names.exchange, [metric("jobs_total", queue="q"), metric("queue_lag", feed="a", venue="v")])
     wait_for(lambda: total(aggregator.scrape(), "trading_jobs_total") == 2, what="the newly declared counter")

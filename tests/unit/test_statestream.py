@@ -94,3 +94,82 @@ def test_a_record_missing_parts_is_left_out_and_the_next_commit_takes_its_place(
         pytest.fail(f"a failed commit left a gap in the sequence: {error}")
     assert _total(restored) == 2010
     assert standby.sequence == 1
+
+
+def test_after_the_stream_was_deleted_the_next_commit_writes_every_series_and_a_takeover_starts_from_it() -> None:
+    """An operator deleted the stream: the broker returned the commit (no queue). The next commit declares the
+    stream again and writes every series in one full record, so a takeover from the new stream alone has every
+    count, and the sequence numbers it starts from need no earlier commit."""
+    broker = Broker()
+    active, ingest = _replica(broker)
+
+    async def declare(channel: object) -> None:
+        return None
+
+    async def channel() -> object:
+        return object()
+
+    active.declare = declare  # type: ignore[method-assign]
+    active.bind(channel)  # type: ignore[arg-type]
+    _errors(ingest, 5, "a")
+    _commit(active)
+    _commit(active)
+    recreated = Broker()
+    active._send = recreated.send  # type: ignore[method-assign]
+    active._lost = True  # what _send sets when the broker returns a record
+    _errors(ingest, 1, "b")
+    _commit(active)
+    assert not active._lost
+    _errors(ingest, 1, "c")
+    _commit(active)
+    standby, restored = _replica(Broker())
+    assert standby._rebuild(recreated.sent) == 2
+    assert _total(restored) == 7
+    standby, restored = _replica(Broker())
+    standby._rebuild(broker.sent + recreated.sent)
+    assert _total(restored) == 7, "the full record stands in for everything before it"
+
+
+class _SilentQueue:
+    """A stream queue that delivers nothing, as a stalled read does."""
+
+    async def consume(self, callback: Any, arguments: dict[str, Any]) -> str:
+        return "tag"
+
+    async def cancel(self, tag: str) -> None:
+        return None
+
+
+class _SilentChannel:
+    """A channel on which the stream read starts and nothing arrives."""
+
+    async def set_qos(self, prefetch_count: int) -> None:
+        return None
+
+    async def get_queue(self, name: str, ensure: bool) -> _SilentQueue:
+        return _SilentQueue()
+
+    async def close(self) -> None:
+        return None
+
+
+def test_a_takeover_whose_stream_read_stalls_reads_once_more_then_refuses_clearly(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """The broker delivers nothing of the stream after the fence went out: the takeover must not wait forever
+    without a word. It reads again on a new channel once, then fails with an error naming the stream."""
+    broker = Broker()
+    standby, _ = _replica(broker)
+    channels: list[_SilentChannel] = []
+
+    async def open_channel() -> _SilentChannel:
+        channels.append(_SilentChannel())
+        return channels[-1]
+
+    standby._open_channel = open_channel  # type: ignore[assignment]
+    standby.read_stall_seconds = 0.05
+    with pytest.raises(CheckpointError, match=r"reading the state stream 'q\.state' stalled twice"):
+        anyio.run(standby.take_over)
+    assert len(channels) == 2
+    assert "stalled; reading it again" in caplog.text
+    assert [headers[statestream.HEADER_KIND] for headers, _ in broker.sent] == ["fence"]

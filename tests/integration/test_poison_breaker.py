@@ -1,4 +1,4 @@
-"""The poison breaker and messages without ids: identical good bodies are not set aside by two unrelated kills."""
+"""The poison breaker sets aside a message the aggregator died on twice, never a good one hit by unrelated kills."""
 
 import json
 import signal
@@ -77,3 +77,68 @@ def test_two_kills_on_two_identical_messages_without_ids_set_no_good_message_asi
     samples = aggregator.scrape()
     assert total(samples, "tickbus_events_rejected_total", reason="poison") == 0, aggregator.log()[-3000:]
     assert total(samples, "trading_errors_total", source="cron") >= MESSAGES * EVENTS
+
+
+def _current(state: Path) -> bytes:
+    """The fingerprint of the message in process (or the last one processed)."""
+    return (state / FILE_NAME).read_bytes()[FLAG_AT + 1 : FLAG_AT + 17]
+
+
+def test_a_message_processed_cleanly_after_a_death_is_no_longer_a_suspect(
+    names: Names, start_aggregator: StartAggregator, tmp_path: Path
+) -> None:
+    """A crash loop that never lets a commit finish (commits every 60 s here; a slow disk or a liveness probe
+    killing the process does the same): run 1 is killed while message M is in process; run 2 processes M cleanly
+    and is killed while processing a later message; run 3 is killed while M is in process again. M survived run 2,
+    so docs/operations.md says it is cleared ('one that is processed cleanly afterwards is cleared'); it must not
+    be dead-lettered as poison with 'died 2 times' in run 4."""
+    config = tmp_path / "slow-commits.toml"
+    config.write_text("[catalog]\nmax_series_per_metric = 200000\n\n[state]\ncheckpoint_interval_seconds = 60\n")
+    state = tmp_path / "state"
+    args = ["--state-dir", str(state)]
+    start_aggregator(names, config=config, extra_args=args).stop()
+    for number in range(40):
+        events = [
+            {"kind": "error", "ts": time.time(), "source": "loop", "component": "c", "error_type": "t",
+             "symbol": f"S{number}-{index}"}
+            for index in range(EVENTS)
+        ]  # fmt: skip
+        body = json.dumps(events).encode()
+        subprocess.run(
+            ["amqp-publish", "--url=amqp://guest:guest@127.0.0.1:5672", "-e", names.exchange, "-r", "batch",
+             "-C", "application/json", "-p", "--header", f"x-tickbus-message-id: loop-{number}"],
+            input=body, check=True, timeout=30,
+        )  # fmt: skip
+
+    def run_until(condition: Callable[[], bool], what: str) -> None:
+        aggregator = start_aggregator(names, config=config, extra_args=args, wait_ready=False)
+        wait_for(lambda: _flag(state) == 0, interval=0.001, what="the black box opened")
+        wait_for(condition, interval=0.0005, timeout=60, what=what)
+        aggregator.stop(signal.SIGKILL)
+
+    suspect: list[bytes] = []
+
+    def first_in_process() -> bool:
+        if _flag(state) == 1:
+            suspect.append(_current(state))
+            return True
+        return False
+
+    run_until(first_in_process, "a message in process")
+    seen = []
+
+    def after_the_suspect() -> bool:
+        current, flag = _current(state), _flag(state)
+        if current == suspect[0]:
+            seen.append(True)
+        return bool(seen) and flag == 1 and current != suspect[0]
+
+    run_until(after_the_suspect, "the suspect processed, then another message in process")
+    run_until(lambda: _flag(state) == 1 and _current(state) == suspect[0], "the suspect in process again")
+    aggregator = start_aggregator(names, config=config, extra_args=args)
+    wait_for(lambda: "died" in aggregator.log().split("consuming queue")[-1] or
+             total(aggregator.scrape(), "trading_errors_total", source="loop") >= 40 * EVENTS,
+             timeout=60, what="the backlog")  # fmt: skip
+    time.sleep(1.0)
+    samples = aggregator.scrape()
+    assert total(samples, "tickbus_events_rejected_total", reason="poison") == 0, aggregator.log()[-3000:]
