@@ -131,6 +131,12 @@ class StreamCheckpointer(CommitLog):
                     "x-stream-max-segment-size-bytes": max(self.max_bytes // 8, 1024 * 1024),
                 },
             )
+        except aiormq.exceptions.ChannelAccessRefused as error:
+            raise TopologyError(
+                f"RabbitMQ refused access to the state stream {self.stream!r} ({error.args[0]}): the aggregator's user "
+                "needs configure, write and read on it and write on the default exchange (scripts/rabbitmq-access "
+                "--state-stream grants them)"
+            ) from None
         except aiormq.exceptions.ChannelPreconditionFailed as error:
             raise TopologyError(
                 f"the state stream {self.stream!r} already exists on the broker with other settings "

@@ -304,11 +304,14 @@ def test_the_state_stream_needs_its_grant(
     config.write_text("[amqp]\nsingle_active_consumer = true\n[state]\nstream = true\n")
     args = broker.amqp_args("aggregator")
     refused = start_aggregator(broker.names, config=config, extra_args=args[2:], amqp_url=args[1], wait_ready=False)
-    wait_for(lambda: "consuming queue" in refused.log(), what="the topology declared")
-    assert _emit(broker, "producer-a", "alpha-0").returncode == 0
-    wait_for(lambda: "ACCESS_REFUSED" in refused.log(), timeout=30, what="the refused stream")
-    assert f"{broker.names.queue}.state" in refused.log()
-    refused.stop()
+    assert refused.process is not None
+    assert refused.process.wait(60) == 1, "refused at start, before it takes a message it could not commit"
+    log = refused.log()
+    assert "Traceback" not in log, log
+    assert "ACCESS_REFUSED" in log, log
+    assert f"{broker.names.queue}.state" in log
+    assert "scripts/rabbitmq-access --state-stream" in log
+    assert "consuming queue" not in log, log
     broker.grant("--state-stream")
     aggregator = start_aggregator(broker.names, config=config, extra_args=args[2:], amqp_url=args[1])
     sent = _emit(broker, "producer-a", "alpha-1")

@@ -4,12 +4,11 @@ import asyncio
 import json
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
 import aio_pika
 import msgspec
-import pytest
 
 from aggregator.statestream import stream_name
 from tests.support.broker import RawMessage, publish_raw
@@ -49,15 +48,8 @@ async def _waiting(names: Names) -> int:
         return int(queue.declaration_result.message_count or 0)
 
 
-@pytest.fixture
-def stream_cleanup(names: Names) -> Iterator[None]:
-    """The state stream is not part of the names fixture's topology: delete it after the test."""
-    yield
-    asyncio.run(_delete_stream(names))
-
-
 def test_commits_to_a_deleted_state_stream_are_not_taken_as_durable(
-    names: Names, start_aggregator: StartAggregator, tmp_path: Path, stream_cleanup: None
+    names: Names, start_aggregator: StartAggregator, tmp_path: Path
 ) -> None:
     """An operator deletes `<queue>.state` while the aggregator runs. Its next commits are published to a queue
     that no longer exists: the broker drops them and still confirms (they are not mandatory), so the aggregator
@@ -82,7 +74,7 @@ def test_commits_to_a_deleted_state_stream_are_not_taken_as_durable(
 
 
 def test_a_state_larger_than_the_stream_retention_is_said_early_and_a_takeover_refuses_clearly(
-    names: Names, start_aggregator: StartAggregator, tmp_path: Path, stream_cleanup: None
+    names: Names, start_aggregator: StartAggregator, tmp_path: Path
 ) -> None:
     """`state.stream_max_bytes` at its floor, 16 MiB, and 120,000 series of long labels (about 30 MiB of records):
     retention must drop records no base covers. The active replica says so while it runs (a warning naming the
@@ -122,7 +114,7 @@ def test_a_state_larger_than_the_stream_retention_is_said_early_and_a_takeover_r
 
 
 def test_a_changed_stream_retention_is_a_clear_error_not_a_traceback_at_the_first_message(
-    names: Names, start_aggregator: StartAggregator, tmp_path: Path, stream_cleanup: None
+    names: Names, start_aggregator: StartAggregator, tmp_path: Path
 ) -> None:
     """The stream was declared with the default retention; the operator then sets `state.stream_max_bytes` to
     256 MiB and restarts. RabbitMQ refuses the redeclaration (inequivalent x-max-length-bytes). The aggregator

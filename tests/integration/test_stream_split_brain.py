@@ -1,18 +1,13 @@
 """A replica deposed by a network cut must not write its stale state into the state stream after the new active one."""
 
-import asyncio
 import json
 import signal
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 
-import aio_pika
-import pytest
-
-from aggregator.statestream import stream_name
 from tests.support.broker import RawMessage, publish_raw
-from tests.support.process import AMQP_URL, AggregatorProcess, Names
+from tests.support.process import AggregatorProcess, Names
 from tests.support.scrape import total, wait_for
 from tests.support.tcpproxy import TcpProxy
 
@@ -50,22 +45,8 @@ def _count(aggregator: AggregatorProcess) -> float:
         return -1.0
 
 
-async def _delete_stream(names: Names) -> None:
-    connection = await aio_pika.connect(AMQP_URL)
-    async with connection:
-        channel = await connection.channel()
-        await channel.queue_delete(stream_name(names.queue))
-
-
-@pytest.fixture
-def stream_cleanup(names: Names) -> Iterator[None]:
-    """The state stream is not part of the names fixture's topology: delete it after the test."""
-    yield
-    asyncio.run(_delete_stream(names))
-
-
 def test_a_replica_cut_off_mid_commit_does_not_overwrite_the_new_active_replicas_state(
-    names: Names, start_aggregator: StartAggregator, tmp_path: Path, stream_cleanup: None
+    names: Names, start_aggregator: StartAggregator, tmp_path: Path
 ) -> None:
     """Replica A applies 300 messages and is cut off from the broker before it commits them; B takes over, applies
     them again and 200 more (500, committed). A's connection comes back: A, now the standby, must not append its

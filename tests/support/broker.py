@@ -6,6 +6,7 @@ from typing import TYPE_CHECKING
 
 import aio_pika
 
+from aggregator.statestream import stream_name
 from tests.support.process import AMQP_URL, Names
 
 if TYPE_CHECKING:  # imported for the annotations only, so pytest can register rabbitnodes as a plugin first
@@ -88,12 +89,13 @@ async def _delete_topology(names: Names) -> None:
     connection = await aio_pika.connect(AMQP_URL)
     async with connection:
         channel = await connection.channel()
-        for queue in (names.queue, names.dead_letter_queue):
+        for queue in (names.queue, names.dead_letter_queue, stream_name(names.queue)):
             await channel.queue_delete(queue)
         for exchange in (names.exchange, f"{names.exchange}.dead", f"{names.exchange}.unbound"):
             await channel.exchange_delete(exchange)
 
 
 def delete_topology(names: Names) -> None:
-    """Delete a test's exchanges and queues (deleting what does not exist is fine), so the broker is left clean."""
+    """Delete a test's exchanges and queues, its state stream too (deleting what does not exist is fine), so the
+    broker is left clean."""
     asyncio.run(_delete_topology(names))
