@@ -48,7 +48,7 @@ from tests.support.scrape import Samples, total, wait_for
 from tests.support.web import WEB_CONFIG, WebClient, make_web_secrets
 
 INTERVAL = "1s"
-WINDOW_SECONDS = 60
+WINDOW_SECONDS = 30
 RANGE = re.compile(r"\[(\d+[smhd]|\$__rate_interval)\]")
 RECORDED = re.compile(r"\b[a-z_]+:[a-z_]+:[a-z0-9_]+\b")
 RANGE_TOLERANCE = 0.10

@@ -87,7 +87,7 @@ ENCODINGS: dict[str, tuple[Callable[[Any], bytes], tuple[type[Exception], ...]]]
 
 
 @pytest.mark.parametrize("content_type", sorted(ENCODINGS))
-@settings(max_examples=400, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
 @given(bodies=st.lists(messages, min_size=1, max_size=6))
 def test_any_value_is_applied_or_refused_with_a_reason(content_type: str, bodies: list[Any]) -> None:
     """Arbitrary values, event-shaped objects and batches, as JSON and as MessagePack: each message applies or
