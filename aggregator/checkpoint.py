@@ -13,6 +13,7 @@ import anyio
 
 from aggregator.blackbox import BlackBox
 from aggregator.dedup import RecentIds
+from aggregator.selfmetrics import PREFIX as SELF_PREFIX
 from aggregator.selfmetrics import SelfMetrics
 from aggregator.stateformat import (
     Chunk,
@@ -130,6 +131,8 @@ class CommitLog(abc.ABC):
         # Failures after the last good checkpoint are kept here, so the counter never goes backwards.
         self.blackbox = blackbox
         self.sequence = 0
+        # The catalog's metrics (not tickbus' own) the state being restored holds series of.
+        self._held: set[str] = set()
 
     def capture(self, full: bool = False) -> Commit:
         """The commit point, on the event loop: O(families), whatever the store's size (O(series) if `full`)."""
@@ -187,7 +190,40 @@ class CommitLog(abc.ABC):
             failures.series[()] = kept
         self.blackbox.count_checkpoint_failure(int(max(kept, restored)))
 
+    def _restore_base(self, snapshot: State, where: str) -> None:
+        self._hold(snapshot.chunks)
+        self._refuse_if_none_defined(where)  # before the store warns of dropping each one
+        self.store.restore(snapshot.chunks)
+        self.recent_ids.restore(snapshot.recent_ids)
+        self.sequence = snapshot.sequence
+
+    def _hold(self, chunks: list[Chunk]) -> None:
+        own = f"{SELF_PREFIX}_"
+        self._held.update(chunk.family for chunk in chunks if chunk.keys and not chunk.family.startswith(own))
+
+    def _restored(self, where: str) -> None:
+        """After a restore: refuse a state none of whose metrics is defined now, then reconcile failures.
+
+        That is a changed namespace (or every custom metric renamed): serving on would drop every series,
+        and the next compaction would erase them from the state for good.
+        """
+        self._refuse_if_none_defined(where)
+        self._held = set()
+        self._reconcile_failures()
+
+    def _refuse_if_none_defined(self, where: str) -> None:
+        held = self._held
+        if held and not held & self.store.families.keys():
+            examples = ", ".join(sorted(held)[:3])
+            raise CheckpointError(
+                f"the state in {where} holds series of {len(held)} metric(s) ({examples}, ...) and none of them "
+                "is defined now: starting would drop them all, and the next compaction would erase them. If "
+                "catalog.namespace or the custom metrics changed by mistake, put them back; to start these "
+                "metrics from zero on purpose, move the state aside."
+            )
+
     def _apply_record(self, record: State) -> None:
+        self._hold(record.chunks)
         self.store.apply_changes(record.chunks)
         for message_id in record.recent_ids:
             self.recent_ids.add(message_id)
@@ -243,9 +279,7 @@ class Checkpointer(CommitLog):
                 problems.append(f"{path}: {error}")
                 continue
             self._base_bytes = path.stat().st_size
-            self.store.restore(snapshot.chunks)
-            self.recent_ids.restore(snapshot.recent_ids)
-            self.sequence = snapshot.sequence
+            self._restore_base(snapshot, str(self.directory))
             restored = Restored(path, snapshot.sequence, snapshot.written_at, bool(problems))
             first = snapshot.first_segment
             break
@@ -298,7 +332,7 @@ class Checkpointer(CommitLog):
         self._journal_bytes = sum(
             (self.directory / self._segment_name(number)).stat().st_size for number in segments if number >= first
         )
-        self._reconcile_failures()
+        self._restored(str(self.directory))
         return restored
 
     def _replay(self, segments: list[int]) -> int:

@@ -369,9 +369,7 @@ class StreamCheckpointer(CommitLog):
         self.recent_ids.restore([])
         self.sequence = 0
         if snapshot is not None:
-            self.store.restore(snapshot.chunks)
-            self.recent_ids.restore(snapshot.recent_ids)
-            self.sequence = snapshot.sequence
+            self._restore_base(snapshot, f"the stream {self.stream!r}")
         replay = [record for record in records if snapshot is None or record.sequence > snapshot.sequence]
         expected = snapshot.sequence + 1 if snapshot is not None else records[0].sequence if full_from >= 0 else 1
         if (replay and replay[0].sequence > expected) or (trimmed and snapshot is None and full_from < 0):
@@ -384,5 +382,5 @@ class StreamCheckpointer(CommitLog):
         for record in replay:
             self._apply_record(record)
         self.recent_ids.take_new()
-        self._reconcile_failures()
+        self._restored(f"the stream {self.stream!r}")
         return len(replay)

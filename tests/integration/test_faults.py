@@ -217,6 +217,29 @@ def test_no_readable_checkpoint_refuses_to_start_at_zero(
     assert "move the files aside" in aggregator.log()
 
 
+def test_a_mistyped_namespace_is_refused_at_start_and_the_counts_are_kept(
+    names: Names, start_aggregator: StartAggregator, tmp_path: Path
+) -> None:
+    """200 signals counted under `trading`; the operator restarts with `catalog.namespace = "tradng"`. The
+    aggregator must exit 1 with one line naming the setting (not serve empty series and erase the state at the
+    next compaction), and once the namespace is put back the 200 are there."""
+    aggregator = start_aggregator(names, extra_args=_state_args(tmp_path))
+    _stream(names, "namespace", 200, seconds=0.5).join(60)
+    wait_for(lambda: total(aggregator.scrape(), "trading_signals_total") == 200, what="200 signals")
+    assert aggregator.stop(signal.SIGTERM) == 0
+    typo = tmp_path / "typo.toml"
+    typo.write_text('[catalog]\nnamespace = "tradng"\n')
+    refused = start_aggregator(names, config=typo, extra_args=_state_args(tmp_path), wait_ready=False)
+    assert refused.process is not None
+    assert refused.process.wait(30) == 1
+    log = refused.log()
+    assert "none of them is defined now" in log, log
+    assert "catalog.namespace" in log
+    assert "Traceback" not in log
+    aggregator.start()
+    assert total(aggregator.scrape(), "trading_signals_total", source="namespace") == 200
+
+
 @pytest.mark.parametrize("queue_type", ["quorum"])
 def test_an_existing_queue_with_other_arguments_is_a_clear_error(
     names: Names, start_aggregator: StartAggregator, tmp_path: Path, queue_type: str

@@ -234,3 +234,45 @@ def test_a_reload_and_a_restart_agree_on_the_series_of_a_redeclared_metric(tmp_p
     restored, restored_ingest = _checkpointer(tmp_path, after)
     restored.restore()
     assert _rendered(restored_ingest, "trading_desk_fills_total") == served
+
+
+def test_a_state_none_of_whose_metrics_is_defined_now_is_refused_not_dropped(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An operator mistypes catalog.namespace and restarts: every catalog series in the state would be dropped
+    and the next compaction would erase them. The restore must refuse, naming the setting, and leave the state
+    as it was; under the old namespace it restores every count."""
+    checkpointer, ingest = _checkpointer(tmp_path)
+    checkpointer._compact_after_bytes = 1
+    checkpointer.restore()
+    for tag in "abc":
+        _errors(ingest, 5, tag)
+        _commit(checkpointer)
+    assert (tmp_path / "base").exists()
+    files = {path.name: path.read_bytes() for path in tmp_path.iterdir()}
+    typo = make_ingest(CatalogSettings(namespace="tradng"))
+    mistyped = Checkpointer(tmp_path, typo.store, RecentIds(100), typo.self_metrics)
+    with (
+        caplog.at_level(logging.WARNING, logger="aggregator.store"),
+        pytest.raises(CheckpointError, match=r"none of them is defined now.*catalog\.namespace"),
+    ):
+        mistyped.restore()
+    assert "dropping" not in caplog.text, "refused before the store says it drops each metric"
+    assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == files
+    again, restored = _checkpointer(tmp_path)
+    again.restore()
+    assert _error_total(restored) == 15
+
+
+def test_a_state_that_still_has_some_of_its_metrics_restores_them(tmp_path: Path) -> None:
+    """A custom metric removed from the config is dropped with a warning, not refused: the others restore."""
+    custom = [CustomMetric(name="fills_open", type="gauge", help="h", labels=["venue"])]
+    checkpointer, ingest = _checkpointer(tmp_path, custom)
+    checkpointer.restore()
+    _errors(ingest, 3)
+    ingest.apply([Metric(ts=1.0, source="s", name="fills_open", value=2.0, labels={"venue": "x"})], now=1.0)
+    _commit(checkpointer)
+    again, restored = _checkpointer(tmp_path)
+    again.restore()
+    assert _error_total(restored) == 3
+    assert "trading_fills_open" not in restored.store.families
