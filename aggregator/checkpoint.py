@@ -5,6 +5,7 @@ import contextlib
 import logging
 import os
 import re
+import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -264,6 +265,9 @@ class Checkpointer(CommitLog):
         """Load the newest readable base and replay the journal after it; None if there is no state yet."""
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
+            # Found now, not at the first commit: until then /readyz would say ready on a queue never acked.
+            with tempfile.TemporaryFile(dir=self.directory):
+                pass
         except OSError as error:
             raise CheckpointError(f"state directory {self.directory} is unusable: {error}") from None
         segments = self._segments()

@@ -103,6 +103,31 @@ def test_a_full_state_disk_is_reported_truthfully_and_loses_nothing(
     assert "stopped: applied state committed and acked" in restarted.log()
 
 
+def test_a_read_only_state_directory_is_refused_at_start_not_at_the_first_commit(
+    names: Names, start_aggregator: StartAggregator, small_disk: Path
+) -> None:
+    """The state's file system is mounted read-only (a remount after an I/O error does this): the aggregator
+    must exit 1 at start naming the directory, not report ready and then never ack. The messages stay queued
+    and are counted once the file system is writable again."""
+    state = small_disk / "state"
+    aggregator = start_aggregator(names, extra_args=["--state-dir", str(state)])
+    publish_raw(names.exchange, _errors(10))
+    wait_for(lambda: total(aggregator.scrape(), "trading_errors_total") == 10, what="10 events")
+    assert aggregator.stop() == 0
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    publish_raw(names.exchange, _errors(5))
+    refused = start_aggregator(names, extra_args=["--state-dir", str(state)], wait_ready=False)
+    assert refused.process is not None
+    assert refused.process.wait(30) == 1
+    log = refused.log()
+    assert f"state directory {state} is unusable" in log, log
+    assert "Read-only file system" in log
+    assert "Traceback" not in log
+    subprocess.run(["mount", "-o", "remount,rw", str(small_disk)], check=True)
+    aggregator.start()
+    wait_for(lambda: total(aggregator.scrape(), "trading_errors_total") == 15, what="the 5 that waited")
+
+
 def test_sighup_reloads_custom_metrics_and_limits_and_refuses_what_needs_a_restart(
     names: Names, start_aggregator: StartAggregator, tmp_path: Path
 ) -> None:
