@@ -326,8 +326,8 @@ class Checkpointer(CommitLog):
                 )
             else:
                 log.info(
-                    "restored checkpoint %s and %d journal record(s) (sequence %d)",
-                    restored.path,
+                    "restored %s and %d journal record(s) (sequence %d)",
+                    f"checkpoint {restored.path}" if restored.path.name in (BASE, *LEGACY) else "no base (none yet)",
                     replayed,
                     self.sequence,
                 )
