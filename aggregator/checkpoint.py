@@ -324,13 +324,15 @@ class Checkpointer(CommitLog):
                     restored.sequence,
                     time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(restored.written_at)),
                 )
-            else:
+            elif restored.path.name in (BASE, *LEGACY):
                 log.info(
-                    "restored %s and %d journal record(s) (sequence %d)",
-                    f"checkpoint {restored.path}" if restored.path.name in (BASE, *LEGACY) else "no base (none yet)",
+                    "restored checkpoint %s and %d journal record(s) (sequence %d)",
+                    restored.path,
                     replayed,
                     self.sequence,
                 )
+            else:
+                log.info("restored %d journal record(s), no base yet (sequence %d)", replayed, self.sequence)
         # Never append to a segment a crash may have torn: every run starts a new one.
         self.segment = max(segments, default=-1) + 1
         self._journal_bytes = sum(
