@@ -26,10 +26,11 @@ def names() -> Iterator[Names]:
 
 
 @pytest.fixture
-def start_aggregator(tmp_path: Path) -> Iterator[Callable[..., AggregatorProcess]]:
+def start_aggregator(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Callable[..., AggregatorProcess]]:
     """Start `aggregator run` subprocesses (on the shared broker unless `amqp_url` says otherwise); every one still
-    running is stopped at the end."""
+    running is stopped at the end. In a test marked `volume` they run without coverage."""
     started: list[AggregatorProcess] = []
+    measured = request.node.get_closest_marker("volume") is None
 
     def start(
         names: Names,
@@ -38,7 +39,7 @@ def start_aggregator(tmp_path: Path) -> Iterator[Callable[..., AggregatorProcess
         wait_ready: bool = True,
         amqp_url: str = AMQP_URL,
     ) -> AggregatorProcess:
-        process = AggregatorProcess(names, tmp_path, config, extra_args or [], amqp_url=amqp_url)
+        process = AggregatorProcess(names, tmp_path, config, extra_args or [], amqp_url=amqp_url, measured=measured)
         started.append(process)
         return process.start(wait_ready)
 

@@ -6,6 +6,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from producers.emitter import Emitter, EmitterSettings
 from schemas.events import Error
 from tests.support.process import AMQP_URL, AggregatorProcess, Names
@@ -49,6 +51,7 @@ def _stream(names: Names, done: threading.Event) -> threading.Thread:
     return thread
 
 
+@pytest.mark.volume
 def test_a_standby_takes_over_three_kill_9s_of_the_active_replica_with_exact_counts(
     names: Names, start_aggregator: StartAggregator, tmp_path: Path
 ) -> None:

@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import msgspec
+import pytest
 
 from tests.support.broker import RawMessage, publish_raw
 from tests.support.process import AggregatorProcess, Names
@@ -53,6 +54,7 @@ def _errors(aggregator: AggregatorProcess) -> tuple[float, int]:
     return total, series
 
 
+@pytest.mark.volume
 def test_a_million_series_stay_exact_through_kill_9_while_draining(
     names: Names, start_aggregator: StartAggregator, tmp_path: Path
 ) -> None:

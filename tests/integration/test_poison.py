@@ -7,6 +7,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from schemas.wire import HEADER_DETAIL, HEADER_ORIGINAL_MESSAGE_ID, HEADER_REASON
 from tests.support.broker import RawMessage, drain, publish_raw, queue_depth
 from tests.support.process import AggregatorProcess, Names
@@ -31,6 +33,7 @@ def _wait_consuming(aggregator: AggregatorProcess) -> None:
     wait_for(lambda: "consuming queue" in aggregator.log() or process.poll() is not None, what="it to consume")
 
 
+@pytest.mark.volume
 def test_poison_is_set_aside_and_a_quorum_backlog_counts_exactly_through_seven_kill_9(
     names: Names, start_aggregator: StartAggregator, tmp_path: Path
 ) -> None:

@@ -7,6 +7,8 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from aggregator.blackbox import FILE_NAME
 from tests.support.process import AggregatorProcess, Names
 from tests.support.scrape import total, wait_for
@@ -84,6 +86,7 @@ def _current(state: Path) -> bytes:
     return (state / FILE_NAME).read_bytes()[FLAG_AT + 1 : FLAG_AT + 17]
 
 
+@pytest.mark.volume
 def test_a_message_processed_cleanly_after_a_death_is_no_longer_a_suspect(
     names: Names, start_aggregator: StartAggregator, tmp_path: Path
 ) -> None:

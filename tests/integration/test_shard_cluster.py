@@ -7,6 +7,8 @@ import uuid
 from collections.abc import Callable
 from pathlib import Path
 
+import pytest
+
 from tests.support.process import AggregatorProcess
 from tests.support.rabbitnodes import CONSISTENT_HASH_PLUGIN, RabbitNodes
 from tests.support.scrape import value, wait_for
@@ -26,6 +28,7 @@ def _received(replica: AggregatorProcess) -> float:
         return 0.0
 
 
+@pytest.mark.volume
 def test_shards_on_a_three_node_cluster_survive_a_node_and_an_active_replica_killed_with_exact_counts(
     rabbit_nodes: RabbitNodes, start_aggregator: StartAggregator, tmp_path: Path
 ) -> None:

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import aio_pika
 import msgspec
+import pytest
 
 from aggregator.statestream import stream_name
 from tests.support.broker import RawMessage, publish_raw
@@ -73,6 +74,7 @@ def test_commits_to_a_deleted_state_stream_are_not_taken_as_durable(
     assert _count(aggregator, "deleted") >= 21, aggregator.log()[-2000:]
 
 
+@pytest.mark.volume
 def test_a_state_larger_than_the_stream_retention_is_said_early_and_a_takeover_refuses_clearly(
     names: Names, start_aggregator: StartAggregator, tmp_path: Path
 ) -> None:

@@ -6,6 +6,7 @@ from pathlib import Path
 
 import aio_pika
 import msgspec
+import pytest
 
 from tests.support.process import AggregatorProcess, Names
 from tests.support.rabbitnodes import PrivateNode
@@ -45,6 +46,7 @@ def _count(aggregator: AggregatorProcess) -> float:
     return total(aggregator.scrape(), "trading_errors_total")
 
 
+@pytest.mark.volume
 def test_commits_of_many_changed_series_fit_the_brokers_message_size_limit(
     private_node: PrivateNode, names: Names, start_aggregator: StartAggregator, tmp_path: Path
 ) -> None:
@@ -61,6 +63,7 @@ def test_commits_of_many_changed_series_fit_the_brokers_message_size_limit(
     assert "checkpoint failed" not in aggregator.log(), aggregator.log()[-2000:]
 
 
+@pytest.mark.volume
 def test_a_base_of_the_state_fits_the_brokers_message_size_limit(
     private_node: PrivateNode, names: Names, start_aggregator: StartAggregator, tmp_path: Path
 ) -> None:

@@ -54,6 +54,8 @@ class AggregatorProcess:
     amqp_url: str = AMQP_URL
     # How to reach an aggregator started with a web config (TLS, basic auth); None: plain HTTP.
     web: WebClient | None = None
+    # False: no coverage measurement in the subprocess (the tests marked `volume`).
+    measured: bool = True
 
     @property
     def url(self) -> str:
@@ -78,6 +80,8 @@ class AggregatorProcess:
 
     def start(self, wait_ready: bool = True) -> "AggregatorProcess":
         env = {k: v for k, v in os.environ.items() if not k.startswith("TICKBUS_")}
+        if not self.measured:
+            env = {k: v for k, v in env.items() if not k.startswith("COVERAGE_PROCESS_")}
         with self.log_path.open("ab") as log:
             self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT, env=env)
         if wait_ready:
