@@ -266,8 +266,7 @@ class Checkpointer(CommitLog):
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             # Found now, not at the first commit: until then /readyz would say ready on a queue never acked.
-            with tempfile.TemporaryFile(dir=self.directory):
-                pass
+            tempfile.TemporaryFile(dir=self.directory).close()
         except OSError as error:
             raise CheckpointError(f"state directory {self.directory} is unusable: {error}") from None
         segments = self._segments()

@@ -150,17 +150,23 @@ def test_falling_back_to_the_previous_base_with_its_whole_journal_does_not_claim
     assert "missing" not in caplog.text
 
 
-def test_a_custom_metric_whose_labels_were_reordered_keeps_its_values_under_the_right_labels(tmp_path: Path) -> None:
-    """The same label names in another order are the same series: the restore reorders the keys, so the count
-    comes back under desk="fx", venue="lse" whatever order the declaration lists them in, never with the desk's
-    value under `venue` and the venue's under `desk`."""
-    before = [CustomMetric(name="desk_fills_total", type="counter", help="Fills.", labels=["desk", "venue"])]
-    checkpointer, ingest = _checkpointer(tmp_path, before)
+def _one_desk_fill(tmp_path: Path, declared: list[CustomMetric]) -> tuple[Checkpointer, Ingest]:
+    """A state with 5 fills of desk="fx" at venue="lse", committed under `declared`."""
+    checkpointer, ingest = _checkpointer(tmp_path, declared)
     checkpointer.restore()
     ingest.apply(
         [Metric(ts=1.0, source="s", name="desk_fills_total", value=5, labels={"desk": "fx", "venue": "lse"})], 1.0
     )
     _commit(checkpointer)
+    return checkpointer, ingest
+
+
+def test_a_custom_metric_whose_labels_were_reordered_keeps_its_values_under_the_right_labels(tmp_path: Path) -> None:
+    """The same label names in another order are the same series: the restore reorders the keys, so the count
+    comes back under desk="fx", venue="lse" whatever order the declaration lists them in, never with the desk's
+    value under `venue` and the venue's under `desk`."""
+    before = [CustomMetric(name="desk_fills_total", type="counter", help="Fills.", labels=["desk", "venue"])]
+    _one_desk_fill(tmp_path, before)
     after = [CustomMetric(name="desk_fills_total", type="counter", help="Fills.", labels=["venue", "desk"])]
     restored, restored_ingest = _checkpointer(tmp_path, after)
     restored.restore()
@@ -203,12 +209,7 @@ def test_a_reload_and_a_restart_agree_on_the_series_of_a_redeclared_metric(tmp_p
     that the reload dropped, none under the wrong labels)."""
     before = [CustomMetric(name="desk_fills_total", type="counter", help="Fills.", labels=["desk", "venue"])]
     after = [CustomMetric(name="desk_fills_total", type="counter", help="Fills.", labels=["venue", "desk"])]
-    checkpointer, ingest = _checkpointer(tmp_path, before)
-    checkpointer.restore()
-    ingest.apply(
-        [Metric(ts=1.0, source="s", name="desk_fills_total", value=5, labels={"desk": "fx", "venue": "lse"})], 1.0
-    )
-    _commit(checkpointer)
+    checkpointer, ingest = _one_desk_fill(tmp_path, before)
     assert ingest.custom.update(after) == ["custom metric desk_fills_total changed (1 series kept, 0 dropped)"]
     ingest.apply(
         [Metric(ts=2.0, source="s", name="desk_fills_total", value=1, labels={"desk": "eq", "venue": "xet"})], 2.0
