@@ -1,10 +1,13 @@
-"""The compiled apply loop, built where a C compiler is available; without one the pure-Python loop is used."""
+"""The compiled apply loop and exposition, built where a C compiler is available; else the pure-Python paths run."""
 
 from Cython.Build import cythonize
 from setuptools import Extension, setup
 
 extensions = cythonize(
-    [Extension("aggregator._fastapply", ["aggregator/_fastapply.pyx"])],
+    [
+        Extension("aggregator._fastapply", ["aggregator/_fastapply.pyx"]),
+        Extension("aggregator._fastrender", ["aggregator/_fastrender.pyx"]),
+    ],
     compiler_directives={"language_level": "3"},
     quiet=True,
 )

@@ -1,4 +1,4 @@
-"""The compiled helpers of aggregator/_fastapply.pyx where they were built, or None where they were not."""
+"""The compiled helpers (aggregator/_fastapply.pyx, _fastrender.pyx) where they were built, or None."""
 
 from types import ModuleType
 
@@ -10,3 +10,12 @@ def compiled() -> ModuleType | None:
     except ImportError:
         return None
     return _fastapply
+
+
+def compiled_render() -> ModuleType | None:
+    """The compiled exposition, or None (the pure-Python renderer runs)."""
+    try:
+        from aggregator import _fastrender
+    except ImportError:
+        return None
+    return _fastrender

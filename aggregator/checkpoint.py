@@ -2,11 +2,13 @@
 
 import abc
 import contextlib
+import gc
 import logging
 import os
 import re
 import tempfile
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -22,6 +24,7 @@ from aggregator.stateformat import (
     State,
     decode_checkpoint,
     encode_record,
+    read_first_segment,
     read_records,
     write_checkpoint,
 )
@@ -37,6 +40,23 @@ SEGMENT = re.compile(r"^journal\.(\d{8})$")
 # A base is rewritten once the journal behind it grows past the larger of this and half the base: restart
 # then reads the base and at most half as much again.
 COMPACT_AFTER_BYTES = 32 * 1024 * 1024
+
+
+@contextlib.contextmanager
+def collector_paused() -> Iterator[None]:
+    """The cyclic collector off while a restore builds the store, and what it built out of its reach after.
+
+    A restore makes millions of objects (keys, values) that hold no reference cycles: with the collector
+    on, it walked them again and again and took half of a restart's time at a million series.
+    """
+    enabled = gc.isenabled()
+    gc.disable()
+    try:
+        yield
+    finally:
+        gc.freeze()
+        if enabled:
+            gc.enable()
 
 
 class CheckpointError(RuntimeError):
@@ -263,6 +283,10 @@ class Checkpointer(CommitLog):
 
     def restore(self) -> Restored | None:
         """Load the newest readable base and replay the journal after it; None if there is no state yet."""
+        with collector_paused():
+            return self._restore()
+
+    def _restore(self) -> Restored | None:
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             # Found now, not at the first commit: until then /readyz would say ready on a queue never acked.
@@ -448,7 +472,7 @@ class Checkpointer(CommitLog):
         keep_from = first_segment
         if previous.exists():
             try:
-                keep_from = decode_checkpoint(previous.read_bytes()).first_segment
+                keep_from = read_first_segment(previous)
             except CorruptCheckpoint:
                 keep_from = first_segment
         for number in self._segments():

@@ -6,6 +6,7 @@ import time
 from collections.abc import Iterable
 from typing import Any
 
+from aggregator.accelerated import compiled_render
 from aggregator.readview import DerivedGauge, ReadView
 from aggregator.store import AnyFamily, CounterFamily, GaugeFamily, HistogramFamily, LabelKey
 
@@ -16,6 +17,9 @@ CONTENT_TYPE_OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset
 # takes more than about a tenth of the time, whatever the store's size.
 MIN_RENDER_INTERVAL = 0.005
 RENDER_COST_FACTOR = 10.0
+# Series the compiled renderer writes in one call, which holds the interpreter: a few milliseconds at most,
+# so that the event loop gets its turn while a large family is rendered in a worker thread.
+RENDER_SLICE = 5_000
 
 
 def _escape_label(value: str) -> str:
@@ -55,12 +59,18 @@ def wants_openmetrics(accept: str) -> bool:
 
 
 class FamilyText:
-    """One family's rendered text per format, and the sample-name prefix of every series, kept between scrapes."""
+    """One family's rendered text per format, kept between scrapes while the family is unchanged.
 
-    def __init__(self, family: AnyFamily) -> None:
+    Counters and gauges are written by the compiled renderer (aggregator/_fastrender.pyx) where it was
+    built; otherwise, and for histograms, in Python, which keeps each series' sample-name prefix between
+    scrapes. The Python renderer is the reference, and a test holds the two to the same bytes.
+    """
+
+    def __init__(self, family: AnyFamily, renderer: Any = None) -> None:
         self.family = family
+        self.renderer = renderer
         self.prefixes: dict[LabelKey, Any] = {}
-        self.blocks: dict[bool, tuple[int, str]] = {}
+        self.blocks: dict[bool, tuple[int, bytes]] = {}
 
     def header(self, openmetrics: bool) -> str:
         family = self.family
@@ -72,28 +82,43 @@ class FamilyText:
             lines.append(f"# UNIT {name} {family.unit}")
         return "\n".join(lines) + "\n"
 
-    def text(self, openmetrics: bool) -> str:
+    def text(self, openmetrics: bool) -> bytes:
         family = self.family
         cached = self.blocks.get(openmetrics)
         if cached is not None and cached[0] == family.version and not family.volatile:
             return cached[1]
         version = family.version
-        text = self.header(openmetrics) + self._samples(openmetrics)
+        text = self.header(openmetrics).encode() + self._samples(openmetrics)
         self.blocks[openmetrics] = (version, text)
         return text
 
-    def _samples(self, openmetrics: bool) -> str:
+    def _samples(self, openmetrics: bool) -> bytes:
         family = self.family
         # OpenMetrics alone carries exemplars (Prometheus text has no syntax for them).
         exemplars = getattr(family, "exemplars", None) if openmetrics else None
         series = family.series
         # The keys now: the event loop may add series while this runs in a worker thread.
         keys = list(series)
+        if isinstance(family, HistogramFamily):
+            self._forget_prefixes(keys)
+            return self._histogram_samples(family, keys, exemplars or {}).encode()
+        if self.renderer is not None:
+            return self._compiled_samples(family, keys, exemplars or {})
+        self._forget_prefixes(keys)
+        return self._plain_samples(family, keys, exemplars or {}).encode()
+
+    def _forget_prefixes(self, keys: list[LabelKey]) -> None:
         if len(self.prefixes) > len(keys) * 2:  # many series expired since: drop their prefixes
             self.prefixes = {key: self.prefixes[key] for key in keys if key in self.prefixes}
-        if isinstance(family, HistogramFamily):
-            return self._histogram_samples(family, keys, exemplars or {})
-        return self._plain_samples(family, keys, exemplars or {})
+
+    def _compiled_samples(self, family: AnyFamily, keys: list[LabelKey], exemplars: dict[Any, Any]) -> bytes:
+        names = family.label_names
+        heads = tuple((("{" if index == 0 else '",') + f'{name}="').encode() for index, name in enumerate(names))
+        render, name, gauge = self.renderer.render_plain, family.name.encode(), isinstance(family, GaugeFamily)
+        return b"".join(
+            render(name, heads, keys, start, start + RENDER_SLICE, family.series, gauge, exemplars, _exemplar)
+            for start in range(0, len(keys), RENDER_SLICE)
+        )
 
     def _histogram_samples(self, family: HistogramFamily, keys: list[LabelKey], exemplars: dict[Any, Any]) -> str:
         prefixes, series = self.prefixes, family.series
@@ -152,9 +177,21 @@ class Exposition:
     """
 
     def __init__(
-        self, view: ReadView, min_interval: float = MIN_RENDER_INTERVAL, cost_factor: float = RENDER_COST_FACTOR
+        self,
+        view: ReadView,
+        min_interval: float = MIN_RENDER_INTERVAL,
+        cost_factor: float = RENDER_COST_FACTOR,
+        compiled: bool | None = None,
     ) -> None:
+        """Render `view`; scrapes within `min_interval` (or `cost_factor` times the last rendering) share one.
+
+        `compiled`: counters and gauges by the compiled renderer (True), in Python (False), or by the
+        compiled one where it was built (None).
+        """
         self._view = view
+        self._renderer = None if compiled is False else compiled_render()
+        if compiled and self._renderer is None:
+            raise RuntimeError("the compiled renderer (aggregator._fastrender) is not built")
         self._texts: dict[str, FamilyText] = {}
         self._min_interval = min_interval
         self._cost_factor = cost_factor
@@ -181,12 +218,12 @@ class Exposition:
         for family in self._view.families():
             text = texts.get(family.name)
             if text is None or text.family is not family:
-                text = texts[family.name] = FamilyText(family)
+                text = texts[family.name] = FamilyText(family, self._renderer)
             parts.append(text.text(openmetrics))
-        parts += map(_derived_text, self._view.derived())
+        parts += (_derived_text(gauge).encode() for gauge in self._view.derived())
         if openmetrics:
-            parts.append("# EOF\n")
-        return "".join(parts).encode()
+            parts.append(b"# EOF\n")
+        return b"".join(parts)
 
 
 def _derived_text(gauge: DerivedGauge) -> str:

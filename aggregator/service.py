@@ -14,6 +14,7 @@ from aiohttp import web
 from prometheus_client import GCCollector, PlatformCollector, ProcessCollector
 from prometheus_client.registry import CollectorRegistry
 
+from aggregator.accelerated import compiled_render
 from aggregator.amqp.connection import describe
 from aggregator.amqp.consumer import Consumer
 from aggregator.blackbox import BlackBox
@@ -83,6 +84,11 @@ class Aggregator:
                 "events with the pure-Python loop, about a third as fast"
             )
         self.exposition = Exposition(ReadView(self.store, self.ingest.sources))
+        if compiled_render() is None:
+            log.warning(
+                "the compiled exposition is not built (tickbus was installed without a C compiler): renders "
+                "/metrics in Python, about a sixth as fast for a store's first scrape"
+            )
         web_config = settings.http.web_config_file
         # Raises WebConfigError (a ValueError naming the file and the key) before anything is served.
         self.web = WebGuard.open(Path(web_config)) if web_config else None

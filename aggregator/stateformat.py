@@ -1,15 +1,21 @@
 """The checkpoint's bytes: a state as framed, chunked MessagePack, written and read in bounded pieces."""
 
 import struct
+import sys
 import zlib
+from array import array
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
+from itertools import chain
+from pathlib import Path
 from typing import Any, BinaryIO
 
 import msgspec
 
 MAGIC = b"TBCK"
-FORMAT_VERSION = 3
+FORMAT_VERSION = 4
+# Format 3 wrote a base's keys as lists of indexes (read still; format 4 packs them in one byte string).
+TABLE_LIST_VERSION = 3
 LEGACY_VERSION = 2
 # Bases: magic, format version, payload length, CRC-32 of the payload.
 HEADER = struct.Struct(">4sHQI")
@@ -38,6 +44,8 @@ class Chunk:
     # that changed them must not put values under the wrong labels or bounds. None in files written before.
     labels: tuple[str, ...] | None = None
     buckets: tuple[float, ...] | None = None
+    # True when read from a base's string table: equal label values are already one object in the chunk.
+    shared: bool = field(default=False, compare=False)
 
 
 @dataclass
@@ -70,7 +78,26 @@ class _Header(msgspec.Struct, array_like=True):
 
 
 class _Chunk(msgspec.Struct, array_like=True):
-    """A chunk on disk: each distinct label value once, keys as indexes into them (restores fast, shares)."""
+    """A chunk on disk: each distinct label value once, and the keys as `width` indexes into them per series.
+
+    The indexes are packed as little-endian unsigned integers of `index_size` bytes (1, 2 or 4: the
+    fewest that hold them) in one byte string, so a restore reads them without making an object per
+    index and builds every key in C-level iteration.
+    """
+
+    family: str
+    kind: str
+    strings: list[str]
+    width: int
+    index_size: int
+    keys: bytes
+    rows: list[Any]
+    labels: tuple[str, ...] | None = None
+    buckets: tuple[float, ...] | None = None
+
+
+class _ListChunk(msgspec.Struct, array_like=True):
+    """A chunk of format 3: keys as lists of indexes into the strings."""
 
     family: str
     kind: str
@@ -102,6 +129,7 @@ class _Legacy(msgspec.Struct):
 _encoder = msgspec.msgpack.Encoder()
 _header_decoder = msgspec.msgpack.Decoder(_Header)
 _chunk_decoder = msgspec.msgpack.Decoder(_Chunk)
+_list_chunk_decoder = msgspec.msgpack.Decoder(_ListChunk)
 _plain_chunk_decoder = msgspec.msgpack.Decoder(_PlainChunk)
 _legacy_decoder = msgspec.msgpack.Decoder(_Legacy)
 
@@ -121,10 +149,56 @@ def chunked(
 
 
 def _encode_chunk(chunk: Chunk) -> bytes:
-    table: dict[str, int] = {}
-    index = table.setdefault
-    keys = [[index(value, len(table)) for value in key] for key in chunk.keys]
-    return _encoder.encode(_Chunk(chunk.family, chunk.kind, list(table), keys, chunk.rows, chunk.labels, chunk.buckets))
+    keys = chunk.keys
+    widths = set(map(len, keys))
+    if len(widths) > 1:
+        raise ValueError(f"keys of {chunk.family} have different widths: {sorted(widths)}")
+    width = widths.pop() if widths else 0
+    strings = list(dict.fromkeys(chain.from_iterable(keys)))
+    position = {value: index for index, value in enumerate(strings)}.__getitem__
+    code = next(code for code, limit in _INDEX_CODES if len(strings) <= limit)
+    packed = array(code, map(position, chain.from_iterable(keys)))
+    if sys.byteorder == "big":
+        packed.byteswap()
+    return _encoder.encode(
+        _Chunk(
+            chunk.family,
+            chunk.kind,
+            strings,
+            width,
+            packed.itemsize,
+            packed.tobytes(),
+            chunk.rows,
+            chunk.labels,
+            chunk.buckets,
+        )
+    )
+
+
+# array type codes of unsigned integers by the most strings their indexes can address.
+_INDEX_CODES = (("B", 1 << 8), ("H", 1 << 16), ("I", 1 << 32))
+_CODE_OF_SIZE = {array(code).itemsize: code for code, _ in _INDEX_CODES}
+
+
+def _unpack_keys(strings: list[str], width: int, size: int, packed: bytes, count: int) -> list[tuple[str, ...]]:
+    """The keys of a chunk from its strings and packed indexes (CorruptCheckpoint if they do not fit)."""
+    code = _CODE_OF_SIZE.get(size)
+    if code is None:
+        raise CorruptCheckpoint(f"key indexes of {size} bytes")
+    indexes = array(code)
+    if len(packed) % size:
+        raise CorruptCheckpoint(f"packed keys of {len(packed)} bytes are not whole indexes")
+    indexes.frombytes(packed)
+    if sys.byteorder == "big":
+        indexes.byteswap()
+    if len(indexes) != width * count:
+        raise CorruptCheckpoint(f"{len(indexes)} key indexes for {count} series of {width} labels")
+    if width == 0:
+        return [()] * count
+    # zip over one iterator `width` times: consecutive indexes grouped into each key's tuple, in C. An index
+    # past the strings raises IndexError, which the caller reports as a corrupt checkpoint.
+    values = iter(map(strings.__getitem__, indexes))
+    return list(zip(*[values] * width, strict=True))
 
 
 def _encode_plain_chunk(chunk: Chunk) -> bytes:
@@ -158,7 +232,7 @@ def write_checkpoint(file: BinaryIO, state: State) -> int:
     return HEADER.size + length
 
 
-def decode_payload(payload: bytes) -> State:
+def decode_payload(payload: bytes, version: int = FORMAT_VERSION) -> State:
     frames = []
     offset = 0
     while offset < len(payload):
@@ -183,11 +257,20 @@ def decode_payload(payload: bytes) -> State:
                 )
             return state
         for frame in frames[1:]:
+            if version == TABLE_LIST_VERSION:
+                listed = _list_chunk_decoder.decode(frame)
+                get = listed.strings.__getitem__
+                keys = [tuple(map(get, key)) for key in listed.keys]
+                state.chunks.append(
+                    Chunk(listed.family, listed.kind, keys, listed.rows, listed.labels, listed.buckets, shared=True)
+                )
+                continue
             chunk = _chunk_decoder.decode(frame)
-            get = chunk.strings.__getitem__
-            keys = [tuple(map(get, key)) for key in chunk.keys]
-            state.chunks.append(Chunk(chunk.family, chunk.kind, keys, chunk.rows, chunk.labels, chunk.buckets))
-    except msgspec.DecodeError as error:
+            keys = _unpack_keys(chunk.strings, chunk.width, chunk.index_size, chunk.keys, len(chunk.rows))
+            state.chunks.append(
+                Chunk(chunk.family, chunk.kind, keys, chunk.rows, chunk.labels, chunk.buckets, shared=True)
+            )
+    except (msgspec.DecodeError, IndexError) as error:
         raise CorruptCheckpoint(f"undecodable payload: {error}") from None
     return state
 
@@ -205,20 +288,36 @@ def decode_checkpoint(data: bytes) -> State:
     magic, version, length, crc = HEADER.unpack_from(data)
     if magic != MAGIC:
         raise CorruptCheckpoint("not a tickbus checkpoint (bad magic)")
-    if version not in (FORMAT_VERSION, LEGACY_VERSION):
+    if version not in (FORMAT_VERSION, TABLE_LIST_VERSION, LEGACY_VERSION):
         raise CorruptCheckpoint(f"format version {version}, this aggregator reads {FORMAT_VERSION}")
     payload = data[HEADER.size :]
     if len(payload) != length:
         raise CorruptCheckpoint(f"truncated: {len(payload)} of {length} payload bytes")
     if zlib.crc32(payload) != crc:
         raise CorruptCheckpoint("checksum mismatch")
-    if version == FORMAT_VERSION:
-        return decode_payload(payload)
+    if version != LEGACY_VERSION:
+        return decode_payload(payload, version)
     try:
         legacy = _legacy_decoder.decode(payload)
     except msgspec.DecodeError as error:
         raise CorruptCheckpoint(f"undecodable payload: {error}") from None
     return State(legacy.sequence, legacy.written_at, legacy.recent_ids, list(_from_legacy(legacy.families)))
+
+
+def read_first_segment(path: Path) -> int:
+    """The first journal segment a base replays, from its header alone (not decoding its series)."""
+    with path.open("rb") as file:
+        head = file.read(HEADER.size + FRAME.size)
+        if len(head) < HEADER.size + FRAME.size:
+            raise CorruptCheckpoint(f"{len(head)} bytes is shorter than the header")
+        magic, version, _, _ = HEADER.unpack_from(head)
+        if magic != MAGIC or version not in (FORMAT_VERSION, TABLE_LIST_VERSION):
+            raise CorruptCheckpoint("not a base of this format")
+        (length,) = FRAME.unpack_from(head, HEADER.size)
+        try:
+            return _header_decoder.decode(file.read(length)).first_segment
+        except msgspec.DecodeError as error:
+            raise CorruptCheckpoint(f"undecodable header: {error}") from None
 
 
 def _from_legacy(families: dict[str, Any]) -> Iterable[Chunk]:

@@ -15,7 +15,7 @@ from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
 from aggregator.amqp.connection import describe
 from aggregator.amqp.topology import TopologyError
 from aggregator.blackbox import BlackBox
-from aggregator.checkpoint import CheckpointError, Commit, CommitLog
+from aggregator.checkpoint import CheckpointError, Commit, CommitLog, collector_paused
 from aggregator.dedup import RecentIds
 from aggregator.selfmetrics import SelfMetrics
 from aggregator.stateformat import State, decode_checkpoint, encode_checkpoint, encode_record, read_records
@@ -273,7 +273,8 @@ class StreamCheckpointer(CommitLog):
                     f"{self.read_stall_seconds:g}s before the fence this replica published. Nothing was taken "
                     "over or acked; check the stream on the broker (rabbitmqctl list_queues name messages)."
                 ) from None
-        applied = self._rebuild(messages)
+        with collector_paused():
+            applied = self._rebuild(messages)
         log.info(
             "took over: loaded %d record(s) of the state stream %r in %.2fs (sequence %d)",
             applied,

@@ -157,7 +157,7 @@ class Family:
         self.version += 1
 
     def load_rows(self, keys: list[LabelKey], rows: list[Any]) -> None:
-        """Set many series from checkpoint rows (a restore); the keys' values are shared as on admission."""
+        """Set many series from checkpoint rows, none of them a deletion (a restore, or a journal record's)."""
         load = self.load
         for key, row in zip(keys, rows, strict=True):
             load(key, row)
@@ -240,8 +240,8 @@ class CounterFamily(Family):
             self.series[()] = 0.0
 
     def load_rows(self, keys: list[LabelKey], rows: list[Any]) -> None:
-        if any(isinstance(row, list) for row in rows):
-            super().load_rows(keys, rows)
+        if self.running_totals or not set(map(type, rows)) <= {float, int}:
+            super().load_rows(keys, rows)  # running totals to keep or drop, or deletions: row by row
         else:  # plain totals, the usual case: one C-level update
             self.series.update(zip(keys, rows, strict=True))
             self.version += 1
@@ -456,7 +456,13 @@ class Store:
                 family.clear()
                 cleared.add(chunk.family)
             keys, rows = self._fitting(family, chunk)
-            family.load_rows(keys, rows)
+            if None in rows:  # deletions among them: row by row
+                load = family.load
+                for key, row in zip(keys, rows, strict=True):
+                    load(key, row)
+                family.version += 1
+            else:
+                family.load_rows(keys, rows)
             family.dirty.clear()
 
     def apply_changes(self, chunks: Iterable[Chunk]) -> None:
@@ -466,10 +472,13 @@ class Store:
             if family is None:
                 continue
             keys, rows = self._fitting(family, chunk)
-            load = family.load
-            for key, row in zip(keys, rows, strict=True):
-                load(key, row)
-            family.version += 1
+            if None in rows:  # deletions among them: row by row
+                load = family.load
+                for key, row in zip(keys, rows, strict=True):
+                    load(key, row)
+                family.version += 1
+            else:
+                family.load_rows(keys, rows)
 
     def carry_over(self, old: AnyFamily, new: AnyFamily) -> int:
         """Give a redeclared family (a reload) the old one's series where they fit its labels and buckets.
@@ -510,6 +519,8 @@ class Store:
                 log.warning("checkpoint has %s with %s; dropping its %d series", family.name, dropped, len(chunk.keys))
             return [], []
         width = len(names)
+        if chunk.shared and set(map(len, chunk.keys)) <= {width}:
+            return list(keys), chunk.rows
         shared_key = family.shared_key
         pairs = [(shared_key(key), row) for key, row in zip(keys, chunk.rows, strict=True) if len(key) == width]
         if len(pairs) != len(chunk.keys) and warn:

@@ -384,7 +384,7 @@ def bench_render(series: int, progress: Progress) -> Figure:
     progress(f"/metrics render of {series} series vs prometheus_client generate_latest")
     ingest, keys = _counter_store(series)
     exposition = Exposition(ReadView(ingest.store, ingest.sources), min_interval=0)
-    exposition.render()  # the first scrape builds the per-series prefixes
+    exposition.render()  # a warm-up scrape (the Python renderer builds its per-series prefixes in it)
     family = ingest.store.families["trading_errors_total"]
     rounds = 5
     started = time.perf_counter()

@@ -23,7 +23,9 @@ def test_without_a_compiler_tickbus_installs_and_applies_with_the_pure_loop(tmp_
     shutil.copytree(
         ROOT,
         source,
-        ignore=shutil.ignore_patterns(".venv", ".git", "build", "*.so", "node_modules", "_fastapply.c", "state"),
+        ignore=shutil.ignore_patterns(
+            ".venv", ".git", "build", "*.so", "node_modules", "_fastapply.c", "_fastrender.c", "state"
+        ),
     )
     venv = tmp_path / "venv"
     _run([sys.executable, "-m", "venv", str(venv)])
@@ -39,9 +41,12 @@ def test_without_a_compiler_tickbus_installs_and_applies_with_the_pure_loop(tmp_
         {**env, "CC": "false", "PYTHONWARNINGS": ""},
     )
     assert "Successfully installed tickbus" in output
-    check = "from aggregator.compiler import compiled_loop; print(compiled_loop())"
+    check = (
+        "from aggregator.compiler import compiled_loop; from aggregator.accelerated import compiled_render; "
+        "print(compiled_loop(), compiled_render())"
+    )
     # Run outside the checkout, so that only the installed package can be imported.
-    assert _run([python, "-c", check], cwd=tmp_path).strip() == "None"
+    assert _run([python, "-c", check], cwd=tmp_path).strip() == "None None"
     aggregator = subprocess.Popen(
         [str(venv / "bin" / "aggregator"), "run", "--amqp-url", "amqp://guest:guest@127.0.0.1:1/", "--port", "0"],
         stdout=subprocess.PIPE,
@@ -56,3 +61,4 @@ def test_without_a_compiler_tickbus_installs_and_applies_with_the_pure_loop(tmp_
         log, _ = aggregator.communicate(timeout=30)
     assert "the compiled apply loop is not built" in log
     assert "pure-Python loop" in log
+    assert "renders /metrics in Python" in log

@@ -13,14 +13,17 @@ from aggregator.config import CatalogSettings
 from aggregator.dedup import RecentIds
 from aggregator.ingest import Ingest
 from aggregator.stateformat import (
+    FRAME,
     HEADER,
     MAGIC,
+    TABLE_LIST_VERSION,
     Chunk,
     CorruptCheckpoint,
     State,
     decode_checkpoint,
     encode_checkpoint,
     encode_record,
+    read_first_segment,
     read_records,
 )
 from aggregator.store import CounterFamily, GaugeFamily
@@ -50,6 +53,85 @@ def test_round_trip() -> None:
     """What is encoded decodes to the same snapshot."""
     state = State(7, 1.5, ["id-1"], [Chunk("m", "counter", [("a",), ("b",)], [1.0, [2.0, {"i": 2.0}]])], 3)
     assert decode_checkpoint(encode_checkpoint(state)) == state
+
+
+@pytest.mark.parametrize("distinct", [3, 300, 70_000])
+def test_keys_round_trip_at_every_index_width(distinct: int) -> None:
+    """Keys come back equal, in order, whether their indexes pack in 1, 2 or 4 bytes; equal values are one object."""
+    keys: list[tuple[str, ...]] = [("desk", f"v{index % distinct}", "buy") for index in range(distinct + 5)]
+    rows = [float(index) for index in range(len(keys))]
+    state = State(1, 1.0, [], [Chunk("m", "counter", keys, rows, ("a", "b", "c")), Chunk("n", "counter", [()], [2.0])])
+    decoded = decode_checkpoint(encode_checkpoint(state))
+    assert decoded == state
+    chunk = decoded.chunks[0]
+    assert chunk.shared
+    assert len({id(key[0]) for key in chunk.keys}) == 1
+    assert len({id(key[1]) for key in chunk.keys}) == distinct
+
+
+def test_keys_of_different_widths_in_one_chunk_are_refused_when_written() -> None:
+    """A chunk must hold one family's keys: packing keys of two widths would misplace every later value."""
+    with pytest.raises(ValueError, match="different widths"):
+        encode_checkpoint(State(1, 1.0, [], [Chunk("m", "counter", [("a",), ("a", "b")], [1.0, 2.0])]))
+
+
+def _frames_of(data: bytes) -> list[bytes]:
+    payload, frames, offset = data[HEADER.size :], [], 0
+    while offset < len(payload):
+        (length,) = FRAME.unpack_from(payload, offset)
+        frames.append(payload[offset + FRAME.size : offset + FRAME.size + length])
+        offset += FRAME.size + length
+    return frames
+
+
+def _with_chunk(data: bytes, fields: list[object]) -> bytes:
+    """`data` (a base of one chunk) with that chunk's fields replaced, re-framed with a valid checksum."""
+    header, _ = _frames_of(data)
+    chunk = msgspec.msgpack.encode(fields)
+    payload = b"".join(FRAME.pack(len(frame)) + frame for frame in (header, chunk))
+    return HEADER.pack(MAGIC, 4, len(payload), zlib.crc32(payload)) + payload
+
+
+@pytest.mark.parametrize(
+    ("fields", "message"),
+    [
+        (["m", "counter", ["a"], 1, 1, b"\x00\x05", [1.0, 2.0]], "past|out of range"),
+        (["m", "counter", ["a"], 1, 1, b"\x00", [1.0, 2.0]], "1 key indexes for 2 series"),
+        (["m", "counter", ["a"], 1, 2, b"\x00\x00\x00", [1.0]], "not whole indexes"),
+        (["m", "counter", ["a"], 1, 3, b"\x00\x00\x00", [1.0]], "indexes of 3 bytes"),
+    ],
+)
+def test_damaged_packed_keys_are_refused(fields: list[object], message: str) -> None:
+    """Packed keys that do not fit their strings or series count are a corrupt checkpoint, not wrong series."""
+    data = encode_checkpoint(State(1, 1.0, [], [Chunk("m", "counter", [("a",)], [1.0])]))
+    with pytest.raises(CorruptCheckpoint, match=message):
+        decode_checkpoint(_with_chunk(data, fields))
+
+
+def test_a_format_3_base_is_read(tmp_path: Path) -> None:
+    """A base of the previous release (keys as lists of indexes) restores to the same series."""
+    header = msgspec.msgpack.encode([5, 1.0, ["old-1"], 2, True])
+    chunk = msgspec.msgpack.encode(
+        ["trading_errors_total", "counter", ["s", "c", "t", "error", ""], [[0, 1, 2, 3, 4]], [4.0], None, None]
+    )
+    payload = b"".join(FRAME.pack(len(frame)) + frame for frame in (header, chunk))
+    data = HEADER.pack(MAGIC, TABLE_LIST_VERSION, len(payload), zlib.crc32(payload)) + payload
+    (tmp_path / "base").write_bytes(data)
+    checkpointer, ingest, recent = _checkpointer(tmp_path)
+    assert checkpointer.restore() is not None
+    assert ingest.store.families["trading_errors_total"].series == {("s", "c", "t", "error", ""): 4.0}
+    assert "old-1" in recent
+    assert read_first_segment(tmp_path / "base") == 2
+
+
+def test_the_first_segment_is_read_from_the_header_alone(tmp_path: Path) -> None:
+    """Compaction learns which segments the previous base needs without decoding its series."""
+    path = tmp_path / "base"
+    path.write_bytes(encode_checkpoint(State(1, 1.0, [], [Chunk("m", "counter", [("a",)], [1.0])], 17)))
+    assert read_first_segment(path) == 17
+    path.write_bytes(b"TBCK")
+    with pytest.raises(CorruptCheckpoint):
+        read_first_segment(path)
 
 
 @pytest.mark.parametrize(
