@@ -18,3 +18,10 @@ def check_values(
     values: tuple[str, ...],
     capacity: int,
 ) -> int: ...
+def first_bad_event(
+    events: list[Any],
+    fields_by_type: dict[type[Any], tuple[Any, set[tuple[str, ...]], tuple[set[str], ...], tuple[Any, ...]]],
+    capacity: int,
+    metric_type: type[Any],
+    metric_problem: Callable[[Any], str | None],
+) -> int: ...

@@ -277,6 +277,30 @@ def share_key(list tables, tuple key, Py_ssize_t limit):
 
 def check_values(set valid, tuple seen, tuple patterns, tuple values, Py_ssize_t capacity):
     """LabelCheck's test of one combination of label values in C: the position of a bad value, or -1."""
+    return _check_values(valid, seen, patterns, values, capacity)
+
+
+def first_bad_event(list events, dict fields_by_type, Py_ssize_t capacity, object metric_type, object metric_problem):
+    """LabelCheck over a message's events in C: the index of the first with a bad label-like value, or -1.
+
+    `fields_by_type`: event type -> (values_of, valid, seen, patterns); events of `metric_type` also have
+    their labels checked by `metric_problem` (None when they are fine).
+    """
+    cdef Py_ssize_t index
+    cdef tuple fields
+    cdef object event, values
+    for index in range(len(events)):
+        event = events[index]
+        fields = <tuple>fields_by_type[type(event)]
+        values = fields[0](event)
+        if _check_values(<set>fields[1], <tuple>fields[2], <tuple>fields[3], <tuple>values, capacity) >= 0:
+            return index
+        if type(event) is metric_type and metric_problem(event) is not None:
+            return index
+    return -1
+
+
+cdef Py_ssize_t _check_values(set valid, tuple seen, tuple patterns, tuple values, Py_ssize_t capacity) except -2:
     if values in valid:
         return -1
     cdef Py_ssize_t index

@@ -87,7 +87,11 @@ class MessageDecoder:
     def __init__(self, label_check: LabelCheck | None = None) -> None:
         self._codecs = {name: Codec(name) for name in CONTENT_TYPE_ALIASES}
         module = compiled()
-        self._label_check = label_check or LabelCheck(check_values=None if module is None else module.check_values)
+        self._label_check = label_check or (
+            LabelCheck()
+            if module is None
+            else LabelCheck(check_values=module.check_values, first_bad_event=module.first_bad_event)
+        )
         self._envelope_decoders = {
             codec.content_type: (
                 msgspec.json.Decoder(Envelope)
@@ -146,8 +150,7 @@ class MessageDecoder:
             return Decoded(refusals=[_too_deep(codec)], codec=codec)
         batch = isinstance(decoded, list)
         events: list[Any] = decoded if isinstance(decoded, list) else [decoded]
-        problem = self._label_check.problem
-        if all(problem(event) is None for event in events):
+        if self._label_check.all_valid(events):
             return Decoded(events=events, codec=codec, batch=batch)
         result = Decoded(codec=codec, batch=batch, positions=[])
         for index, event in enumerate(events):

@@ -18,6 +18,8 @@ _METRIC_NAME = re.compile(METRIC_NAME_PATTERN)
 CheckValues = Callable[
     [set[tuple[str, ...]], tuple[set[str], ...], tuple[re.Pattern[str], ...], tuple[str, ...], int], int
 ]
+# The compiled check of a message's events: (events, fields by type, capacity, Metric, metric_problem) -> index or -1.
+FirstBadEvent = Callable[[list[Any], dict[type[Any], Any], int, type[Any], Callable[[Any], str | None]], int]
 
 
 @dataclass
@@ -60,11 +62,32 @@ class LabelCheck:
     remembered, so a flood of distinct values can neither grow the memory nor empty what is known.
     """
 
-    def __init__(self, capacity: int = 100_000, check_values: CheckValues | None = None) -> None:
-        """`check_values`: a compiled form of the check of one combination (its position of a bad value or -1)."""
+    def __init__(
+        self,
+        capacity: int = 100_000,
+        check_values: CheckValues | None = None,
+        first_bad_event: FirstBadEvent | None = None,
+    ) -> None:
+        """Remember up to `capacity` valid combinations and values per kind.
+
+        `check_values`, `first_bad_event`: compiled forms of the check of one combination (its position of
+        a bad value or -1) and of a message's events (the index of the first bad one or -1).
+        """
         self.capacity = capacity
         self._check_values = check_values
+        self._first_bad_event = first_bad_event
         self._by_type = {event_type: _fields(event_type) for event_type in EVENT_TYPES}
+        self._tables = {
+            event_type: (fields.values_of, fields.valid, fields.seen, fields.patterns)
+            for event_type, fields in self._by_type.items()
+        }
+
+    def all_valid(self, events: list[Any]) -> bool:
+        """Whether every event's label-like values are within their charset (the common case, checked fast)."""
+        if self._first_bad_event is not None:
+            return self._first_bad_event(events, self._tables, self.capacity, Metric, _metric_labels_problem) < 0
+        problem = self.problem
+        return all(problem(event) is None for event in events)
 
     def problem(self, event: EventBase) -> str | None:
         """What is wrong with the event's label-like values, or None."""
@@ -87,9 +110,15 @@ class LabelCheck:
             if len(fields.valid) < capacity:
                 fields.valid.add(values)
         if type(event) is Metric:
-            for label, value in event.labels.items():
-                if _METRIC_NAME.fullmatch(label) is None:
-                    return f"label name {label!r} is not a valid Prometheus label name"
-                if _LABEL.fullmatch(value) is None:
-                    return f"label `{label}` {value!r} has characters outside {LABEL_PATTERN}"
+            return _metric_labels_problem(event)
         return None
+
+
+def _metric_labels_problem(event: Metric) -> str | None:
+    """What is wrong with a custom metric event's label names and values, or None."""
+    for label, value in event.labels.items():
+        if _METRIC_NAME.fullmatch(label) is None:
+            return f"label name {label!r} is not a valid Prometheus label name"
+        if _LABEL.fullmatch(value) is None:
+            return f"label `{label}` {value!r} has characters outside {LABEL_PATTERN}"
+    return None

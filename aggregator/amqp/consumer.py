@@ -27,6 +27,8 @@ log = logging.getLogger(__name__)
 
 _TICK = object()
 _STOP = object()
+# How long the consumer processes messages back to back before it lets the event loop run other work.
+MAX_HOLD_SECONDS = 0.005
 
 
 class Consumer:
@@ -145,8 +147,14 @@ class Consumer:
         """Process the inbox one message at a time, in delivery order, until `stop_consuming` asks to end."""
         ticker = asyncio.create_task(self._tick())
         ledger = self.ledger
+        held_since = time.monotonic()
         try:
             while True:
+                # A queue that holds items is read without suspending: with a full prefetch window this loop
+                # would hold the event loop (HTTP, deliveries, heartbeats) for as long as the inbox lasts.
+                if time.monotonic() - held_since >= MAX_HOLD_SECONDS:
+                    await asyncio.sleep(0)
+                    held_since = time.monotonic()
                 item = await self._inbox.get()
                 if item is _STOP:
                     return

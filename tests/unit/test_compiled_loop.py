@@ -11,7 +11,7 @@ from aggregator.config import CatalogSettings
 from aggregator.ingest import Ingest
 from aggregator.store import share_key
 from benchmarks.harness import mixed_events
-from schemas.events import Dependency, Error, Heartbeat, Order, Portfolio, Position, Prediction, Signal, Trade
+from schemas.events import Dependency, Error, Heartbeat, Metric, Order, Portfolio, Position, Prediction, Signal, Trade
 from schemas.labels import LabelCheck
 from tests.support.engine import make_ingest
 from tests.support.scenario import desk_events
@@ -139,3 +139,33 @@ def test_the_label_check_is_the_same_compiled_and_in_python(capacity: int) -> No
         found.append(problem is not None)
     assert any(found)
     assert not all(found)
+
+
+@pytest.mark.parametrize("capacity", [5, 100_000])
+def test_a_message_s_label_check_is_the_same_compiled_and_in_python(capacity: int) -> None:
+    """Messages of mixed kinds, custom metrics with bad label names or values among them: the same verdicts."""
+    rng = random.Random(8)
+    compiled_check = LabelCheck(
+        capacity, check_values=_fastapply.check_values, first_bad_event=_fastapply.first_bad_event
+    )
+    python_check = LabelCheck(capacity)
+    verdicts = []
+    for index in range(400):
+        events: list[Any] = []
+        for _ in range(rng.randint(1, 20)):
+            symbol = rng.choice(["BTC", "ETH", f"S{index}", "bad|symbol", "/api/{id}"])
+            events.append(
+                rng.choice(
+                    [
+                        Signal(ts=1.0, source=rng.choice(["s1", "s 2"]), strategy="m", symbol=symbol, side="buy"),
+                        Error(ts=1.0, source="s1", component="c", error_type="t", symbol=symbol),
+                        Metric(ts=1.0, source="s1", name="m", value=1.0, labels={rng.choice(["ok", "0bad"]): symbol}),
+                    ]
+                )
+            )
+        verdict = compiled_check.all_valid(events)
+        assert verdict == python_check.all_valid(events)
+        assert verdict == all(python_check.problem(event) is None for event in events)
+        verdicts.append(verdict)
+    assert any(verdicts)
+    assert not all(verdicts)

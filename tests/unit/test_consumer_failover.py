@@ -1,8 +1,10 @@
-"""A replica that loses the active role with its connection: nothing pending is acked or committed from it."""
+"""The consumer's loop: a replica losing the active role acks nothing pending; a full inbox never holds the loop."""
 
+import asyncio
+import time
 from typing import Any
 
-from aggregator.amqp.consumer import Consumer
+from aggregator.amqp.consumer import _STOP, Consumer
 from aggregator.config import AmqpSettings
 from tests.support.engine import make_pipeline
 
@@ -36,3 +38,34 @@ def test_a_single_replica_keeps_its_pending_messages_across_a_reconnect() -> Non
     consumer.ledger.applied(Message())
     consumer._on_connection_lost()
     assert consumer.ledger.unacked == 1
+
+
+def test_a_full_inbox_does_not_hold_the_event_loop() -> None:
+    """Messages processed back to back give the loop a turn every few milliseconds (HTTP, deliveries, heartbeats)."""
+    consumer = Consumer(AmqpSettings(), make_pipeline())
+    consumer._taken_over = True
+    handled: list[object] = []
+
+    def handle(message: Any) -> None:
+        time.sleep(0.001)  # a large message's apply
+        handled.append(message)
+
+    consumer._handle = handle  # type: ignore[method-assign]
+    for index in range(200):
+        consumer._inbox.put_nowait(index)
+    consumer._inbox.put_nowait(_STOP)
+    seen_at: list[int] = []
+
+    async def other_work() -> None:
+        while len(handled) < 200:
+            seen_at.append(len(handled))
+            await asyncio.sleep(0)
+
+    async def main() -> None:
+        await asyncio.gather(consumer.run(), other_work())
+
+    asyncio.run(main())
+    assert len(handled) == 200
+    turns = [count for count in seen_at if 0 < count < 200]
+    assert len(turns) >= 10, f"the loop ran other work only at {seen_at}"
+    assert max(b - a for a, b in zip([0, *turns], [*turns, 200], strict=True)) <= 20
