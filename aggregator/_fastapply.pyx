@@ -72,6 +72,9 @@ cdef class Update:
     cdef long generation
     cdef set dirty
     cdef object writing
+    # Counters: the family's tables of shared label values, so that a new series is admitted here in C.
+    cdef list shared
+    cdef Py_ssize_t share_limit
 
     cdef void refresh(self, long generation):
         self.generation = generation
@@ -131,6 +134,10 @@ def make_update(spec, family, event_type, python_update):
         update.negate = condition.negate
     if kind == "counter":
         update.kind = COUNTER
+        from aggregator.store import SHARED_VALUES_PER_LABEL
+
+        update.shared = family._shared
+        update.share_limit = SHARED_VALUES_PER_LABEL
     elif kind == "gauge":
         update.kind = GAUGE
         update.updated = family.updated
@@ -216,7 +223,12 @@ def apply(list events, dict plan, double now):
             current = PyDict_GetItem(update.series, key)
             if update.kind == COUNTER:
                 if current == NULL:
-                    update.family.inc(key, sample)
+                    if len(update.series) >= update.family.max_series:
+                        update.family.inc(key, sample)  # the cardinality guard: the overflow series
+                        continue
+                    key = _share_key(update.shared, <tuple>key, update.share_limit)
+                    update.mark(key)
+                    PyDict_SetItem(update.series, key, 0.0 + <double>sample)
                     continue
                 amount = <double>(<object>current) + <double>sample
                 update.mark(key)
@@ -252,6 +264,10 @@ def compiled_kind(Update update):
 
 def share_key(list tables, tuple key, Py_ssize_t limit):
     """Family.shared_key in C: each label value replaced by the family's one copy of it, tables grown to `limit`."""
+    return _share_key(tables, key, limit)
+
+
+cdef tuple _share_key(list tables, tuple key, Py_ssize_t limit):
     cdef Py_ssize_t n = len(key)
     cdef Py_ssize_t n_tables = len(tables)
     cdef tuple shared = PyTuple_New(n)

@@ -123,8 +123,7 @@ class Commit:
         for family, keys in self.families:
             if keys:
                 ordered = list(keys)
-                row = family.committed_row
-                chunks += family.chunks(ordered, [row(key) for key in ordered])
+                chunks += family.chunks(ordered, family.committed_rows(ordered))
         return chunks
 
     def state(self) -> State:

@@ -8,7 +8,7 @@ from typing import Any
 
 from aggregator.accelerated import compiled
 from aggregator.catalog import MetricType
-from aggregator.stateformat import Chunk, chunked
+from aggregator.stateformat import CHUNK_SERIES, Chunk, chunked
 
 log = logging.getLogger(__name__)
 
@@ -123,6 +123,11 @@ class Family:
         row = self.row(key)  # the live row first: a change after it leaves the old one in `frozen`
         return self.frozen.get(key, row)
 
+    def committed_rows(self, keys: list[LabelKey]) -> list[Any]:
+        """committed_row of each key, in order; safe to call from the writer's thread."""
+        row = self.committed_row
+        return [row(key) for key in keys]
+
     def thaw(self, written: bool) -> None:
         """The commit is written (or failed: then its keys are dirty again, to go in the next one)."""
         if not written and self.writing:
@@ -222,6 +227,18 @@ class CounterFamily(Family):
             return None
         totals = self.running_totals.get(key)
         return [value, dict(totals)] if totals else value
+
+    def committed_rows(self, keys: list[LabelKey]) -> list[Any]:
+        if self.running_totals:
+            return super().committed_rows(keys)
+        # Plain totals, a slice at a time: the live rows, then those changed since the commit point taken from
+        # `frozen` instead. Each pass is one C-level call, which the event loop cannot interleave with.
+        get, frozen = self.series.get, self.frozen
+        rows: list[Any] = []
+        for start in range(0, len(keys), CHUNK_SERIES):
+            part = keys[start : start + CHUNK_SERIES]
+            rows += map(frozen.get, part, list(map(get, part)))
+        return rows
 
     def load(self, key: LabelKey, row: Any) -> None:
         if isinstance(row, list):

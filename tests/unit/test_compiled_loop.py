@@ -69,6 +69,11 @@ def test_the_compiled_loop_and_the_update_functions_make_the_same_series(seed: i
         compiled.apply(batch, now=1_000_000.0 + start)
         pure.apply(batch, now=1_000_000.0 + start)
     assert _state(compiled) == _state(pure)
+    for name, family in compiled.store.families.items():
+        shared = pure.store.families[name]._shared
+        assert [None if table is None else sorted(table) for table in family._shared] == [
+            None if table is None else sorted(table) for table in shared
+        ], name
 
 
 def test_both_loops_keep_the_same_rows_for_a_commit_being_written() -> None:
@@ -86,6 +91,8 @@ def test_both_loops_keep_the_same_rows_for_a_commit_being_written() -> None:
         assert {key: family.committed_row(key) for key in family.writing or ()} == {
             key: other.committed_row(key) for key in other.writing or ()
         }, name
+        writing = list(family.writing or ())
+        assert family.committed_rows(writing) == [other.committed_row(key) for key in writing], name
     assert _state(compiled) == _state(pure)
 
 
