@@ -2,12 +2,18 @@
 """The compiled apply loop: the catalog's updates for a message's events, in C (see aggregator.compiler)."""
 
 from cpython.array cimport array
+from cpython.bytes cimport PyBytes_AS_STRING
+from cpython.unicode cimport PyUnicode_CheckExact
 from cpython.dict cimport PyDict_GetItem, PyDict_SetItem
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_INCREF
 from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
 
 cdef extern from "Python.h":
+    ctypedef unsigned char Py_UCS1
+    bint PyUnicode_IS_ASCII(object text)
+    Py_ssize_t PyUnicode_GET_LENGTH(object text)
+    Py_UCS1* PyUnicode_1BYTE_DATA(object text)
     ctypedef struct PyMemberDef:
         const char* name
         int type
@@ -291,15 +297,18 @@ cdef tuple _share_key(list tables, tuple key, Py_ssize_t limit):
     return shared
 
 
-def check_values(set valid, tuple seen, tuple patterns, tuple values, Py_ssize_t capacity):
-    """LabelCheck's test of one combination of label values in C: the position of a bad value, or -1."""
-    return _check_values(valid, seen, patterns, values, capacity)
+def check_values(set valid, tuple seen, tuple matchers, tuple values, Py_ssize_t capacity):
+    """LabelCheck's test of one combination of label values in C: the position of a bad value, or -1.
+
+    `matchers`: per value, its charset table or regular expression (see _matches).
+    """
+    return _check_values(valid, seen, matchers, values, capacity)
 
 
 def first_bad_event(list events, dict fields_by_type, Py_ssize_t capacity, object metric_type, object metric_problem):
     """LabelCheck over a message's events in C: the index of the first with a bad label-like value, or -1.
 
-    `fields_by_type`: event type -> (values_of, valid, seen, patterns); events of `metric_type` also have
+    `fields_by_type`: event type -> (values_of, valid, seen, matchers); events of `metric_type` also have
     their labels checked by `metric_problem` (None when they are fine).
     """
     cdef Py_ssize_t index
@@ -316,7 +325,28 @@ def first_bad_event(list events, dict fields_by_type, Py_ssize_t capacity, objec
     return -1
 
 
-cdef Py_ssize_t _check_values(set valid, tuple seen, tuple patterns, tuple values, Py_ssize_t capacity) except -2:
+cdef bint _matches(object matcher, object value) except -1:
+    """Whether `value` is in the charset `matcher` describes: a table of 128 ASCII flags and one for the empty
+    string (schemas.labels.charset_table), or a regular expression where there is no such table."""
+    cdef Py_ssize_t length, index
+    cdef const unsigned char* table
+    cdef const Py_UCS1* text
+    if type(matcher) is not bytes or not PyUnicode_CheckExact(value):
+        return matcher.fullmatch(value) is not None
+    if not PyUnicode_IS_ASCII(value):
+        return False
+    table = <const unsigned char*>PyBytes_AS_STRING(matcher)
+    length = PyUnicode_GET_LENGTH(value)
+    if length == 0:
+        return table[128] != 0
+    text = PyUnicode_1BYTE_DATA(value)
+    for index in range(length):
+        if not table[text[index]]:
+            return False
+    return True
+
+
+cdef Py_ssize_t _check_values(set valid, tuple seen, tuple matchers, tuple values, Py_ssize_t capacity) except -2:
     if values in valid:
         return -1
     cdef Py_ssize_t index
@@ -327,7 +357,7 @@ cdef Py_ssize_t _check_values(set valid, tuple seen, tuple patterns, tuple value
         known = <set>seen[index]
         if value in known:
             continue
-        if patterns[index].fullmatch(value) is None:
+        if not _matches(matchers[index], value):
             return index
         if len(known) < capacity:
             known.add(value)

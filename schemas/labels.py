@@ -16,10 +16,24 @@ _METRIC_NAME = re.compile(METRIC_NAME_PATTERN)
 
 
 CheckValues = Callable[
-    [set[tuple[str, ...]], tuple[set[str], ...], tuple[re.Pattern[str], ...], tuple[str, ...], int], int
+    [set[tuple[str, ...]], tuple[set[str], ...], tuple[bytes | re.Pattern[str], ...], tuple[str, ...], int], int
 ]
 # The compiled check of a message's events: (events, fields by type, capacity, Metric, metric_problem) -> index or -1.
 FirstBadEvent = Callable[[list[Any], dict[type[Any], Any], int, type[Any], Callable[[Any], str | None]], int]
+
+
+_ONE_CLASS = re.compile(r"\^\[[ -\\^-~]*\][*+]\$")
+
+
+def charset_table(pattern: re.Pattern[str]) -> bytes | None:
+    """A pattern of one ASCII character class (`^[...]*$`, `^[...]+$`) as a table for the compiled check.
+
+    128 flags, one per ASCII character, and a 129th for the empty string; None for any other pattern.
+    """
+    if pattern.flags & re.IGNORECASE or not _ONE_CLASS.fullmatch(pattern.pattern):
+        return None
+    flags = [pattern.fullmatch(chr(code)) is not None for code in range(128)]
+    return bytes([*flags, pattern.fullmatch("") is not None])
 
 
 @dataclass
@@ -32,9 +46,12 @@ class _Fields:
     valid: set[tuple[str, ...]] = field(default_factory=set)
     # Per field, the values already found valid.
     seen: tuple[set[str], ...] = ()
+    # Per field, what the compiled check matches values against: its charset table, else its pattern.
+    matchers: tuple[bytes | re.Pattern[str], ...] = ()
 
     def __post_init__(self) -> None:
         self.seen = tuple(set() for _ in self.names)
+        self.matchers = tuple(charset_table(pattern) or pattern for pattern in self.patterns)
 
 
 def _fields(event_type: type[EventBase]) -> _Fields:
@@ -78,7 +95,7 @@ class LabelCheck:
         self._first_bad_event = first_bad_event
         self._by_type = {event_type: _fields(event_type) for event_type in EVENT_TYPES}
         self._tables = {
-            event_type: (fields.values_of, fields.valid, fields.seen, fields.patterns)
+            event_type: (fields.values_of, fields.valid, fields.seen, fields.matchers)
             for event_type, fields in self._by_type.items()
         }
 
@@ -94,7 +111,7 @@ class LabelCheck:
         fields = self._by_type[type(event)]
         values = fields.values_of(event)
         if self._check_values is not None:
-            bad = self._check_values(fields.valid, fields.seen, fields.patterns, values, self.capacity)
+            bad = self._check_values(fields.valid, fields.seen, fields.matchers, values, self.capacity)
             if bad >= 0:
                 name, pattern, value = fields.names[bad], fields.patterns[bad], values[bad]
                 return f"`{name}` {value!r} has characters outside {pattern.pattern}"

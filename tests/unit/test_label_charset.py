@@ -1,12 +1,18 @@
-"""Label-like values hold only the label charset: a trailing newline is outside it, in both forms of the check."""
+"""Label-like values hold only the label charset: a trailing newline is outside it, in every form of the check."""
 
+import re
+import string
 import time
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from aggregator import _fastapply
 from schemas.events import Metric, Signal
-from schemas.labels import LabelCheck
+from schemas.labels import _LABEL, _METRIC_NAME, _NAME, LabelCheck, charset_table
+
+LABEL_CHARS = string.ascii_letters + string.digits + '_.:/+=@{}<> -\n\t|"\\'
 
 
 @pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "python"])
@@ -24,3 +30,21 @@ def test_a_value_ending_in_a_newline_is_outside_the_label_charset(compiled: bool
     and became a series (and a source) of its own. The wire format's charset has no newline: it must be refused."""
     check = LabelCheck(check_values=_fastapply.check_values) if compiled else LabelCheck()
     assert check.problem(event) is not None
+
+
+@settings(max_examples=500, deadline=None)
+@given(value=st.text(alphabet=st.characters(codec="utf-8"), max_size=8) | st.text(alphabet=LABEL_CHARS, max_size=8))
+def test_the_compiled_charset_tables_accept_exactly_what_the_patterns_accept(value: str) -> None:
+    """Each label pattern read as a table of ASCII characters: the same verdict as the regular expression."""
+    for pattern in (_LABEL, _NAME):
+        table = charset_table(pattern)
+        assert table is not None
+        verdict = _fastapply.check_values(set(), (set(),), (table,), (value,), 10) < 0
+        assert verdict == (pattern.fullmatch(value) is not None), (pattern.pattern, value)
+
+
+def test_only_a_pattern_of_one_character_class_becomes_a_table() -> None:
+    """Other patterns (a metric name's first character differs) keep their regular expression."""
+    assert charset_table(_METRIC_NAME) is None
+    assert charset_table(re.compile(r"^[a-z]+$", re.IGNORECASE)) is None
+    assert charset_table(re.compile(r"^[a-z]+x$")) is None
