@@ -364,3 +364,64 @@ cdef Py_ssize_t _check_values(set valid, tuple seen, tuple matchers, tuple value
     if len(valid) < capacity:
         valid.add(values)
     return -1
+
+
+DEF RECENT_PAIRS = 8
+
+
+def count_by_type_and_source(list events):
+    """{(event type, source): events} of a message in C.
+
+    A batch holds a few (kind, source) pairs: the first RECENT_PAIRS are counted in C arrays, compared by type
+    and source text; any further pair goes to a dict.
+    """
+    cdef PyObject* types[RECENT_PAIRS]
+    cdef PyObject* sources[RECENT_PAIRS]
+    cdef Py_ssize_t counts[RECENT_PAIRS]
+    cdef Py_ssize_t n_pairs = 0, index
+    cdef dict more = {}
+    cdef object event, event_type, source, key
+    for event in events:
+        event_type = type(event)
+        source = event.source
+        for index in range(n_pairs):
+            if types[index] == <PyObject*>event_type and (
+                sources[index] == <PyObject*>source or <object>sources[index] == source
+            ):
+                counts[index] += 1
+                break
+        else:
+            if n_pairs < RECENT_PAIRS:
+                # Borrowed: the events (and so their sources) outlive this call.
+                types[n_pairs] = <PyObject*>event_type
+                sources[n_pairs] = <PyObject*>source
+                counts[n_pairs] = 1
+                n_pairs += 1
+            else:
+                key = (event_type, source)
+                more[key] = more.get(key, 0) + 1
+    # In order of first appearance, as Counter gives them: the first pairs, then the others.
+    cdef dict tally = {(<object>types[index], <object>sources[index]): counts[index] for index in range(n_pairs)}
+    tally.update(more)
+    return tally
+
+
+def latest_ts(list events):
+    """The largest `ts` of a message's events in C (-inf for none)."""
+    cdef double latest = float("-inf")
+    cdef double ts
+    for event in events:
+        ts = event.ts
+        if ts > latest:
+            latest = ts
+    return latest
+
+
+def carries_ids(list events, object order_type):
+    """Whether any event has a trace id, or is an order with an order id (exemplars.carries_ids, in C)."""
+    for event in events:
+        if event.trace_id:
+            return True
+        if type(event) is order_type and event.order_id:
+            return True
+    return False

@@ -247,6 +247,11 @@ class CompiledLoop:
     def __init__(self, module: Any) -> None:
         self._module = module
         self.apply: Callable[[list[Any], Plan, float], None] = module.apply
+        self.count_by_type_and_source: Callable[[list[Any]], dict[tuple[type[Any], str], int]] = (
+            module.count_by_type_and_source
+        )
+        self.latest_ts: Callable[[list[Any]], float] = module.latest_ts
+        self.carries_ids: Callable[[list[Any], type[Any]], bool] = module.carries_ids
 
     def plan(self, compiled: CompiledCatalog) -> Plan:
         """Each event type's updates in compiled form (falling back to its update function where needed)."""

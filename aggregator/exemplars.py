@@ -2,7 +2,7 @@
 
 import operator
 from bisect import bisect_left
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 from aggregator.compiler import CompiledCatalog, Feed
@@ -43,7 +43,11 @@ class ExemplarRecorder:
     Prometheus keeps the ones it scraped.
     """
 
-    def __init__(self, compiled: CompiledCatalog) -> None:
+    def __init__(
+        self, compiled: CompiledCatalog, carries: Callable[[list[Any], type[Any]], bool] | None = None
+    ) -> None:
+        """`carries`: the compiled form of carries_ids, where it was built."""
+        self._carries_ids = carries or carries_ids
         self._feeds: dict[type[Any], tuple[tuple[Feed, AnyFamily], ...]] = {
             event_type: tuple(
                 (Feed.of(spec), family)
@@ -54,7 +58,7 @@ class ExemplarRecorder:
         }
 
     def record(self, events: Sequence[Any], kinds: set[type[Any]]) -> None:
-        if not any(map(_trace_id, events)) and (Order not in kinds or not any(_order_ids(events))):
+        if not self._carries_ids(list(events), Order):
             return
         feeds = self._feeds
         for event in events:
@@ -80,5 +84,6 @@ def keep(family: AnyFamily, key: tuple[str, ...], exemplar: Exemplar) -> None:
         family.exemplars[key] = exemplar
 
 
-def _order_ids(events: Sequence[Any]) -> list[str]:
-    return [event.order_id for event in events if type(event) is Order]
+def carries_ids(events: list[Any], order_type: type[Any]) -> bool:
+    """Whether any event has a trace id, or is an order with an order id: most messages have none."""
+    return any(map(_trace_id, events)) or any(event.order_id for event in events if type(event) is order_type)

@@ -1,8 +1,9 @@
 """Applying a message's decoded events to the store: catalog updates, custom metrics, and what changed."""
 
+import math
 import operator
 from collections import Counter
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
 from aggregator.catalog import BUILTIN_CATALOG, MetricSpec
@@ -17,6 +18,17 @@ from schemas.events import EventBase, Metric, kind_of
 from schemas.wire import Reason
 
 _source = operator.attrgetter("source")
+_ts = operator.attrgetter("ts")
+
+
+def count_by_type_and_source(events: list[Any]) -> dict[tuple[type[Any], str], int]:
+    """{(event type, source): events}: the reference for the compiled form, which a test holds to it."""
+    return Counter(zip(map(type, events), map(_source, events), strict=True))
+
+
+def latest_ts(events: list[Any]) -> float:
+    """The largest `ts` of the events (-inf for none): the reference for the compiled form."""
+    return max(map(_ts, events), default=-math.inf)
 
 
 class Ingest:
@@ -59,7 +71,11 @@ class Ingest:
         self.loop = compiled_loop(compiled)
         self._plan = None if self.loop is None else self.loop.plan(self.compiled)
         self._plan_apply = None if self.loop is None else self.loop.apply
-        self.exemplars = ExemplarRecorder(self.compiled)
+        self._count: Callable[[list[Any]], dict[tuple[type[Any], str], int]] = (
+            count_by_type_and_source if self.loop is None else self.loop.count_by_type_and_source
+        )
+        self.latest_ts: Callable[[list[Any]], float] = latest_ts if self.loop is None else self.loop.latest_ts
+        self.exemplars = ExemplarRecorder(self.compiled, None if self.loop is None else self.loop.carries_ids)
         kinds: list[type[EventBase]] = [*catalog, Metric]
         self._tags: dict[type[Any], str] = {event_type: kind_of(event_type) for event_type in kinds}
 
@@ -98,7 +114,7 @@ class Ingest:
         tags = self._tags
         received = self.self_metrics.events_received
         activity = self.sources.activity
-        for (event_type, source), count in Counter(zip(map(type, applied), map(_source, applied), strict=True)).items():
+        for (event_type, source), count in self._count(list(applied)).items():
             received.inc((tags[event_type], source), count)
             activity[source] = now
         for event_type in kinds:

@@ -12,7 +12,6 @@ from aggregator.ingest import Ingest
 from aggregator.refusal import Refusal, RefusalLog
 from schemas.wire import Reason
 
-_ts = operator.attrgetter("ts")
 _source = operator.attrgetter("source")
 
 
@@ -131,7 +130,7 @@ class Pipeline:
         """A producer clock far ahead would pin gauges (last value by event time): such events are refused."""
         skew = self.ingest.settings.max_clock_skew_seconds
         limit = now + skew
-        if max(map(_ts, decoded.events)) <= limit:
+        if self.ingest.latest_ts(decoded.events) <= limit:
             return
         decoded.refuse(
             [

@@ -1,5 +1,6 @@
 """The compiled apply loop against the pure-Python update functions: the same events give the same series."""
 
+import math
 import random
 import time
 from typing import Any
@@ -8,7 +9,8 @@ import pytest
 
 from aggregator import _fastapply
 from aggregator.config import CatalogSettings
-from aggregator.ingest import Ingest
+from aggregator.exemplars import carries_ids
+from aggregator.ingest import Ingest, count_by_type_and_source, latest_ts
 from aggregator.store import share_key
 from benchmarks.harness import mixed_events
 from schemas.events import Dependency, Error, Heartbeat, Metric, Order, Portfolio, Position, Prediction, Signal, Trade
@@ -176,3 +178,34 @@ def test_a_message_s_label_check_is_the_same_compiled_and_in_python(capacity: in
         verdicts.append(verdict)
     assert any(verdicts)
     assert not all(verdicts)
+
+
+def test_a_message_s_tally_and_latest_time_are_the_same_compiled_and_in_python() -> None:
+    """Events per (kind, source), sources interleaved or in runs, and the latest ts: both forms agree."""
+    rng = random.Random(4)
+    for size in (0, 1, 7, 300):
+        events = _events(rng, size)[:size]
+        rng.shuffle(events)
+        if size == 300:
+            events.sort(key=lambda event: (type(event).__name__, event.source))  # long runs of one pair
+        assert list(_fastapply.count_by_type_and_source(events).items()) == list(
+            count_by_type_and_source(events).items()
+        )
+        assert _fastapply.latest_ts(events) == latest_ts(events)
+    assert _fastapply.latest_ts([]) == -math.inf
+
+
+def test_whether_a_message_carries_exemplar_ids_is_the_same_compiled_and_in_python() -> None:
+    """A trace id on any event, an order id on an order: both forms see it; a message without ids is passed over."""
+    plain = [
+        Signal(ts=1.0, source="s", strategy="m", symbol="X", side="buy"),
+        Order(ts=1.0, source="o", symbol="X", side="buy", status="placed"),
+    ]
+    cases = [
+        plain,
+        [*plain, Error(ts=1.0, source="e", component="c", error_type="t", trace_id="t-1")],
+        [*plain, Order(ts=1.0, source="o", symbol="X", side="buy", status="filled", order_id="o-1")],
+        [],
+    ]
+    verdicts = [_fastapply.carries_ids(events, Order) for events in cases]
+    assert verdicts == [carries_ids(events, Order) for events in cases] == [False, True, True, False]
