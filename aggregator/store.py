@@ -231,13 +231,24 @@ class CounterFamily(Family):
     def committed_rows(self, keys: list[LabelKey]) -> list[Any]:
         if self.running_totals:
             return super().committed_rows(keys)
-        # Plain totals, a slice at a time: the live rows, then those changed since the commit point taken from
-        # `frozen` instead. Each pass is one C-level call, which the event loop cannot interleave with.
-        get, frozen = self.series.get, self.frozen
+        return self._plain_rows(keys, self.frozen)
+
+    def rows(self) -> tuple[list[LabelKey], list[Any]]:
+        if self.running_totals:
+            return super().rows()
+        keys = list(self.series)
+        return keys, self._plain_rows(keys, None)
+
+    def _plain_rows(self, keys: list[LabelKey], frozen: dict[LabelKey, Any] | None) -> list[Any]:
+        """Plain totals read a slice at a time, each pass one C-level call the event loop cannot interleave with.
+
+        For a commit, the rows changed since its commit point are then taken from `frozen` instead.
+        """
+        get = self.series.get
         rows: list[Any] = []
         for start in range(0, len(keys), CHUNK_SERIES):
             part = keys[start : start + CHUNK_SERIES]
-            rows += map(frozen.get, part, list(map(get, part)))
+            rows += map(get, part) if frozen is None else map(frozen.get, part, list(map(get, part)))
         return rows
 
     def load(self, key: LabelKey, row: Any) -> None:
