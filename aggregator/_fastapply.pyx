@@ -7,6 +7,7 @@ from cpython.unicode cimport PyUnicode_CheckExact
 from cpython.dict cimport PyDict_GetItem, PyDict_SetItem
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_INCREF
+from cpython.list cimport PyList_New, PyList_SET_ITEM
 from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
 
 cdef extern from "Python.h":
@@ -425,3 +426,33 @@ def carries_ids(list events, object order_type):
         if type(event) is order_type and event.order_id:
             return True
     return False
+
+
+def unpack_keys(list strings, Py_ssize_t width, Py_ssize_t size, bytes packed, Py_ssize_t count):
+    """A checkpoint chunk's keys from its strings and packed little-endian indexes (stateformat, in C).
+
+    The caller has checked that `packed` holds `width * count` indexes of `size` bytes; an index past the
+    strings raises IndexError.
+    """
+    cdef const unsigned char* data = <const unsigned char*>PyBytes_AS_STRING(packed)
+    cdef Py_ssize_t n_strings = len(strings)
+    cdef list keys = PyList_New(count)
+    cdef tuple key
+    cdef Py_ssize_t series, label, at = 0, shift
+    cdef size_t index
+    cdef object value
+    for series in range(count):
+        key = PyTuple_New(width)
+        for label in range(width):
+            index = 0
+            for shift in range(size):
+                index |= (<size_t>data[at + shift]) << (8 * shift)
+            at += size
+            if index >= <size_t>n_strings:
+                raise IndexError(f"key index {index} past the {n_strings} strings of its chunk")
+            value = strings[index]
+            Py_INCREF(value)
+            PyTuple_SET_ITEM(key, label, value)
+        Py_INCREF(key)
+        PyList_SET_ITEM(keys, series, key)
+    return keys

@@ -12,6 +12,10 @@ from typing import Any, BinaryIO
 
 import msgspec
 
+from aggregator.accelerated import compiled
+
+_COMPILED = compiled()
+
 MAGIC = b"TBCK"
 FORMAT_VERSION = 4
 # Format 3 wrote a base's keys as lists of indexes (read still; format 4 packs them in one byte string).
@@ -185,14 +189,16 @@ def _unpack_keys(strings: list[str], width: int, size: int, packed: bytes, count
     code = _CODE_OF_SIZE.get(size)
     if code is None:
         raise CorruptCheckpoint(f"key indexes of {size} bytes")
-    indexes = array(code)
     if len(packed) % size:
         raise CorruptCheckpoint(f"packed keys of {len(packed)} bytes are not whole indexes")
+    if len(packed) // size != width * count:
+        raise CorruptCheckpoint(f"{len(packed) // size} key indexes for {count} series of {width} labels")
+    if _COMPILED is not None:
+        return _COMPILED.unpack_keys(strings, width, size, packed, count)  # type: ignore[no-any-return]
+    indexes = array(code)
     indexes.frombytes(packed)
     if sys.byteorder == "big":
         indexes.byteswap()
-    if len(indexes) != width * count:
-        raise CorruptCheckpoint(f"{len(indexes)} key indexes for {count} series of {width} labels")
     if width == 0:
         return [()] * count
     # zip over one iterator `width` times: consecutive indexes grouped into each key's tuple, in C. An index

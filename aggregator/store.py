@@ -4,6 +4,7 @@ import bisect
 import logging
 from array import array
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from itertools import repeat
 from typing import Any
 
 from aggregator.accelerated import compiled
@@ -148,6 +149,12 @@ class Family:
         if _COMPILED is not None:
             return _COMPILED.share_key(self._shared, key, SHARED_VALUES_PER_LABEL)  # type: ignore[no-any-return]
         return share_key(self._shared, key, SHARED_VALUES_PER_LABEL)
+
+    def shared_keys(self, keys: Iterable[LabelKey]) -> list[LabelKey]:
+        """shared_key of each key (tuples), in C-level iteration where the compiled helpers were built."""
+        if _COMPILED is not None:
+            return list(map(_COMPILED.share_key, repeat(self._shared), keys, repeat(SHARED_VALUES_PER_LABEL)))
+        return list(map(self.shared_key, keys))
 
     def rows(self) -> tuple[list[LabelKey], list[Any]]:
         """Every series' key and row, for a full checkpoint (read while ingestion may go on)."""
@@ -547,8 +554,8 @@ class Store:
                 log.warning("checkpoint has %s with %s; dropping its %d series", family.name, dropped, len(chunk.keys))
             return [], []
         width = len(names)
-        if chunk.shared and set(map(len, chunk.keys)) <= {width}:
-            return list(keys), chunk.rows
+        if set(map(len, chunk.keys)) <= {width}:  # the usual case: every key fits
+            return (list(keys) if chunk.shared else family.shared_keys(keys)), chunk.rows
         shared_key = family.shared_key
         pairs = [(shared_key(key), row) for key, row in zip(keys, chunk.rows, strict=True) if len(key) == width]
         if len(pairs) != len(chunk.keys) and warn:

@@ -8,6 +8,7 @@ import anyio
 import msgspec
 import pytest
 
+from aggregator import stateformat
 from aggregator.checkpoint import Checkpointer, CheckpointError
 from aggregator.config import CatalogSettings
 from aggregator.dedup import RecentIds
@@ -55,9 +56,12 @@ def test_round_trip() -> None:
     assert decode_checkpoint(encode_checkpoint(state)) == state
 
 
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "python"])
 @pytest.mark.parametrize("distinct", [3, 300, 70_000])
-def test_keys_round_trip_at_every_index_width(distinct: int) -> None:
+def test_keys_round_trip_at_every_index_width(distinct: int, compiled: bool, monkeypatch: pytest.MonkeyPatch) -> None:
     """Keys come back equal, in order, whether their indexes pack in 1, 2 or 4 bytes; equal values are one object."""
+    if not compiled:
+        monkeypatch.setattr(stateformat, "_COMPILED", None)
     keys: list[tuple[str, ...]] = [("desk", f"v{index % distinct}", "buy") for index in range(distinct + 5)]
     rows = [float(index) for index in range(len(keys))]
     state = State(1, 1.0, [], [Chunk("m", "counter", keys, rows, ("a", "b", "c")), Chunk("n", "counter", [()], [2.0])])
@@ -101,8 +105,13 @@ def _with_chunk(data: bytes, fields: list[object]) -> bytes:
         (["m", "counter", ["a"], 1, 3, b"\x00\x00\x00", [1.0]], "indexes of 3 bytes"),
     ],
 )
-def test_damaged_packed_keys_are_refused(fields: list[object], message: str) -> None:
+@pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "python"])
+def test_damaged_packed_keys_are_refused(
+    fields: list[object], message: str, compiled: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Packed keys that do not fit their strings or series count are a corrupt checkpoint, not wrong series."""
+    if not compiled:
+        monkeypatch.setattr(stateformat, "_COMPILED", None)
     data = encode_checkpoint(State(1, 1.0, [], [Chunk("m", "counter", [("a",)], [1.0])]))
     with pytest.raises(CorruptCheckpoint, match=message):
         decode_checkpoint(_with_chunk(data, fields))
