@@ -365,6 +365,8 @@ def bench_series(url: str, sizes: list[tuple[int, int]], workdir: Path, progress
                "<= 100 ms", note=f"max {largest.healthz_max_ms:.0f} ms").judge(at_most=1.0),
         Figure(f"restart to ready with {largest.series:,.0f} series", largest.restart_seconds, 3.0, "s", "<= 3 s"
                ).judge(at_most=1.0),
+        Figure(f"first scrape of {largest.series:,.0f} series (OpenMetrics, gzip)", largest.scrape_seconds, 5.0, "s",
+               "<= 5 s").judge(at_most=1.0),
     ]  # fmt: skip
 
 
