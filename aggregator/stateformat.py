@@ -1,5 +1,6 @@
 """The checkpoint's bytes: a state as framed, chunked MessagePack, written and read in bounded pieces."""
 
+import logging
 import struct
 import sys
 import zlib
@@ -15,6 +16,7 @@ import msgspec
 from aggregator.accelerated import compiled
 
 _COMPILED = compiled()
+log = logging.getLogger(__name__)
 
 MAGIC = b"TBCK"
 FORMAT_VERSION = 4
@@ -153,11 +155,23 @@ def chunked(
 
 
 def _encode_chunk(chunk: Chunk) -> bytes:
-    keys = chunk.keys
+    keys, rows = chunk.keys, chunk.rows
     widths = set(map(len, keys))
-    if len(widths) > 1:
-        raise ValueError(f"keys of {chunk.family} have different widths: {sorted(widths)}")
-    width = widths.pop() if widths else 0
+    if len(widths) == 1:
+        width = widths.pop()
+    else:
+        width = len(chunk.labels) if chunk.labels is not None else max(widths, default=0)
+    if widths:
+        # Keys of another width than the family's labels could not be restored under them anyway (a restore
+        # drops them); packed with the others, they would misplace every later value.
+        fitting = [index for index, key in enumerate(keys) if len(key) == width]
+        log.error(
+            "checkpoint: %d series of %s have keys of another width than its %d labels; not written",
+            len(keys) - len(fitting),
+            chunk.family,
+            width,
+        )
+        keys, rows = [keys[index] for index in fitting], [rows[index] for index in fitting]
     strings = list(dict.fromkeys(chain.from_iterable(keys)))
     position = {value: index for index, value in enumerate(strings)}.__getitem__
     code = next(code for code, limit in _INDEX_CODES if len(strings) <= limit)
@@ -172,7 +186,7 @@ def _encode_chunk(chunk: Chunk) -> bytes:
             width,
             packed.itemsize,
             packed.tobytes(),
-            chunk.rows,
+            rows,
             chunk.labels,
             chunk.buckets,
         )

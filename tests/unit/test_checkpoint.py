@@ -73,10 +73,14 @@ def test_keys_round_trip_at_every_index_width(distinct: int, compiled: bool, mon
     assert len({id(key[1]) for key in chunk.keys}) == distinct
 
 
-def test_keys_of_different_widths_in_one_chunk_are_refused_when_written() -> None:
-    """A chunk must hold one family's keys: packing keys of two widths would misplace every later value."""
-    with pytest.raises(ValueError, match="different widths"):
-        encode_checkpoint(State(1, 1.0, [], [Chunk("m", "counter", [("a",), ("a", "b")], [1.0, 2.0])]))
+def test_keys_of_another_width_than_the_labels_are_left_out_with_an_error(caplog: pytest.LogCaptureFixture) -> None:
+    """Packing keys of two widths would misplace every later value: those that do not fit the labels are not
+    written (a restore would drop them), the others are, and the log says so."""
+    chunk = Chunk("m", "counter", [("a",), ("a", "b"), ("c",)], [1.0, 2.0, 3.0], ("x",))
+    decoded = decode_checkpoint(encode_checkpoint(State(1, 1.0, [], [chunk])))
+    assert decoded.chunks[0].keys == [("a",), ("c",)]
+    assert decoded.chunks[0].rows == [1.0, 3.0]
+    assert "1 series of m have keys of another width than its 1 labels" in caplog.text
 
 
 def _frames_of(data: bytes) -> list[bytes]:
