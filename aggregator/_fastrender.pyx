@@ -118,11 +118,15 @@ def render_plain(
         for index in range(start, min(end, len(keys))):
             key = keys[index]
             found = PyDict_GetItem(series, key)
-            if found == NULL:
+            if found == NULL or <object>found is None:
                 continue
+            if type(key) is not tuple:
+                raise TypeError(f"a series key of type {type(key).__name__}, not a tuple")
             if PyTuple_GET_SIZE(key) != n_labels:
                 raise ValueError(f"a key of {len(key)} values in a family of {n_labels} labels")
             value = <object>found
+            if gauge and (type(value) is not tuple or PyTuple_GET_SIZE(value) < 1):
+                raise TypeError(f"a gauge series value {value!r}, not a (value, time) tuple")
             _put(&buffer, PyBytes_AS_STRING(name), PyBytes_GET_SIZE(name))
             for label in range(n_labels):
                 head = label_heads[label]

@@ -470,10 +470,9 @@ class Checkpointer(CommitLog):
         # The previous base stays, with the segments it needs; older segments and the first release's files go.
         keep_from = first_segment
         if previous.exists():
-            try:
-                keep_from = read_first_segment(previous)
-            except CorruptCheckpoint:
-                keep_from = first_segment
+            # Read from its header alone (no checksum): never past what the new base replays, however damaged.
+            with contextlib.suppress(CorruptCheckpoint):
+                keep_from = min(read_first_segment(previous), first_segment)
         for number in self._segments():
             if number < keep_from:
                 (directory / self._segment_name(number)).unlink(missing_ok=True)

@@ -32,6 +32,8 @@ FRAME = struct.Struct(">I")
 # Series per chunk: one chunk is encoded (or decoded) in one call that holds the interpreter, so this
 # bounds how long a writer thread can keep the event loop waiting.
 CHUNK_SERIES = 20_000
+# More labels than any metric declares: a base claiming wider keys is damaged.
+MAX_KEY_WIDTH = 64
 
 
 class CorruptCheckpoint(ValueError):
@@ -166,10 +168,11 @@ def _encode_chunk(chunk: Chunk) -> bytes:
         # drops them); packed with the others, they would misplace every later value.
         fitting = [index for index, key in enumerate(keys) if len(key) == width]
         log.error(
-            "checkpoint: %d series of %s have keys of another width than its %d labels; not written",
+            "checkpoint: %d series of %s have keys of other lengths than %d (%s); not written",
             len(keys) - len(fitting),
             chunk.family,
             width,
+            "its labels" if chunk.labels is not None else "the longest",
         )
         keys, rows = [keys[index] for index in fitting], [rows[index] for index in fitting]
     strings = list(dict.fromkeys(chain.from_iterable(keys)))
@@ -200,6 +203,8 @@ _CODE_OF_SIZE = {array(code).itemsize: code for code, _ in _INDEX_CODES}
 
 def _unpack_keys(strings: list[str], width: int, size: int, packed: bytes, count: int) -> list[tuple[str, ...]]:
     """The keys of a chunk from its strings and packed indexes (CorruptCheckpoint if they do not fit)."""
+    if not 0 <= width <= MAX_KEY_WIDTH:
+        raise CorruptCheckpoint(f"keys of {width} labels")
     code = _CODE_OF_SIZE.get(size)
     if code is None:
         raise CorruptCheckpoint(f"key indexes of {size} bytes")
@@ -269,30 +274,33 @@ def decode_payload(payload: bytes, version: int = FORMAT_VERSION) -> State:
     try:
         header = _header_decoder.decode(frames[0])
         state = State(header.sequence, header.written_at, header.recent_ids, first_segment=header.first_segment)
-        if not header.tables:
-            for frame in frames[1:]:
-                plain = _plain_chunk_decoder.decode(frame)
-                state.chunks.append(
-                    Chunk(plain.family, plain.kind, plain.keys, plain.rows, plain.labels, plain.buckets)
-                )
-            return state
         for frame in frames[1:]:
-            if version == TABLE_LIST_VERSION:
-                listed = _list_chunk_decoder.decode(frame)
-                get = listed.strings.__getitem__
-                keys = [tuple(map(get, key)) for key in listed.keys]
-                state.chunks.append(
-                    Chunk(listed.family, listed.kind, keys, listed.rows, listed.labels, listed.buckets, shared=True)
-                )
-                continue
-            chunk = _chunk_decoder.decode(frame)
-            keys = _unpack_keys(chunk.strings, chunk.width, chunk.index_size, chunk.keys, len(chunk.rows))
-            state.chunks.append(
-                Chunk(chunk.family, chunk.kind, keys, chunk.rows, chunk.labels, chunk.buckets, shared=True)
-            )
-    except (msgspec.DecodeError, IndexError) as error:
+            state.chunks.append(_decode_chunk(frame, version, header.tables))
+    except (ValueError, IndexError, OverflowError) as error:  # msgspec's DecodeError is a ValueError
         raise CorruptCheckpoint(f"undecodable payload: {error}") from None
     return state
+
+
+def _decode_chunk(frame: bytes, version: int, tables: bool) -> Chunk:
+    if not tables:
+        plain = _plain_chunk_decoder.decode(frame)
+        chunk = Chunk(plain.family, plain.kind, plain.keys, plain.rows, plain.labels, plain.buckets)
+    elif version == TABLE_LIST_VERSION:
+        listed = _list_chunk_decoder.decode(frame)
+        if min(chain.from_iterable(listed.keys), default=0) < 0:
+            raise CorruptCheckpoint("a negative key index")
+        get = listed.strings.__getitem__
+        keys = [tuple(map(get, key)) for key in listed.keys]
+        chunk = Chunk(listed.family, listed.kind, keys, listed.rows, listed.labels, listed.buckets, shared=True)
+    else:
+        packed = _chunk_decoder.decode(frame)
+        if packed.labels is not None and packed.rows and packed.width != len(packed.labels):
+            raise CorruptCheckpoint(f"keys of {packed.width} values under {len(packed.labels)} labels")
+        keys = _unpack_keys(packed.strings, packed.width, packed.index_size, packed.keys, len(packed.rows))
+        chunk = Chunk(packed.family, packed.kind, keys, packed.rows, packed.labels, packed.buckets, shared=True)
+    if len(chunk.keys) != len(chunk.rows):
+        raise CorruptCheckpoint(f"{len(chunk.keys)} keys for {len(chunk.rows)} rows")
+    return chunk
 
 
 def encode_checkpoint(state: State) -> bytes:

@@ -22,7 +22,8 @@ CheckValues = Callable[
 FirstBadEvent = Callable[[list[Any], dict[type[Any], Any], int, type[Any], Callable[[Any], str | None]], int]
 
 
-_ONE_CLASS = re.compile(r"\^\[[ -\\^-~]*\][*+]\$")
+# One class of literal ASCII characters and ranges: no escapes (`\w` matches beyond ASCII), no negation.
+_ONE_CLASS = re.compile(r"\^\[(?!\^)[ -\[^-~]*\][*+]\$")
 
 
 def charset_table(pattern: re.Pattern[str]) -> bytes | None:

@@ -80,7 +80,7 @@ def test_keys_of_another_width_than_the_labels_are_left_out_with_an_error(caplog
     decoded = decode_checkpoint(encode_checkpoint(State(1, 1.0, [], [chunk])))
     assert decoded.chunks[0].keys == [("a",), ("c",)]
     assert decoded.chunks[0].rows == [1.0, 3.0]
-    assert "1 series of m have keys of another width than its 1 labels" in caplog.text
+    assert "1 series of m have keys of other lengths than 1 (its labels); not written" in caplog.text
 
 
 def _frames_of(data: bytes) -> list[bytes]:
@@ -107,6 +107,10 @@ def _with_chunk(data: bytes, fields: list[object]) -> bytes:
         (["m", "counter", ["a"], 1, 1, b"\x00", [1.0, 2.0]], "1 key indexes for 2 series"),
         (["m", "counter", ["a"], 1, 2, b"\x00\x00\x00", [1.0]], "not whole indexes"),
         (["m", "counter", ["a"], 1, 3, b"\x00\x00\x00", [1.0]], "indexes of 3 bytes"),
+        (["m", "counter", ["a"], 2**63, 1, b"", []], "keys of 9223372036854775808 labels"),
+        (["m", "counter", ["a"], 2**40, 1, b"", []], "keys of 1099511627776 labels"),
+        (["m", "counter", ["a"], -1, 1, b"", []], "keys of -1 labels"),
+        (["m", "counter", ["a"], 2, 1, b"\x00\x00", [1.0], ["x"]], "keys of 2 values under 1 labels"),
     ],
 )
 @pytest.mark.parametrize("compiled", [True, False], ids=["compiled", "python"])
@@ -119,6 +123,32 @@ def test_damaged_packed_keys_are_refused(
     data = encode_checkpoint(State(1, 1.0, [], [Chunk("m", "counter", [("a",)], [1.0])]))
     with pytest.raises(CorruptCheckpoint, match=message):
         decode_checkpoint(_with_chunk(data, fields))
+
+
+@pytest.mark.parametrize(
+    ("keys", "rows", "message"),
+    [([[-1]], [1.0], "a negative key index"), ([[0], [0]], [1.0], "2 keys for 1 rows")],
+)
+def test_a_damaged_format_3_base_is_refused(keys: list[list[int]], rows: list[float], message: str) -> None:
+    """A negative index would pick another label value; more keys than rows would fail the restore itself."""
+    header = msgspec.msgpack.encode([5, 1.0, [], 0, True])
+    chunk = msgspec.msgpack.encode(["m", "counter", ["a", "b"], keys, rows, None, None])
+    payload = b"".join(FRAME.pack(len(frame)) + frame for frame in (header, chunk))
+    data = HEADER.pack(MAGIC, TABLE_LIST_VERSION, len(payload), zlib.crc32(payload)) + payload
+    with pytest.raises(CorruptCheckpoint, match=message):
+        decode_checkpoint(data)
+
+
+def test_compaction_never_drops_a_segment_the_new_base_replays(tmp_path: Path) -> None:
+    """The previous base's first segment is read from its header alone, without its checksum: a damaged header
+    naming a later segment must not make compaction delete the segments the new base replays."""
+    checkpointer, _, _ = _checkpointer(tmp_path)
+    (tmp_path / "base").write_bytes(encode_checkpoint(State(5, 1.0, [], [], first_segment=9)))  # damaged: was 2
+    (tmp_path / "base.tmp").write_bytes(encode_checkpoint(State(8, 2.0, [], [], first_segment=4)))
+    for number in range(7):
+        (tmp_path / f"journal.{number:08d}").write_bytes(b"")
+    checkpointer._install_base(4)
+    assert sorted(path.name for path in tmp_path.glob("journal.*")) == [f"journal.{n:08d}" for n in (4, 5, 6)]
 
 
 def test_a_format_3_base_is_read(tmp_path: Path) -> None:

@@ -87,3 +87,14 @@ def test_a_family_larger_than_a_slice_renders_whole_and_skips_series_gone_since(
     assert lines == b'c_total{k="b"} 2.0\n'
     with pytest.raises(ValueError, match="a key of 2 values in a family of 1 labels"):
         _fastrender.render_plain(b"c_total", heads, [("a", "b")], 0, 1, {("a", "b"): 1.0}, False, {}, str)
+
+
+def test_a_store_value_of_the_wrong_shape_is_an_error_not_a_crash() -> None:
+    """A key that is not a tuple or a gauge value that is not a (value, time) tuple raise; a None value is skipped."""
+    heads = (b'{k="',)
+    for value in [(), [1.0, 2.0], 1.0]:
+        with pytest.raises(TypeError, match="not a \\(value, time\\) tuple"):
+            _fastrender.render_plain(b"g", heads, [("a",)], 0, 1, {("a",): value}, True, {}, str)
+    with pytest.raises(TypeError, match="not a tuple"):
+        _fastrender.render_plain(b"g", heads, ["a"], 0, 1, {"a": (1.0, 2.0)}, True, {}, str)  # type: ignore[list-item, dict-item]
+    assert _fastrender.render_plain(b"c", heads, [("a",)], 0, 1, {("a",): None}, False, {}, str) == b""

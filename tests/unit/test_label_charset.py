@@ -48,3 +48,5 @@ def test_only_a_pattern_of_one_character_class_becomes_a_table() -> None:
     assert charset_table(_METRIC_NAME) is None
     assert charset_table(re.compile(r"^[a-z]+$", re.IGNORECASE)) is None
     assert charset_table(re.compile(r"^[a-z]+x$")) is None
+    for beyond_ascii in (r"^[\w.-]*$", r"^[^\n]*$", r"^[\s]+$", r"^[a-z\u00e9]*$", r"^[a]b]*$"):
+        assert charset_table(re.compile(beyond_ascii)) is None, beyond_ascii
