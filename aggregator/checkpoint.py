@@ -50,6 +50,7 @@ def collector_paused() -> Iterator[None]:
     on, it walked them again and again and took half of a restart's time at a million series.
     """
     enabled = gc.isenabled()
+    gc.collect()  # before: what is garbage now is not frozen with the state (cheap: the store is still empty)
     gc.disable()
     try:
         yield
