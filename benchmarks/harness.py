@@ -2,6 +2,7 @@
 
 import contextlib
 import gc
+import math
 import os
 import platform
 import random
@@ -629,14 +630,15 @@ def table(report: Report) -> str:
         lines += ["", "series scale (1,000 events/message, checkpoints on):",
                   f"{'label sets':>10} {'events':>10} {'series':>10} {'events/s':>10} {'CPU-s/M':>8} "
                   f"{'commits':>7} {'commit ms':>10} {'max <=':>7} {'healthz p50/p99/max ms':>24} {'RSS MB':>7} "
-                  f"{'scrape s':>8} {'restart s':>9}"]  # fmt: skip
+                  f"{'scrape s':>8} {'restart s':>9} {'B/series after':>14}"]  # fmt: skip
         for row in rows:
             healthz = f"{row['healthz_p50_ms']:.0f}/{row['healthz_p99_ms']:.0f}/{row['healthz_max_ms']:.0f}"
             lines.append(
                 f"{row['label_sets']:>10,} {row['events']:>10,} {row['series']:>10,.0f} "
                 f"{row['events_per_second']:>10,.0f} {row['cpu_per_million']:>8.2f} {row['commits']:>7,.0f} "
                 f"{row['commit_mean_ms']:>10.1f} {row['commit_max_ms']:>7,.0f} {healthz:>24} "
-                f"{row['peak_rss_mb']:>7,.0f} {row['scrape_seconds']:>8.2f} {row['restart_seconds']:>9.2f}"
+                f"{row['peak_rss_mb']:>7,.0f} {row['scrape_seconds']:>8.2f} {row['restart_seconds']:>9.2f} "
+                f"{row.get('restart_rss_mb', math.nan) * 1e6 / max(row['series'], 1):>14,.0f}"
             )
     emitter = extra.get("emitter")
     if emitter:

@@ -52,10 +52,19 @@ def cpu_seconds(pid: int) -> float:
 
 def peak_rss_bytes(pid: int) -> int:
     """The process's peak resident set (VmHWM)."""
+    return _status_bytes(pid, "VmHWM")
+
+
+def rss_bytes(pid: int) -> int:
+    """The process's resident set now (VmRSS)."""
+    return _status_bytes(pid, "VmRSS")
+
+
+def _status_bytes(pid: int, field: str) -> int:
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
+        if line.startswith(f"{field}:"):
             return int(line.split()[1]) * 1024
-    raise RuntimeError(f"no VmHWM in /proc/{pid}/status")
+    raise RuntimeError(f"no {field} in /proc/{pid}/status")
 
 
 def load_average() -> tuple[float, float, float]:

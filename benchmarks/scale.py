@@ -19,6 +19,7 @@ from benchmarks.live import (
     free_port,
     peak_rss_bytes,
     publish,
+    rss_bytes,
     stop,
     wait_ready,
 )
@@ -56,6 +57,8 @@ class ScaleRow:
     scrape_mb: float  # uncompressed
     state_mb: float
     restart_seconds: float
+    # The restarted process's resident set once ready (VmRSS): the restored store's memory.
+    restart_rss_mb: float = float("nan")
 
 
 def events_over(label_sets: int, events: int) -> Iterator[list[EventBase]]:
@@ -159,6 +162,7 @@ def measure(url: str, label_sets: int, events: int, workdir: Path) -> ScaleRow:
         try:
             wait_ready(restarted, port, poll=0.01)
             restart_seconds = time.perf_counter() - started
+            restart_rss = rss_bytes(restarted.pid)
         finally:
             stop(restarted)
     health = drain.health or {}
@@ -182,6 +186,7 @@ def measure(url: str, label_sets: int, events: int, workdir: Path) -> ScaleRow:
         scrape_mb=len(body) / 1e6,
         state_mb=state_mb,
         restart_seconds=restart_seconds,
+        restart_rss_mb=restart_rss / 1e6,
     )
 
 

@@ -105,6 +105,7 @@ def test_a_series_scale_row_counts_every_series_samples_healthz_and_restarts(
     assert row.scrape_mb > 0
     assert row.state_mb > 0
     assert 0 < row.restart_seconds < math.inf
+    assert 0 < row.restart_rss_mb < row.peak_rss_mb * 2
     assert row.healthz_samples == 0 or row.healthz_p99_ms <= row.healthz_max_ms
     assert _gone(declared_names) == []
 
