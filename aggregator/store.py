@@ -175,6 +175,16 @@ class Family:
             load(key, row)
         self.version += 1
 
+    def apply_rows(self, keys: list[LabelKey], rows: list[Any]) -> None:
+        """Set series from checkpoint rows, a None row deleting its series (row by row then)."""
+        if None in rows:
+            load = self.load
+            for key, row in zip(keys, rows, strict=True):
+                load(key, row)
+            self.version += 1
+        else:
+            self.load_rows(keys, rows)
+
     def restore(self, rows: Iterable[Any]) -> None:
         """Replace every series with checkpoint rows ([key, row] pairs); nothing restored is dirty."""
         self.clear()
@@ -490,14 +500,7 @@ class Store:
             if chunk.family not in cleared:
                 family.clear()
                 cleared.add(chunk.family)
-            keys, rows = self._fitting(family, chunk)
-            if None in rows:  # deletions among them: row by row
-                load = family.load
-                for key, row in zip(keys, rows, strict=True):
-                    load(key, row)
-                family.version += 1
-            else:
-                family.load_rows(keys, rows)
+            family.apply_rows(*self._fitting(family, chunk))
             family.dirty.clear()
 
     def apply_changes(self, chunks: Iterable[Chunk]) -> None:
@@ -506,14 +509,7 @@ class Store:
             family = self._compatible(chunk.family, chunk.kind, quiet=True)
             if family is None:
                 continue
-            keys, rows = self._fitting(family, chunk)
-            if None in rows:  # deletions among them: row by row
-                load = family.load
-                for key, row in zip(keys, rows, strict=True):
-                    load(key, row)
-                family.version += 1
-            else:
-                family.load_rows(keys, rows)
+            family.apply_rows(*self._fitting(family, chunk))
 
     def carry_over(self, old: AnyFamily, new: AnyFamily) -> int:
         """Give a redeclared family (a reload) the old one's series where they fit its labels and buckets.
