@@ -1,4 +1,4 @@
-"""Types of the compiled apply loop (aggregator/_fastapply.pyx)."""
+"""Types of the compiled per-event paths (aggregator/_fastapply.pyx)."""
 
 from collections.abc import Callable
 from typing import Any

@@ -1,5 +1,5 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
-"""The compiled apply loop: the catalog's updates for a message's events, in C (see aggregator.compiler)."""
+"""The compiled per-event paths: the apply loop (see aggregator.compiler), label check, tally, shared keys, keys of a base."""
 
 from cpython.array cimport array
 from cpython.bytes cimport PyBytes_AS_STRING
