@@ -57,7 +57,7 @@ class ExemplarRecorder:
             for event_type, pairs in compiled.by_type.items()
         }
 
-    def record(self, events: Sequence[Any], kinds: set[type[Any]]) -> None:
+    def record(self, events: Sequence[Any]) -> None:
         if not self._carries_ids(list(events), Order):
             return
         feeds = self._feeds

@@ -109,7 +109,7 @@ class Ingest:
             for event in events:
                 for update in updaters[type(event)]:
                     update(event, now)
-        self.exemplars.record(applied, kinds)
+        self.exemplars.record(applied)
         # Counted per message with C-level iteration: a message repeats a few (kind, source) pairs.
         tags = self._tags
         received = self.self_metrics.events_received
