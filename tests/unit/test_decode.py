@@ -55,8 +55,20 @@ def test_missing_content_type_is_taken_as_json(decoder: MessageDecoder) -> None:
         (json.dumps([]).encode(), "application/json", "invalid_batch"),
         (json.dumps(_signal()).encode(), "text/csv", "unsupported_content_type"),
     ],
-    ids=["bad-json", "bad-msgpack", "unknown-kind", "no-kind", "confidence-over-1", "confidence-text",
-         "negative-latency", "newline-in-label", "label-too-long", "negative-ts", "empty-batch", "csv"],  # fmt: skip
+    ids=[
+        "bad-json",
+        "bad-msgpack",
+        "unknown-kind",
+        "no-kind",
+        "confidence-over-1",
+        "confidence-text",
+        "negative-latency",
+        "newline-in-label",
+        "label-too-long",
+        "negative-ts",
+        "empty-batch",
+        "csv",
+    ],
 )
 def test_each_failure_has_its_reason(decoder: MessageDecoder, body: bytes, content_type: str, reason: str) -> None:
     """Every way a body can be wrong maps to one named reason, and nothing is applied."""
