@@ -6,7 +6,7 @@ import sys
 from pathlib import Path
 
 from aggregator.decode import MessageDecoder
-from benchmarks import collectd, scale
+from benchmarks import collectd, emitting, scale
 from benchmarks.harness import SECTIONS, Figure, Report, counter_bodies, table
 from benchmarks.picture import bars
 from benchmarks.profile import profile_pipeline
@@ -113,3 +113,16 @@ def test_the_in_process_profile_covers_the_pipeline_and_the_commits(tmp_path: Pa
     assert {"process", "_write_record", "capture"} <= functions
     assert rate > 0
     assert any(path.name.startswith("journal.") for path in (tmp_path / "state").iterdir())
+
+
+def test_an_emitter_trial_passes_when_its_loop_kept_up_even_if_the_process_was_paused() -> None:
+    """A trial that emitted late because the process was descheduled while it waited still passes (its loop was
+    busy for less than the trial); one whose loop was busy longer than the trial, or that dropped, does not."""
+    paused = emitting.Trial(rate=4000, reached=3000, dropped=0, confirmed=True, busy=0.01, seconds=0.1)
+    too_slow = emitting.Trial(rate=4000, reached=3000, dropped=0, confirmed=True, busy=0.13, seconds=0.1)
+    reached = emitting.Trial(rate=4000, reached=3990, dropped=0, confirmed=True, busy=0.13, seconds=0.1)
+    dropped = emitting.Trial(rate=4000, reached=4000, dropped=1, confirmed=True, busy=0.01, seconds=0.1)
+    assert paused.passed
+    assert not too_slow.passed
+    assert reached.passed
+    assert not dropped.passed
