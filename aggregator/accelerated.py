@@ -1,6 +1,9 @@
 """The compiled helpers (aggregator/_fastapply.pyx, _fastrender.pyx) where they were built, or None."""
 
 from types import ModuleType
+from typing import TypeVar
+
+Container = TypeVar("Container")
 
 
 def compiled() -> ModuleType | None:
@@ -19,3 +22,16 @@ def compiled_render() -> ModuleType | None:
     except ImportError:
         return None
     return _fastrender
+
+
+def untracked(container: Container) -> Container:
+    """`container`, left out of the cyclic collector's walks where the compiled helpers were built.
+
+    Only for the sets and lists of series keys and rows that the store and its checkpoints hold, which can never
+    be part of a reference cycle: at a million series each walk over them stalled the event loop for up to a
+    tenth of a second, and a young generation holding a commit's keys was walked again and again.
+    """
+    module = compiled()
+    if module is not None:
+        module.untrack(container)
+    return container

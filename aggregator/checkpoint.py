@@ -14,6 +14,7 @@ from pathlib import Path
 
 import anyio
 
+from aggregator.accelerated import untracked
 from aggregator.blackbox import BlackBox
 from aggregator.dedup import RecentIds
 from aggregator.selfmetrics import PREFIX as SELF_PREFIX
@@ -123,7 +124,7 @@ class Commit:
         chunks: list[Chunk] = []
         for family, keys in self.families:
             if keys:
-                ordered = list(keys)
+                ordered = untracked(list(keys))
                 chunks += family.chunks(ordered, family.committed_rows(ordered))
         return chunks
 

@@ -13,7 +13,7 @@ from typing import Any, BinaryIO
 
 import msgspec
 
-from aggregator.accelerated import compiled
+from aggregator.accelerated import compiled, untracked
 
 _COMPILED = compiled()
 log = logging.getLogger(__name__)
@@ -153,7 +153,7 @@ def chunked(
     """One family's series in chunks of at most CHUNK_SERIES."""
     for start in range(0, len(keys), CHUNK_SERIES):
         end = start + CHUNK_SERIES
-        yield Chunk(family, kind, keys[start:end], rows[start:end], labels, buckets)
+        yield Chunk(family, kind, untracked(keys[start:end]), untracked(rows[start:end]), labels, buckets)
 
 
 def _encode_chunk(chunk: Chunk) -> bytes:

@@ -7,7 +7,7 @@ from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from itertools import repeat
 from typing import Any
 
-from aggregator.accelerated import compiled
+from aggregator.accelerated import compiled, untracked
 from aggregator.catalog import MetricType
 from aggregator.stateformat import CHUNK_SERIES, Chunk, chunked
 
@@ -82,7 +82,7 @@ class Family:
         # Per label: one copy of each value, or None once the label has too many values to share.
         self._shared: list[dict[str, str] | None] = [{} for _ in self.label_names]
         # Keys changed since the last commit point.
-        self.dirty: set[LabelKey] = set()
+        self.dirty: set[LabelKey] = untracked(set())
         # While a commit is written: the keys it writes, and the rows they had at its commit point.
         self.writing: set[LabelKey] | None = None
         self.frozen: dict[LabelKey, Any] = {}
@@ -115,7 +115,7 @@ class Family:
 
     def freeze(self) -> set[LabelKey]:
         """The commit point: the dirty keys become the ones being written, and new changes start a new set."""
-        keys, self.dirty = self.dirty, set()
+        keys, self.dirty = self.dirty, untracked(set())
         self.writing, self.frozen = keys, {}
         return keys
 
@@ -127,7 +127,7 @@ class Family:
     def committed_rows(self, keys: list[LabelKey]) -> list[Any]:
         """committed_row of each key, in order; safe to call from the writer's thread."""
         row = self.committed_row
-        return [row(key) for key in keys]
+        return untracked([row(key) for key in keys])
 
     def thaw(self, written: bool) -> None:
         """The commit is written (or failed: then its keys are dirty again, to go in the next one)."""
@@ -158,9 +158,9 @@ class Family:
 
     def rows(self) -> tuple[list[LabelKey], list[Any]]:
         """Every series' key and row, for a full checkpoint (read while ingestion may go on)."""
-        keys = list(self.series)
+        keys = untracked(list(self.series))
         row = self.row
-        return keys, [row(key) for key in keys]
+        return keys, untracked([row(key) for key in keys])
 
     def clear(self) -> None:
         """Forget every series (before a restore)."""
@@ -253,7 +253,7 @@ class CounterFamily(Family):
     def rows(self) -> tuple[list[LabelKey], list[Any]]:
         if self.running_totals:
             return super().rows()
-        keys = list(self.series)
+        keys = untracked(list(self.series))
         return keys, self._plain_rows(keys, None)
 
     def _plain_rows(self, keys: list[LabelKey], frozen: dict[LabelKey, Any] | None) -> list[Any]:
@@ -262,7 +262,7 @@ class CounterFamily(Family):
         For a commit, the rows changed since its commit point are then taken from `frozen` instead.
         """
         get = self.series.get
-        rows: list[Any] = []
+        rows: list[Any] = untracked([])
         for start in range(0, len(keys), CHUNK_SERIES):
             part = keys[start : start + CHUNK_SERIES]
             rows += map(get, part) if frozen is None else map(frozen.get, part, list(map(get, part)))

@@ -1,0 +1,43 @@
+"""The store's keys and the containers of keys and rows a commit holds stay out of the cyclic collector's walks."""
+
+import gc
+import time
+from pathlib import Path
+
+from aggregator import _fastapply
+from aggregator.checkpoint import Checkpointer
+from aggregator.dedup import RecentIds
+from aggregator.store import Store
+from benchmarks.harness import mixed_events
+from tests.support.engine import make_ingest
+
+
+def test_a_new_series_key_of_label_text_is_untracked_and_any_other_stays_tracked() -> None:
+    """A key of strings can never be part of a cycle, so it is built untracked; a tuple holding anything else
+    (never a key the apply loop builds) keeps the collector's watch."""
+    text = _fastapply.share_key([{}, None], ("a" + str(1), "b" + str(2)), 10)
+    other = _fastapply.share_key([{}, None], ("a" + str(1), [1.0]), 10)  # type: ignore[arg-type]
+    assert not gc.is_tracked(text)
+    assert gc.is_tracked(other)
+
+
+def test_the_apply_loop_stores_untracked_keys_and_a_commit_holds_untracked_containers(tmp_path: Path) -> None:
+    """After a message of the desk's mix: every stored key is untracked, each family's set of changed keys too, and
+    a commit's chunks (keys and rows, while ingestion adds more) are untracked lists."""
+    ingest = make_ingest(compiled=True)
+    ingest.apply(mixed_events(5_000), time.time())
+    store: Store = ingest.store
+    keys = [key for family in store.families.values() for key in family.series if key]
+    assert keys
+    assert not any(gc.is_tracked(key) for key in keys)
+    assert not any(gc.is_tracked(family.dirty) for family in store.families.values())
+
+    checkpointer = Checkpointer(tmp_path, store, RecentIds(10), ingest.self_metrics)
+    commit = checkpointer.capture()
+    ingest.apply(mixed_events(100), time.time())
+    chunks = commit.chunks()
+    assert chunks
+    assert not any(gc.is_tracked(chunk.keys) or gc.is_tracked(chunk.rows) for chunk in chunks)
+    assert not any(gc.is_tracked(family.dirty) for family in store.families.values())
+    base = store.chunks()
+    assert not any(gc.is_tracked(chunk.keys) or gc.is_tracked(chunk.rows) for chunk in base)
