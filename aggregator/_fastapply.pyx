@@ -1,5 +1,5 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
-"""The compiled per-event paths: the apply loop (see aggregator.compiler), label check, tally, shared and untracked keys."""
+"""The compiled per-event paths: the apply loop (aggregator.compiler), label check, tally, shared and untracked keys."""
 
 from cpython.array cimport array
 from cpython.bytes cimport PyBytes_AS_STRING
