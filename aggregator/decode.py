@@ -8,7 +8,7 @@ from typing import Any
 
 import msgspec
 
-from aggregator.accelerated import compiled
+from aggregator.accelerated import compiled, untracked
 from aggregator.refusal import Refusal
 from schemas.events import KINDS, MAX_BATCH_EVENTS, kind_of
 from schemas.labels import LabelCheck
@@ -92,6 +92,9 @@ class MessageDecoder:
             if module is None
             else LabelCheck(check_values=module.check_values, first_bad_event=module.first_bad_event)
         )
+        # Up to 100,000 combinations and values per kind, which every full collection would walk.
+        for remembered in self._label_check.remembered():
+            untracked(remembered)
         self._envelope_decoders = {
             codec.content_type: (
                 msgspec.json.Decoder(Envelope)

@@ -100,6 +100,13 @@ class LabelCheck:
             for event_type, fields in self._by_type.items()
         }
 
+    def remembered(self) -> list[set[Any]]:
+        """The sets holding what was found valid: strings and tuples of strings only, never part of a cycle."""
+        remembered: list[set[Any]] = []
+        for fields in self._by_type.values():
+            remembered += [fields.valid, *fields.seen]
+        return remembered
+
     def all_valid(self, events: list[Any]) -> bool:
         """Whether every event's label-like values are within their charset (the common case, checked fast)."""
         if self._first_bad_event is not None:

@@ -4,11 +4,15 @@ import gc
 import time
 from pathlib import Path
 
+import msgspec
+
 from aggregator import _fastapply
 from aggregator.checkpoint import Checkpointer
+from aggregator.decode import MessageDecoder
 from aggregator.dedup import RecentIds
 from aggregator.store import Store
 from benchmarks.harness import mixed_events
+from schemas.labels import LabelCheck
 from tests.support.engine import make_ingest
 
 
@@ -41,3 +45,15 @@ def test_the_apply_loop_stores_untracked_keys_and_a_commit_holds_untracked_conta
     assert not any(gc.is_tracked(family.dirty) for family in store.families.values())
     base = store.chunks()
     assert not any(gc.is_tracked(chunk.keys) or gc.is_tracked(chunk.rows) for chunk in base)
+
+
+def test_the_label_check_remembers_what_it_found_valid_in_untracked_sets() -> None:
+    """The decoder leaves the label check's sets of valid combinations and values (up to 100,000 per kind, every
+    one of them strings) out of the collector's walks; they fill as messages are checked."""
+    check = LabelCheck(check_values=_fastapply.check_values, first_bad_event=_fastapply.first_bad_event)
+    decoder = MessageDecoder(check)
+    decoded = decoder.decode(msgspec.msgpack.encode(mixed_events(2_000)), "application/msgpack")
+    assert decoded.events
+    remembered = check.remembered()
+    assert sum(map(len, remembered)) > 100
+    assert not any(gc.is_tracked(container) for container in remembered)
