@@ -25,6 +25,7 @@ cdef extern from "Python.h":
         PyMemberDef* d_member
     int T_OBJECT_EX
     void PyObject_GC_UnTrack(void* op)
+    bint PyObject_IS_GC(object obj)
 
 DEF MAX_LABELS = 16
 DEF MAX_BOUNDS = 64
@@ -272,7 +273,8 @@ def compiled_kind(Update update):
 
 def untrack(object container):
     """Leave `container` out of the cyclic collector's walks (only for containers that can never be in a cycle)."""
-    PyObject_GC_UnTrack(<void*>container)
+    if PyObject_IS_GC(container):  # an object of a type the collector never tracks has no header to clear
+        PyObject_GC_UnTrack(<void*>container)
 
 
 def share_key(list tables, tuple key, Py_ssize_t limit):

@@ -57,3 +57,16 @@ def test_the_label_check_remembers_what_it_found_valid_in_untracked_sets() -> No
     remembered = check.remembered()
     assert sum(map(len, remembered)) > 100
     assert not any(gc.is_tracked(container) for container in remembered)
+
+
+def test_untracking_an_object_the_collector_never_tracks_changes_nothing() -> None:
+    """`untrack` clears the collector's header only on types that have one: numbers, text and bytes pass through
+    unharmed, and a list is untracked."""
+    values: list[object] = [1.5, "text" + str(1), 10**30, b"bytes"]
+    for value in values:
+        _fastapply.untrack(value)
+    assert values == [1.5, "text1", 10**30, b"bytes"]
+    container = [1.0]
+    assert gc.is_tracked(container)
+    _fastapply.untrack(container)
+    assert not gc.is_tracked(container)
