@@ -169,21 +169,11 @@ class Family:
         self.version += 1
 
     def load_rows(self, keys: list[LabelKey], rows: list[Any]) -> None:
-        """Set many series from checkpoint rows, none of them a deletion (a restore, or a journal record's)."""
+        """Set many series from checkpoint rows (a restore, or a journal record's); a None row deletes its series."""
         load = self.load
         for key, row in zip(keys, rows, strict=True):
             load(key, row)
         self.version += 1
-
-    def apply_rows(self, keys: list[LabelKey], rows: list[Any]) -> None:
-        """Set series from checkpoint rows, a None row deleting its series (row by row then)."""
-        if None in rows:
-            load = self.load
-            for key, row in zip(keys, rows, strict=True):
-                load(key, row)
-            self.version += 1
-        else:
-            self.load_rows(keys, rows)
 
     def restore(self, rows: Iterable[Any]) -> None:
         """Replace every series with checkpoint rows ([key, row] pairs); nothing restored is dirty."""
@@ -500,7 +490,7 @@ class Store:
             if chunk.family not in cleared:
                 family.clear()
                 cleared.add(chunk.family)
-            family.apply_rows(*self._fitting(family, chunk))
+            family.load_rows(*self._fitting(family, chunk))
             family.dirty.clear()
 
     def apply_changes(self, chunks: Iterable[Chunk]) -> None:
@@ -509,7 +499,7 @@ class Store:
             family = self._compatible(chunk.family, chunk.kind, quiet=True)
             if family is None:
                 continue
-            family.apply_rows(*self._fitting(family, chunk))
+            family.load_rows(*self._fitting(family, chunk))
 
     def carry_over(self, old: AnyFamily, new: AnyFamily) -> int:
         """Give a redeclared family (a reload) the old one's series where they fit its labels and buckets.
