@@ -28,7 +28,7 @@ from aggregator.stateformat import (
     read_records,
 )
 from aggregator.store import CounterFamily, GaugeFamily
-from schemas.events import Error
+from schemas.events import Error, Position
 from tests.support.engine import make_ingest
 
 
@@ -409,3 +409,26 @@ def test_a_first_release_checkpoint_is_read_on_upgrade(tmp_path: Path) -> None:
     restored, restored_ingest, _ = _checkpointer(tmp_path)
     restored.restore()
     assert _error_total(restored_ingest) == 7
+
+
+def test_a_series_deleted_after_a_commit_stays_deleted_after_a_restart(tmp_path: Path) -> None:
+    """An expired gauge series is journalled as a None row; replaying the journal deletes it again, while the
+    series kept beside it in the same record come back with their values."""
+
+    checkpointer, ingest, _ = _checkpointer(tmp_path)
+    checkpointer.restore()
+    positions = [Position(ts=1.0, source=source, symbol="X", quantity=2.0) for source in ("old", "live")]
+    ingest.apply(positions, now=1.0)
+    _errors(ingest, 3)
+    _write(checkpointer)
+    ingest.apply([Position(ts=500.0, source="live", symbol="X", quantity=5.0)], now=500.0)
+    assert ingest.store.expire_gauges(now=500.0, default_ttl=100.0, source_activity={"live": 500.0}) == 1
+    _write(checkpointer)
+    gauges = {key[0]: value for key, value in ingest.store.families["trading_position_quantity"].series.items()}
+    assert set(gauges) == {"live"}
+
+    again, restored, _ = _checkpointer(tmp_path)
+    again.restore()
+    family = restored.store.families["trading_position_quantity"]
+    assert {key[0]: value for key, value in family.series.items()} == gauges
+    assert _error_total(restored) == 3
