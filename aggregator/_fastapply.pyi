@@ -14,14 +14,16 @@ def untrack(container: object) -> None: ...
 def share_key(tables: list[dict[str, str] | None], key: tuple[str, ...], limit: int) -> tuple[str, ...]: ...
 def check_values(
     valid: set[tuple[str, ...]],
-    seen: tuple[set[str], ...],
+    seen: tuple[dict[str, str], ...],
     patterns: tuple[Any, ...],
     values: tuple[str, ...],
     capacity: int,
 ) -> int: ...
 def first_bad_event(
     events: list[Any],
-    fields_by_type: dict[type[Any], tuple[Any, set[tuple[str, ...]], tuple[set[str], ...], tuple[Any, ...]]],
+    fields_by_type: dict[
+        type[Any], tuple[Any, set[tuple[str, ...]], tuple[dict[str, str], ...], tuple[Any, ...], tuple[str, ...]]
+    ],
     capacity: int,
     metric_type: type[Any],
     metric_problem: Callable[[Any], str | None],

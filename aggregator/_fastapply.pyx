@@ -6,7 +6,7 @@ from cpython.bytes cimport PyBytes_AS_STRING
 from cpython.unicode cimport PyUnicode_CheckExact
 from cpython.dict cimport PyDict_GetItem, PyDict_SetItem
 from cpython.object cimport PyObject
-from cpython.ref cimport Py_INCREF
+from cpython.ref cimport Py_DECREF, Py_INCREF
 from cpython.list cimport PyList_New, PyList_SET_ITEM
 from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
 
@@ -321,22 +321,77 @@ def check_values(set valid, tuple seen, tuple matchers, tuple values, Py_ssize_t
     return _check_values(valid, seen, matchers, values, capacity)
 
 
+cdef class _Slots:
+    """Where an event type keeps its label-like fields (n = -1: not all of them in plain slots)."""
+
+    cdef Py_ssize_t n
+    cdef Py_ssize_t offsets[MAX_LABELS]
+
+
+cdef dict _slots_by_type = {}
+
+
+cdef _Slots _slots_of(object event_type, tuple names):
+    cdef _Slots slots = _slots_by_type.get(event_type)
+    if slots is not None:
+        return slots
+    slots = _Slots()
+    offsets = [_offset(event_type, name) for name in names]
+    if -1 in offsets or len(offsets) > MAX_LABELS:
+        slots.n = -1
+    else:
+        slots.n = len(offsets)
+        for index, offset in enumerate(offsets):
+            slots.offsets[index] = offset
+    _slots_by_type[event_type] = slots
+    return slots
+
+
 def first_bad_event(list events, dict fields_by_type, Py_ssize_t capacity, object metric_type, object metric_problem):
     """LabelCheck over a message's events in C: the index of the first with a bad label-like value, or -1.
 
-    `fields_by_type`: event type -> (values_of, valid, seen, matchers); events of `metric_type` also have
-    their labels checked by `metric_problem` (None when they are fine).
+    `fields_by_type`: event type -> (values_of, valid, seen, matchers, names); events of `metric_type` also
+    have their labels checked by `metric_problem` (None when they are fine). Each value found in `seen` is
+    replaced in its event by the copy `seen` keeps (equal text, so the event is unchanged in meaning): every
+    later lookup of a key made of such values compares them by identity.
     """
-    cdef Py_ssize_t index
-    cdef tuple fields
-    cdef object event, values
+    cdef Py_ssize_t index, position
+    cdef tuple fields, seen, matchers
+    cdef object event, event_type, value
+    cdef PyObject** slot
+    cdef PyObject* found
+    cdef PyObject* old
+    cdef dict known
+    cdef _Slots slots
     for index in range(len(events)):
         event = events[index]
-        fields = <tuple>fields_by_type[type(event)]
-        values = fields[0](event)
-        if _check_values(<set>fields[1], <tuple>fields[2], <tuple>fields[3], <tuple>values, capacity) >= 0:
-            return index
-        if type(event) is metric_type and metric_problem(event) is not None:
+        event_type = type(event)
+        fields = <tuple>fields_by_type[event_type]
+        slots = _slots_of(event_type, <tuple>fields[4])
+        if slots.n < 0:
+            if _check_values(<set>fields[1], <tuple>fields[2], <tuple>fields[3], <tuple>fields[0](event),
+                             capacity) >= 0:
+                return index
+        else:
+            seen = <tuple>fields[2]
+            matchers = <tuple>fields[3]
+            for position in range(slots.n):
+                slot = <PyObject**>((<char*><PyObject*>event) + slots.offsets[position])
+                value = _field(event, slots.offsets[position])
+                known = <dict>seen[position]
+                found = PyDict_GetItem(known, value)
+                if found != NULL:
+                    if found != slot[0]:
+                        old = slot[0]
+                        Py_INCREF(<object>found)
+                        slot[0] = found
+                        Py_DECREF(<object>old)
+                    continue
+                if not _matches(matchers[position], value):
+                    return index
+                if len(known) < capacity:
+                    PyDict_SetItem(known, value, value)
+        if event_type is metric_type and metric_problem(event) is not None:
             return index
     return -1
 
@@ -366,17 +421,17 @@ cdef Py_ssize_t _check_values(set valid, tuple seen, tuple matchers, tuple value
     if values in valid:
         return -1
     cdef Py_ssize_t index
-    cdef set known
+    cdef dict known
     cdef object value
     for index in range(len(values)):
         value = values[index]
-        known = <set>seen[index]
+        known = <dict>seen[index]
         if value in known:
             continue
         if not _matches(matchers[index], value):
             return index
         if len(known) < capacity:
-            known.add(value)
+            known[value] = value
     if len(valid) < capacity:
         valid.add(values)
     return -1

@@ -16,7 +16,7 @@ _METRIC_NAME = re.compile(METRIC_NAME_PATTERN)
 
 
 CheckValues = Callable[
-    [set[tuple[str, ...]], tuple[set[str], ...], tuple[bytes | re.Pattern[str], ...], tuple[str, ...], int], int
+    [set[tuple[str, ...]], tuple[dict[str, str], ...], tuple[bytes | re.Pattern[str], ...], tuple[str, ...], int], int
 ]
 # The compiled check of a message's events: (events, fields by type, capacity, Metric, metric_problem) -> index or -1.
 FirstBadEvent = Callable[[list[Any], dict[type[Any], Any], int, type[Any], Callable[[Any], str | None]], int]
@@ -45,13 +45,14 @@ class _Fields:
     patterns: tuple[re.Pattern[str], ...]
     values_of: Callable[[Any], tuple[str, ...]]
     valid: set[tuple[str, ...]] = field(default_factory=set)
-    # Per field, the values already found valid.
-    seen: tuple[set[str], ...] = ()
+    # Per field, the values already found valid, each mapped to the one copy kept of it: the compiled check
+    # puts that copy in the event, so that the store's lookups compare label values by identity.
+    seen: tuple[dict[str, str], ...] = ()
     # Per field, what the compiled check matches values against: its charset table, else its pattern.
     matchers: tuple[bytes | re.Pattern[str], ...] = ()
 
     def __post_init__(self) -> None:
-        self.seen = tuple(set() for _ in self.names)
+        self.seen = tuple({} for _ in self.names)
         self.matchers = tuple(charset_table(pattern) or pattern for pattern in self.patterns)
 
 
@@ -89,20 +90,22 @@ class LabelCheck:
         """Remember up to `capacity` valid combinations and values per kind.
 
         `check_values`, `first_bad_event`: compiled forms of the check of one combination (its position of
-        a bad value or -1) and of a message's events (the index of the first bad one or -1).
+        a bad value or -1) and of a message's events (the index of the first bad one or -1). The compiled
+        check of a message also replaces each label value it knows by the one copy it keeps (equal text),
+        which the store's dict and set lookups then match by identity instead of comparing text.
         """
         self.capacity = capacity
         self._check_values = check_values
         self._first_bad_event = first_bad_event
         self._by_type = {event_type: _fields(event_type) for event_type in EVENT_TYPES}
         self._tables = {
-            event_type: (fields.values_of, fields.valid, fields.seen, fields.matchers)
+            event_type: (fields.values_of, fields.valid, fields.seen, fields.matchers, fields.names)
             for event_type, fields in self._by_type.items()
         }
 
-    def remembered(self) -> list[set[Any]]:
-        """The sets holding what was found valid: strings and tuples of strings only, never part of a cycle."""
-        remembered: list[set[Any]] = []
+    def remembered(self) -> list[set[Any] | dict[str, str]]:
+        """The sets and dicts holding what was found valid: strings and tuples of strings only, never in a cycle."""
+        remembered: list[set[Any] | dict[str, str]] = []
         for fields in self._by_type.values():
             remembered += [fields.valid, *fields.seen]
         return remembered
@@ -131,7 +134,7 @@ class LabelCheck:
                 if pattern.fullmatch(value) is None:
                     return f"`{name}` {value!r} has characters outside {pattern.pattern}"
                 if len(seen) < capacity:
-                    seen.add(value)
+                    seen[value] = value
             if len(fields.valid) < capacity:
                 fields.valid.add(values)
         if type(event) is Metric:

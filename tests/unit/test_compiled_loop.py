@@ -5,6 +5,7 @@ import random
 import time
 from typing import Any
 
+import msgspec
 import pytest
 
 from aggregator import _fastapply
@@ -178,6 +179,33 @@ def test_a_message_s_label_check_is_the_same_compiled_and_in_python(capacity: in
         verdicts.append(verdict)
     assert any(verdicts)
     assert not all(verdicts)
+
+
+def test_the_compiled_message_check_puts_the_kept_copy_of_each_label_value_in_the_event() -> None:
+    """Decoded twice, equal label text becomes one object (what the store's lookups then compare by identity).
+
+    A value past the capacity is checked but not remembered, and stays the event's own; every event still
+    equals what was decoded.
+    """
+    codec = msgspec.msgpack.Decoder(list[Error])
+    body = msgspec.msgpack.encode([Error(ts=1.0, source="s1", component="feed", error_type="timeout", symbol="BTC")])
+    check = LabelCheck(3, check_values=_fastapply.check_values, first_bad_event=_fastapply.first_bad_event)
+    first, second = codec.decode(body), codec.decode(body)
+    assert first[0].source is not second[0].source, "the decoder makes fresh strings"
+    assert check.all_valid(first)
+    assert check.all_valid(second)
+    assert second == codec.decode(body)
+    assert [second[0].source, second[0].component, second[0].error_type] == ["s1", "feed", "timeout"]
+    assert second[0].source is first[0].source
+    assert second[0].component is first[0].component
+    sources = [Error(ts=1.0, source=f"s{index}", component="feed", error_type="timeout") for index in range(2, 6)]
+    crowded = codec.decode(msgspec.msgpack.encode(sources))
+    again = codec.decode(msgspec.msgpack.encode([Error(ts=1.0, source="s5", component="feed", error_type="timeout")]))
+    assert check.all_valid(crowded)
+    assert check.all_valid(again)
+    assert again[0].source == "s5"
+    assert again[0].source is not crowded[-1].source, "s5 came past the capacity of 3 sources: not remembered"
+    assert again[0].component is first[0].component
 
 
 def test_a_message_s_tally_and_latest_time_are_the_same_compiled_and_in_python() -> None:
