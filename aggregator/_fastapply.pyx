@@ -3,6 +3,7 @@
 
 from cpython.array cimport array
 from cpython.bytes cimport PyBytes_AS_STRING
+from libc.string cimport memcmp
 from cpython.unicode cimport PyUnicode_CheckExact
 from cpython.dict cimport PyDict_GetItem, PyDict_SetItem
 from cpython.object cimport PyObject
@@ -13,6 +14,8 @@ from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
 cdef extern from "Python.h":
     ctypedef unsigned char Py_UCS1
     bint PyUnicode_IS_ASCII(object text)
+    int PyUnicode_KIND(object text)
+    void* PyUnicode_DATA(object text)
     Py_ssize_t PyUnicode_GET_LENGTH(object text)
     Py_UCS1* PyUnicode_1BYTE_DATA(object text)
     ctypedef struct PyMemberDef:
@@ -24,6 +27,10 @@ cdef extern from "Python.h":
     ctypedef struct PyMemberDescrObject:
         PyMemberDef* d_member
     int T_OBJECT_EX
+    ctypedef struct PyFloatObject:
+        double ob_fval
+    bint _is_exact_float "PyFloat_CheckExact"(PyObject* value)
+    Py_ssize_t _references "Py_REFCNT"(PyObject* value)
     void PyObject_GC_UnTrack(void* op)
     bint PyObject_IS_GC(object obj)
 
@@ -57,6 +64,36 @@ cdef inline object _field(object event, Py_ssize_t offset):
     if value == NULL:
         raise AttributeError("an event field is not set")
     return <object>value
+
+
+# Per event type, where its `source`, `ts`, `trace_id` and `order_id` are stored (-1: not a plain slot).
+cdef dict _source_offsets = {}
+cdef dict _ts_offsets = {}
+cdef dict _trace_id_offsets = {}
+cdef dict _order_id_offsets = {}
+
+
+cdef struct _Recent:
+    # The type of the event read before, and where that type keeps the field: a loop over a message's events
+    # looks the offset up again only when the type changes.
+    PyObject* event_type
+    Py_ssize_t offset
+
+
+cdef inline object _named(object event, _Recent* recent, dict offsets, str name):
+    """event.<name>, read from its slot where the type keeps it in one."""
+    cdef object event_type = type(event)
+    cdef PyObject* found
+    if <PyObject*>event_type != recent.event_type:
+        found = PyDict_GetItem(offsets, event_type)
+        if found == NULL:
+            offsets[event_type] = _offset(event_type, name)
+            found = PyDict_GetItem(offsets, event_type)
+        recent.event_type = <PyObject*>event_type
+        recent.offset = <Py_ssize_t>(<object>found)
+    if recent.offset < 0:
+        return getattr(event, name)
+    return _field(event, recent.offset)
 
 
 cdef class Update:
@@ -208,6 +245,7 @@ def apply(list events, dict plan, double now):
     cdef double amount, value, event_ts
     cdef array counts
     cdef Py_ssize_t index
+    cdef _Recent recent_ts = _Recent(NULL, -1)
     for event in events:
         updates = <tuple>plan[type(event)]
         for update in updates:
@@ -239,9 +277,14 @@ def apply(list events, dict plan, double now):
                     update.mark(key)
                     PyDict_SetItem(update.series, key, 0.0 + <double>sample)
                     continue
-                amount = <double>(<object>current) + <double>sample
                 update.mark(key)
-                PyDict_SetItem(update.series, key, amount)
+                if _is_exact_float(current) and _references(current) == 1:
+                    # Only the series dict holds this total (a commit's frozen row, or a row being written,
+                    # would hold it too): adding to it in place cannot be seen, and saves a float and a lookup.
+                    (<PyFloatObject*>current).ob_fval += <double>sample
+                else:
+                    amount = <double>(<object>current) + <double>sample
+                    PyDict_SetItem(update.series, key, amount)
             elif update.kind == HISTOGRAM:
                 if current == NULL:
                     update.family.observe(key, sample)
@@ -253,7 +296,7 @@ def apply(list events, dict plan, double now):
                 counts.data.as_doubles[index] += 1.0
                 counts.data.as_doubles[update.n_bounds + 1] += value
             else:  # GAUGE
-                event_ts = <double>event.ts
+                event_ts = <double>_named(event, &recent_ts, _ts_offsets, "ts")
                 if current == NULL:
                     update.family.set(key, sample, event_ts, now)
                     continue
@@ -347,13 +390,23 @@ cdef _Slots _slots_of(object event_type, tuple names):
     return slots
 
 
+cdef inline bint _same_text(object text, object other):
+    """Whether two exact strings hold the same text, compared without hashing either."""
+    cdef Py_ssize_t length = PyUnicode_GET_LENGTH(text)
+    cdef int kind = PyUnicode_KIND(text)
+    if length != PyUnicode_GET_LENGTH(other) or kind != PyUnicode_KIND(other):
+        return False
+    return memcmp(PyUnicode_DATA(text), PyUnicode_DATA(other), length * kind) == 0
+
+
 def first_bad_event(list events, dict fields_by_type, Py_ssize_t capacity, object metric_type, object metric_problem):
     """LabelCheck over a message's events in C: the index of the first with a bad label-like value, or -1.
 
     `fields_by_type`: event type -> (values_of, valid, seen, matchers, names); events of `metric_type` also
     have their labels checked by `metric_problem` (None when they are fine). Each value found in `seen` is
     replaced in its event by the copy `seen` keeps (equal text, so the event is unchanged in meaning): every
-    later lookup of a key made of such values compares them by identity.
+    later lookup of a key made of such values compares them by identity. A value equal to the one before it
+    in the same field (a message's events repeat their source, and often more) is matched by its text alone.
     """
     cdef Py_ssize_t index, position
     cdef tuple fields, seen, matchers
@@ -361,6 +414,9 @@ def first_bad_event(list events, dict fields_by_type, Py_ssize_t capacity, objec
     cdef PyObject** slot
     cdef PyObject* found
     cdef PyObject* old
+    cdef PyObject* last_type = NULL
+    # Per field, the kept copy of the previous event's value (borrowed: `seen` holds it).
+    cdef PyObject* previous[MAX_LABELS]
     cdef dict known
     cdef _Slots slots
     for index in range(len(events)):
@@ -373,24 +429,36 @@ def first_bad_event(list events, dict fields_by_type, Py_ssize_t capacity, objec
                              capacity) >= 0:
                 return index
         else:
+            if <PyObject*>event_type != last_type:
+                last_type = <PyObject*>event_type
+                for position in range(slots.n):
+                    previous[position] = NULL
             seen = <tuple>fields[2]
             matchers = <tuple>fields[3]
             for position in range(slots.n):
                 slot = <PyObject**>((<char*><PyObject*>event) + slots.offsets[position])
                 value = _field(event, slots.offsets[position])
-                known = <dict>seen[position]
-                found = PyDict_GetItem(known, value)
-                if found != NULL:
-                    if found != slot[0]:
-                        old = slot[0]
-                        Py_INCREF(<object>found)
-                        slot[0] = found
-                        Py_DECREF(<object>old)
-                    continue
-                if not _matches(matchers[position], value):
-                    return index
-                if len(known) < capacity:
-                    PyDict_SetItem(known, value, value)
+                found = previous[position]
+                if found == NULL or (found != slot[0] and not (
+                    PyUnicode_CheckExact(value) and _same_text(value, <object>found)
+                )):
+                    known = <dict>seen[position]
+                    found = PyDict_GetItem(known, value)
+                    if found == NULL:
+                        if not _matches(matchers[position], value):
+                            return index
+                        if len(known) < capacity:
+                            PyDict_SetItem(known, value, value)
+                            previous[position] = slot[0]
+                        else:
+                            previous[position] = NULL
+                        continue
+                    previous[position] = found
+                if found != slot[0]:
+                    old = slot[0]
+                    Py_INCREF(<object>found)
+                    slot[0] = found
+                    Py_DECREF(<object>old)
         if event_type is metric_type and metric_problem(event) is not None:
             return index
     return -1
@@ -440,6 +508,7 @@ cdef Py_ssize_t _check_values(set valid, tuple seen, tuple matchers, tuple value
 DEF RECENT_PAIRS = 8
 
 
+
 def count_by_type_and_source(list events):
     """{(event type, source): events} of a message in C.
 
@@ -452,9 +521,10 @@ def count_by_type_and_source(list events):
     cdef Py_ssize_t n_pairs = 0, index
     cdef dict more = {}
     cdef object event, event_type, source, key
+    cdef _Recent recent = _Recent(NULL, -1)
     for event in events:
         event_type = type(event)
-        source = event.source
+        source = _named(event, &recent, _source_offsets, "source")
         for index in range(n_pairs):
             if types[index] == <PyObject*>event_type and (
                 sources[index] == <PyObject*>source or <object>sources[index] == source
@@ -481,8 +551,9 @@ def latest_ts(list events):
     """The largest `ts` of a message's events in C (-inf for none)."""
     cdef double latest = float("-inf")
     cdef double ts
+    cdef _Recent recent = _Recent(NULL, -1)
     for event in events:
-        ts = event.ts
+        ts = _named(event, &recent, _ts_offsets, "ts")
         if ts > latest:
             latest = ts
     return latest
@@ -490,10 +561,12 @@ def latest_ts(list events):
 
 def carries_ids(list events, object order_type):
     """Whether any event has a trace id, or is an order with an order id (exemplars.carries_ids, in C)."""
+    cdef _Recent recent_trace_id = _Recent(NULL, -1)
+    cdef _Recent recent_order_id = _Recent(NULL, -1)
     for event in events:
-        if event.trace_id:
+        if _named(event, &recent_trace_id, _trace_id_offsets, "trace_id"):
             return True
-        if type(event) is order_type and event.order_id:
+        if type(event) is order_type and _named(event, &recent_order_id, _order_id_offsets, "order_id"):
             return True
     return False
 

@@ -99,6 +99,28 @@ def test_both_loops_keep_the_same_rows_for_a_commit_being_written() -> None:
     assert _state(compiled) == _state(pure)
 
 
+def test_a_total_read_out_of_the_store_keeps_its_value_while_the_compiled_loop_counts_on() -> None:
+    """The compiled loop adds to a counter's total in place only while the store alone holds it.
+
+    The rows a full checkpoint took and a total a reader holds keep what they read; the store counts every event.
+    """
+    compiled, _ = _pair()
+    family = next(family for name, family in compiled.store.families.items() if name.endswith("errors_total"))
+    burst = [Error(ts=1.0, source="e", component="c", error_type="t") for _ in range(5)]
+    compiled.apply(burst, now=1.0)
+    keys, rows = family.rows()
+    (key,) = keys
+    held = family.series[key]
+    compiled.apply(burst, now=2.0)
+    assert (rows, held) == ([5.0], 5.0)
+    assert family.series[key] == 10.0
+    del rows, held
+    total = id(family.series[key])
+    compiled.apply(burst, now=3.0)
+    assert family.series[key] == 15.0
+    assert id(family.series[key]) == total, "held by the store alone: added to in place"
+
+
 def test_the_desk_scenario_and_the_benchmark_mix_agree() -> None:
     """The scenario every producer sends and the benchmark's mix: identical stores both ways."""
     compiled, pure = _pair()
@@ -206,6 +228,16 @@ def test_the_compiled_message_check_puts_the_kept_copy_of_each_label_value_in_th
     assert again[0].source == "s5"
     assert again[0].source is not crowded[-1].source, "s5 came past the capacity of 3 sources: not remembered"
     assert again[0].component is first[0].component
+    burst = codec.decode(
+        msgspec.msgpack.encode(
+            [Error(ts=1.0, source=source, component="feed", error_type=kind, symbol="BTC")
+             for source, kind in [("s1", "timeout"), ("s1", "timeout"), ("s1", "reset"), ("s1", "timeout")]]
+        )
+    )  # fmt: skip
+    assert check.all_valid(burst)
+    assert all(event.source is first[0].source and event.symbol is first[0].symbol for event in burst)
+    assert [event.error_type for event in burst] == ["timeout", "timeout", "reset", "timeout"]
+    assert burst[3].error_type is burst[0].error_type is first[0].error_type
 
 
 def test_a_message_s_tally_and_latest_time_are_the_same_compiled_and_in_python() -> None:
