@@ -118,20 +118,24 @@ cdef class Update:
     cdef long generation
     cdef set dirty
     cdef object writing
+    cdef dict frozen
     # Counters: the family's tables of shared label values, so that a new series is admitted here in C.
     cdef list shared
     cdef Py_ssize_t share_limit
 
     cdef void refresh(self, long generation):
+        # Commit points (freeze) and their ends (thaw) replace these between apply calls, never during one.
         self.generation = generation
         self.dirty = self.family.dirty
         self.writing = self.family.writing
+        self.frozen = self.family.frozen
 
     cdef void mark(self, object key) except *:
-        if self.writing is None:
-            self.dirty.add(key)
-        else:
-            self.family.touch(key)
+        # Family.touch in C: while a commit is written, the first change to a series it writes keeps the
+        # series' committed row (copy on write).
+        if self.writing is not None and key in <set>self.writing and key not in self.frozen:
+            self.frozen[key] = self.family.row(key)
+        self.dirty.add(key)
 
 
 def make_update(spec, family, event_type, python_update):
