@@ -3,13 +3,13 @@
 
 from cpython.array cimport array
 from cpython.bytes cimport PyBytes_AS_STRING
-from libc.string cimport memcmp
 from cpython.unicode cimport PyUnicode_CheckExact
 from cpython.dict cimport PyDict_GetItem, PyDict_SetItem
 from cpython.object cimport PyObject
 from cpython.ref cimport Py_DECREF, Py_INCREF
 from cpython.list cimport PyList_New, PyList_SET_ITEM
 from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
+from libc.string cimport memcmp
 
 cdef extern from "Python.h":
     ctypedef unsigned char Py_UCS1
@@ -66,11 +66,8 @@ cdef inline object _field(object event, Py_ssize_t offset):
     return <object>value
 
 
-# Per event type, where its `source`, `ts`, `trace_id` and `order_id` are stored (-1: not a plain slot).
-cdef dict _source_offsets = {}
-cdef dict _ts_offsets = {}
-cdef dict _trace_id_offsets = {}
-cdef dict _order_id_offsets = {}
+# (event type, field name) -> where the type stores the field (-1: not a plain slot).
+cdef dict _named_offsets = {}
 
 
 cdef struct _Recent:
@@ -80,17 +77,15 @@ cdef struct _Recent:
     Py_ssize_t offset
 
 
-cdef inline object _named(object event, _Recent* recent, dict offsets, str name):
+cdef inline object _named(object event, _Recent* recent, str name):
     """event.<name>, read from its slot where the type keeps it in one."""
     cdef object event_type = type(event)
-    cdef PyObject* found
     if <PyObject*>event_type != recent.event_type:
-        found = PyDict_GetItem(offsets, event_type)
-        if found == NULL:
-            offsets[event_type] = _offset(event_type, name)
-            found = PyDict_GetItem(offsets, event_type)
+        offset = _named_offsets.get((event_type, name))
+        if offset is None:
+            offset = _named_offsets[(event_type, name)] = _offset(event_type, name)
         recent.event_type = <PyObject*>event_type
-        recent.offset = <Py_ssize_t>(<object>found)
+        recent.offset = offset
     if recent.offset < 0:
         return getattr(event, name)
     return _field(event, recent.offset)
@@ -300,7 +295,7 @@ def apply(list events, dict plan, double now):
                 counts.data.as_doubles[index] += 1.0
                 counts.data.as_doubles[update.n_bounds + 1] += value
             else:  # GAUGE
-                event_ts = <double>_named(event, &recent_ts, _ts_offsets, "ts")
+                event_ts = <double>_named(event, &recent_ts, "ts")
                 if current == NULL:
                     update.family.set(key, sample, event_ts, now)
                     continue
@@ -512,7 +507,6 @@ cdef Py_ssize_t _check_values(set valid, tuple seen, tuple matchers, tuple value
 DEF RECENT_PAIRS = 8
 
 
-
 def count_by_type_and_source(list events):
     """{(event type, source): events} of a message in C.
 
@@ -528,7 +522,7 @@ def count_by_type_and_source(list events):
     cdef _Recent recent = _Recent(NULL, -1)
     for event in events:
         event_type = type(event)
-        source = _named(event, &recent, _source_offsets, "source")
+        source = _named(event, &recent, "source")
         for index in range(n_pairs):
             if types[index] == <PyObject*>event_type and (
                 sources[index] == <PyObject*>source or <object>sources[index] == source
@@ -557,7 +551,7 @@ def latest_ts(list events):
     cdef double ts
     cdef _Recent recent = _Recent(NULL, -1)
     for event in events:
-        ts = _named(event, &recent, _ts_offsets, "ts")
+        ts = _named(event, &recent, "ts")
         if ts > latest:
             latest = ts
     return latest
@@ -568,9 +562,9 @@ def carries_ids(list events, object order_type):
     cdef _Recent recent_trace_id = _Recent(NULL, -1)
     cdef _Recent recent_order_id = _Recent(NULL, -1)
     for event in events:
-        if _named(event, &recent_trace_id, _trace_id_offsets, "trace_id"):
+        if _named(event, &recent_trace_id, "trace_id"):
             return True
-        if type(event) is order_type and _named(event, &recent_order_id, _order_id_offsets, "order_id"):
+        if type(event) is order_type and _named(event, &recent_order_id, "order_id"):
             return True
     return False
 
