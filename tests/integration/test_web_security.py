@@ -139,7 +139,10 @@ def secured(tmp_path: Path, names: Names) -> Iterator[Secured]:
         built = Secured(aggregator, prometheus, secrets)
         wait_for(
             lambda: (
-                all(target["lastScrape"] > "2000" for target in built.targets().values())
+                all(
+                    target["lastScrape"] > "2000" and target["health"] != "unknown"
+                    for target in built.targets().values()
+                )
                 and len(built.targets()) == 1 + len(REFUSED_JOBS)
             ),
             timeout=30,
