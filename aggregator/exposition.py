@@ -15,7 +15,7 @@ CONTENT_TYPE_OPENMETRICS = "application/openmetrics-text; version=1.0.0; charset
 # Back-to-back scrapes (several Prometheus replicas, a scrape storm) share one rendering within this
 # window, or within ten times what the last rendering cost if that is longer: rendering then never
 # takes more than about a tenth of the time, whatever the store's size.
-MIN_RENDER_INTERVAL = 0.005
+MIN_RENDER_INTERVAL = 0.02
 RENDER_COST_FACTOR = 10.0
 # Series the compiled renderer writes in one call, which holds the interpreter: a few milliseconds at most,
 # so that the event loop gets its turn while a large family is rendered in a worker thread.
@@ -71,6 +71,9 @@ class FamilyText:
         self.renderer = renderer
         self.prefixes: dict[LabelKey, Any] = {}
         self.blocks: dict[bool, tuple[int, bytes]] = {}
+        self.headers: dict[bool, bytes] = {}
+        # A histogram's bucket bounds, and their `le` labels.
+        self.bounds: tuple[tuple[float, ...] | None, list[str]] = (None, [])
 
     def header(self, openmetrics: bool) -> str:
         family = self.family
@@ -88,7 +91,10 @@ class FamilyText:
         if cached is not None and cached[0] == family.version and not family.volatile:
             return cached[1]
         version = family.version
-        text = self.header(openmetrics).encode() + self._samples(openmetrics)
+        header = self.headers.get(openmetrics)
+        if header is None:
+            header = self.headers[openmetrics] = self.header(openmetrics).encode()
+        text = header + self._samples(openmetrics)
         self.blocks[openmetrics] = (version, text)
         return text
 
@@ -122,7 +128,9 @@ class FamilyText:
 
     def _histogram_samples(self, family: HistogramFamily, keys: list[LabelKey], exemplars: dict[Any, Any]) -> str:
         prefixes, series = self.prefixes, family.series
-        bounds = [*map(bucket_label, family.bounds), "+Inf"]
+        if self.bounds[0] is not family.bounds:
+            self.bounds = (family.bounds, [*map(bucket_label, family.bounds), "+Inf"])
+        bounds = self.bounds[1]
         out: list[str] = []
         append = out.append
         for key in keys:
@@ -193,6 +201,7 @@ class Exposition:
         if compiled and self._renderer is None:
             raise RuntimeError("the compiled renderer (aggregator._fastrender) is not built")
         self._texts: dict[str, FamilyText] = {}
+        self._derived: dict[str, tuple[DerivedGauge, bytes]] = {}
         self._min_interval = min_interval
         self._cost_factor = cost_factor
         # format -> (monotonic time rendered, body, seconds it took)
@@ -203,14 +212,38 @@ class Exposition:
         """The body for one scrape; scrapes close together share one rendering (see MIN_RENDER_INTERVAL)."""
         with self._lock:
             now = time.monotonic()
-            last = self._last.get(openmetrics)
-            # A minimum interval of 0 turns sharing off (tests and benchmarks that want every rendering).
-            window = max(self._min_interval, self._cost_factor * last[2]) if last and self._min_interval else 0.0
-            if last is not None and now - last[0] < window:
-                return last[1]
-            body = self._render(openmetrics)
-            self._last[openmetrics] = (now, body, time.monotonic() - now)
+            body = self._shared(openmetrics, now)
+            if body is None:
+                body = self._render(openmetrics)
+                self._last[openmetrics] = (now, body, time.monotonic() - now)
             return body
+
+    def shared(self, openmetrics: bool = False) -> bytes | None:
+        """The body a scrape now would share with the last one, or None if it would be rendered anew.
+
+        Cheap and safe on the event loop: it renders nothing and takes no lock.
+        """
+        return self._shared(openmetrics, time.monotonic())
+
+    def renews_in(self, openmetrics: bool = False) -> float:
+        """Seconds until a scrape would get a new rendering rather than share the last one (0: now)."""
+        last = self._last.get(openmetrics)
+        if last is None or not self._min_interval:
+            return 0.0
+        rendered, _, cost = last
+        return max(0.0, rendered + max(self._min_interval, self._cost_factor * cost) - time.monotonic())
+
+    def series(self) -> int:
+        """How many series the store holds (what a full rendering would write, derived ones aside)."""
+        return sum(len(family.series) for family in self._view.families())
+
+    def _shared(self, openmetrics: bool, now: float) -> bytes | None:
+        last = self._last.get(openmetrics)
+        # A minimum interval of 0 turns sharing off (tests and benchmarks that want every rendering).
+        if last is None or not self._min_interval:
+            return None
+        rendered, body, cost = last
+        return body if now - rendered < max(self._min_interval, self._cost_factor * cost) else None
 
     def _render(self, openmetrics: bool) -> bytes:
         texts = self._texts
@@ -220,10 +253,19 @@ class Exposition:
             if text is None or text.family is not family:
                 text = texts[family.name] = FamilyText(family, self._renderer)
             parts.append(text.text(openmetrics))
-        parts += (_derived_text(gauge).encode() for gauge in self._view.derived())
+        parts += map(self._derived_text, self._view.derived())
         if openmetrics:
             parts.append(b"# EOF\n")
         return b"".join(parts)
+
+    def _derived_text(self, gauge: DerivedGauge) -> bytes:
+        """A derived gauge's text, kept while its samples are unchanged (the series counts, mostly)."""
+        cached = self._derived.get(gauge.name)
+        if cached is not None and cached[0] == gauge:
+            return cached[1]
+        text = _derived_text(gauge).encode()
+        self._derived[gauge.name] = (gauge, text)
+        return text
 
 
 def _derived_text(gauge: DerivedGauge) -> str:

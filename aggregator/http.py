@@ -1,7 +1,9 @@
 """The HTTP endpoints: /metrics with content negotiation, /healthz, /readyz, and the status page."""
 
 import gzip
+import math
 import ssl
+import time
 from collections.abc import Callable, Iterable
 from typing import NamedTuple
 
@@ -18,6 +20,16 @@ from aggregator.status import StatusQuery, StatusView
 
 # Below this a body is sent as is: compressing it costs more than it saves on loopback.
 GZIP_MIN_BYTES = 64 * 1024
+# The aggregator's own process metrics (CPU, memory, descriptors, GC) are read at most this often: reading
+# them (/proc files, prometheus_client's collectors) costs more than rendering a small store's changes.
+PROCESS_METRICS_INTERVAL = 1.0
+# A scrape that arrives while the store's last rendering is still shared (see aggregator.exposition) waits, at
+# most this long, for the next rendering rather than fetching a body it may have already: a client scraping
+# back to back gets each new rendering once instead of spinning on the old one, and the time goes to ingest.
+MAX_SCRAPE_WAIT = 0.25
+# A response that took less than this to make last time is made on the event loop: handing it to a worker
+# thread (and the two threads then taking turns with the interpreter) would cost the loop more than that.
+INLINE_RESPONSE_SECONDS = 0.002
 # The probes an orchestrator calls; they answer without credentials unless `http.probes_need_auth`.
 PROBES = ("/healthz", "/readyz")
 
@@ -42,26 +54,7 @@ def make_app(
 
     With `status`, also the status page and its data.
     """
-
-    def respond(openmetrics: bool, compress: bool) -> tuple[bytes, dict[str, str]]:
-        body = exposition.render(openmetrics)
-        if openmetrics:
-            extra: bytes = generate_openmetrics(registry)  # type: ignore[no-untyped-call]
-            body = body.removesuffix(b"# EOF\n") + extra
-        else:
-            body += generate_latest(registry)
-        headers = {"Content-Type": CONTENT_TYPE_OPENMETRICS if openmetrics else CONTENT_TYPE_TEXT}
-        if compress and len(body) >= GZIP_MIN_BYTES:
-            body = gzip.compress(body, compresslevel=1)
-            headers["Content-Encoding"] = "gzip"
-        return body, headers
-
-    async def metrics(request: web.Request) -> web.Response:
-        openmetrics = wants_openmetrics(request.headers.get("Accept", ""))
-        compress = "gzip" in request.headers.get("Accept-Encoding", "")
-        # Rendering and compressing run in a worker thread: the event loop goes on ingesting and answering.
-        body, headers = await anyio.to_thread.run_sync(respond, openmetrics, compress)
-        return web.Response(body=body, headers=headers)
+    endpoint = MetricsEndpoint(exposition, registry)
 
     async def healthz(_: web.Request) -> web.Response:
         return web.Response(text="ok\n")
@@ -73,12 +66,84 @@ def make_app(
         return web.Response(status=503, text=f"not ready: {why}\n")
 
     app = web.Application(middlewares=middlewares)
-    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/metrics", endpoint.handle)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/readyz", readyz)
     if status is not None:
         add_status_routes(app, status)
     return app
+
+
+class MetricsEndpoint:
+    """/metrics: the store's rendering plus the registry's, each response made once per rendering.
+
+    A scrape that shares the store's last rendering (see aggregator.exposition) shares the whole response
+    too, compression included; one that arrives while that rendering is still shared first waits for the
+    next (MAX_SCRAPE_WAIT). Responses that were quick to make last time are made on the event loop, others
+    in a worker thread.
+    """
+
+    def __init__(self, exposition: Exposition, registry: CollectorRegistry) -> None:
+        self._exposition = exposition
+        self._registry = registry
+        # (format, gzip) -> the store's body a response was made from, and that response
+        self._responses: dict[tuple[bool, bool], tuple[bytes, bytes, dict[str, str]]] = {}
+        # (format, gzip) -> seconds the last such response took to make, and the series the store held then
+        self._costs: dict[tuple[bool, bool], tuple[float, int]] = {}
+        # format -> (monotonic time read, the registry's text)
+        self._process_texts: dict[bool, tuple[float, bytes]] = {}
+
+    async def handle(self, request: web.Request) -> web.Response:
+        openmetrics = wants_openmetrics(request.headers.get("Accept", ""))
+        compress = "gzip" in request.headers.get("Accept-Encoding", "")
+        exposition = self._exposition
+        deadline = time.monotonic() + MAX_SCRAPE_WAIT
+        while (wait := min(exposition.renews_in(openmetrics), deadline - time.monotonic())) > 0:
+            await anyio.sleep(wait)
+        shared, made = exposition.shared(openmetrics), self._responses.get((openmetrics, compress))
+        if shared is not None and made is not None and made[0] is shared:
+            return web.Response(body=made[1], headers=made[2])
+        if self._estimated_cost(openmetrics, compress) < INLINE_RESPONSE_SECONDS:
+            body, headers = self.respond(openmetrics, compress)
+        else:
+            # Rendering and compressing run in a worker thread: the event loop goes on ingesting and answering.
+            body, headers = await anyio.to_thread.run_sync(self.respond, openmetrics, compress)
+        return web.Response(body=body, headers=headers)
+
+    def respond(self, openmetrics: bool, compress: bool) -> tuple[bytes, dict[str, str]]:
+        """A response's body and headers, made now (any thread)."""
+        started = time.monotonic()
+        series = self._exposition.series()
+        rendered = body = self._exposition.render(openmetrics)
+        if openmetrics:
+            body = body.removesuffix(b"# EOF\n") + self._process_text(openmetrics)
+        else:
+            body += self._process_text(openmetrics)
+        headers = {"Content-Type": CONTENT_TYPE_OPENMETRICS if openmetrics else CONTENT_TYPE_TEXT}
+        if compress and len(body) >= GZIP_MIN_BYTES:
+            body = gzip.compress(body, compresslevel=1)
+            headers["Content-Encoding"] = "gzip"
+        self._responses[openmetrics, compress] = (rendered, body, headers)
+        self._costs[openmetrics, compress] = (time.monotonic() - started, series)
+        return body, headers
+
+    def _estimated_cost(self, openmetrics: bool, compress: bool) -> float:
+        """What the last such response cost, scaled by how much the store has grown since (inf: none yet)."""
+        last = self._costs.get((openmetrics, compress))
+        if last is None:
+            return math.inf
+        cost, series = last
+        return cost * max(1.0, self._exposition.series() / max(series, 1))
+
+    def _process_text(self, openmetrics: bool) -> bytes:
+        now = time.monotonic()
+        last = self._process_texts.get(openmetrics)
+        if last is not None and now - last[0] < PROCESS_METRICS_INTERVAL:
+            return last[1]
+        render = generate_openmetrics if openmetrics else generate_latest
+        text: bytes = render(self._registry)
+        self._process_texts[openmetrics] = (now, text)
+        return text
 
 
 def add_status_routes(app: web.Application, status: StatusView) -> None:

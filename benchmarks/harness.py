@@ -574,7 +574,7 @@ SECTIONS: dict[str, tuple[str, Section]] = {
     "render": ("/metrics rendering vs generate_latest",
                lambda c: [bench_render(10_000, c.progress), bench_render(100_000, c.progress)]),
     "scraped": ("ingest while scraped back to back",
-                lambda c: [bench_ingest_under_scrape(c.url, c.volume(200_000), c.workdir, c.progress)]),
+                lambda c: [bench_ingest_under_scrape(c.url, c.volume(600_000), c.workdir, c.progress)]),
     "memory": ("memory per series vs prometheus_client",
                lambda c: bench_memory(c.volume(50_000), c.progress)),
     "freshness": ("emit() to visible on /metrics", _freshness),

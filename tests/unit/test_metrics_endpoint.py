@@ -1,0 +1,165 @@
+"""The /metrics endpoint (http.py) on a real aiohttp server: back-to-back scrapes paced to the store's renderings,
+the registry's text read at most once a second, and where each response is made (event loop or worker thread)."""
+
+import threading
+import urllib.request
+from collections.abc import Callable
+from typing import Any
+
+import anyio
+import anyio.to_thread
+import pytest
+from prometheus_client import Gauge
+from prometheus_client.registry import CollectorRegistry
+
+from aggregator import http
+from aggregator.exposition import Exposition
+from aggregator.http import Readiness, make_app, start_http
+from aggregator.ingest import Ingest
+from aggregator.store import CounterFamily
+from schemas.events import Error
+from tests.support.engine import make_ingest, read_view
+from tests.support.process import free_port
+from tests.support.scrape import parse, value
+
+ERROR_LABELS = {"source": "e", "component": "c", "error_type": "t", "severity": "error", "symbol": ""}
+
+
+def _serve(exposition: Exposition, registry: CollectorRegistry, check: Callable[[str], None]) -> None:
+    """Run `check(url of /metrics)` in a thread (it blocks on urllib) while the app serves on loopback."""
+
+    async def main() -> None:
+        port = free_port()
+        runner = await start_http(make_app(exposition, registry, lambda: Readiness(True, "test")), "127.0.0.1", port)
+        try:
+            await anyio.to_thread.run_sync(check, f"http://127.0.0.1:{port}/metrics")
+        finally:
+            await runner.cleanup()
+
+    anyio.run(main)
+
+
+def _scrape(url: str) -> str:
+    with urllib.request.urlopen(url, timeout=30) as response:
+        return response.read().decode()  # type: ignore[no-any-return]
+
+
+def _errors(text: str) -> float | None:
+    return value(parse(text), "trading_errors_total", **ERROR_LABELS)
+
+
+def _counting_renders(exposition: Exposition, monkeypatch: pytest.MonkeyPatch) -> list[str]:
+    """The name of the thread of each rendering the exposition makes (shared ones are not renderings)."""
+    threads: list[str] = []
+    real = exposition._render
+
+    def counted(openmetrics: bool) -> bytes:
+        threads.append(threading.current_thread().name)
+        return real(openmetrics)
+
+    monkeypatch.setattr(exposition, "_render", counted)
+    return threads
+
+
+def _error(ingest: Ingest) -> None:
+    ingest.apply([Error(ts=1.0, source="e", component="c", error_type="t")], now=1.0)
+
+
+def test_a_scrape_inside_the_sharing_window_waits_for_the_next_rendering(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A scrape right after another does not get the body it may already have: it gets the change made since."""
+    ingest = make_ingest()
+    exposition = Exposition(read_view(ingest), min_interval=0.2)  # a window shorter than MAX_SCRAPE_WAIT
+    renders = _counting_renders(exposition, monkeypatch)
+    seen: list[float | None] = []
+
+    def check(url: str) -> None:
+        seen.append(_errors(_scrape(url)))
+        _error(ingest)  # the scraping thread changes the store: the next scrape is inside the window
+        seen.append(_errors(_scrape(url)))
+
+    _serve(exposition, CollectorRegistry(), check)
+    assert seen == [None, 1.0]
+    assert len(renders) == 2
+
+
+def test_back_to_back_scrapes_get_one_response_per_rendering(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A client scraping as fast as it can is paced to the renderings: none of its responses repeats one."""
+    ingest = make_ingest()
+    exposition = Exposition(read_view(ingest), min_interval=0.02)
+    renders = _counting_renders(exposition, monkeypatch)
+    totals: list[float | None] = []
+
+    def check(url: str) -> None:
+        for _ in range(15):
+            _error(ingest)
+            totals.append(_errors(_scrape(url)))
+
+    _serve(exposition, CollectorRegistry(), check)
+    assert totals == [float(count) for count in range(1, 16)], "every scrape saw the event added just before it"
+    assert len(renders) == 15
+
+
+def test_the_wait_for_a_rendering_is_bounded(monkeypatch: pytest.MonkeyPatch) -> None:
+    """While a rendering is shared for longer than MAX_SCRAPE_WAIT (a huge store's), a scrape gets it after that."""
+    monkeypatch.setattr(http, "MAX_SCRAPE_WAIT", 0.05)
+    ingest = make_ingest()
+    exposition = Exposition(read_view(ingest), min_interval=60.0)
+    renders = _counting_renders(exposition, monkeypatch)
+    bodies: list[str] = []
+    _serve(exposition, CollectorRegistry(), lambda url: bodies.extend(_scrape(url) for _ in range(3)))
+    assert len(renders) == 1
+    assert bodies[0] == bodies[1] == bodies[2]
+
+
+def test_the_registry_is_read_at_most_once_per_interval(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The aggregator's process metrics follow the store's text, and are read again once the interval has passed."""
+    monkeypatch.setattr(http, "PROCESS_METRICS_INTERVAL", 0.3)
+    ingest = make_ingest()
+    registry = CollectorRegistry()
+    gauge = Gauge("process_probe", "A process metric.", registry=registry)
+    exposition = Exposition(read_view(ingest), min_interval=0)
+    readings: list[float | None] = []
+
+    def check(url: str) -> None:
+        gauge.set(1)
+        readings.append(value(parse(_scrape(url)), "process_probe"))
+        gauge.set(2)
+        readings.append(value(parse(_scrape(url)), "process_probe"))
+        threading.Event().wait(0.35)
+        readings.append(value(parse(_scrape(url)), "process_probe"))
+
+    _serve(exposition, registry, check)
+    assert readings == [1.0, 1.0, 2.0]
+
+
+def test_small_responses_are_made_on_the_loop_and_a_grown_store_in_a_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    """The first response, and one after the store has grown a hundredfold, are made off the event loop."""
+    ingest = make_ingest()
+    exposition = Exposition(read_view(ingest), min_interval=0)
+    renders = _counting_renders(exposition, monkeypatch)
+    family = ingest.store.families["trading_errors_total"]
+    assert isinstance(family, CounterFamily)
+    family.max_series = 1_000_000
+    loop_thread: list[str] = []
+
+    async def main() -> None:
+        loop_thread.append(threading.current_thread().name)
+        port = free_port()
+        app = make_app(exposition, CollectorRegistry(), lambda: Readiness(True, "test"))
+        runner = await start_http(app, "127.0.0.1", port)
+        url = f"http://127.0.0.1:{port}/metrics"
+        try:
+            for _ in range(3):
+                await anyio.to_thread.run_sync(_scrape, url)
+            for index in range(100 * max(exposition.series(), 100)):
+                family.inc(("s", f"c{index}", "t", "error", ""))
+            family.version += 1
+            text: Any = await anyio.to_thread.run_sync(_scrape, url)
+            assert value(parse(text), "tickbus_series", metric="trading_errors_total") == len(family.series)
+        finally:
+            await runner.cleanup()
+
+    anyio.run(main)
+    assert renders[0] != loop_thread[0], "nothing known of its cost yet: made in a worker thread"
+    assert renders[1:3] == [loop_thread[0]] * 2, "small and quick: made on the event loop"
+    assert renders[3] != loop_thread[0], "the store grew a hundredfold since: made in a worker thread"
