@@ -233,9 +233,12 @@ class Exposition:
         rendered, _, cost = last
         return max(0.0, rendered + max(self._min_interval, self._cost_factor * cost) - time.monotonic())
 
-    def series(self) -> int:
-        """How many series the store holds (what a full rendering would write, derived ones aside)."""
-        return sum(len(family.series) for family in self._view.families())
+    def samples(self) -> int:
+        """The sample lines a full rendering of the store would write (a histogram's buckets, count and sum each)."""
+        return sum(
+            len(family.series) * (len(family.bounds) + 3 if isinstance(family, HistogramFamily) else 1)
+            for family in self._view.families()
+        )
 
     def _shared(self, openmetrics: bool, now: float) -> bytes | None:
         last = self._last.get(openmetrics)

@@ -1,8 +1,8 @@
 """The HTTP endpoints: /metrics with content negotiation, /healthz, /readyz, and the status page."""
 
 import gzip
-import math
 import ssl
+import threading
 import time
 from collections.abc import Callable, Iterable
 from typing import NamedTuple
@@ -27,9 +27,10 @@ PROCESS_METRICS_INTERVAL = 1.0
 # most this long, for the next rendering rather than fetching a body it may have already: a client scraping
 # back to back gets each new rendering once instead of spinning on the old one, and the time goes to ingest.
 MAX_SCRAPE_WAIT = 0.25
-# A response that took less than this to make last time is made on the event loop: handing it to a worker
-# thread (and the two threads then taking turns with the interpreter) would cost the loop more than that.
-INLINE_RESPONSE_SECONDS = 0.002
+# A store whose full rendering writes at most this many sample lines (a millisecond or two) is rendered on the
+# event loop: handing it to a worker thread, and the two threads then taking turns with the interpreter, would
+# cost the loop more than that. A larger one is rendered in a worker thread, a slice at a time.
+INLINE_SAMPLES = 5_000
 # The probes an orchestrator calls; they answer without credentials unless `http.probes_need_auth`.
 PROBES = ("/healthz", "/readyz")
 
@@ -79,8 +80,8 @@ class MetricsEndpoint:
 
     A scrape that shares the store's last rendering (see aggregator.exposition) shares the whole response
     too, compression included; one that arrives while that rendering is still shared first waits for the
-    next (MAX_SCRAPE_WAIT). Responses that were quick to make last time are made on the event loop, others
-    in a worker thread.
+    next (MAX_SCRAPE_WAIT). A small store is rendered on the event loop, a larger one in a worker thread
+    (INLINE_SAMPLES).
     """
 
     def __init__(self, exposition: Exposition, registry: CollectorRegistry) -> None:
@@ -88,8 +89,8 @@ class MetricsEndpoint:
         self._registry = registry
         # (format, gzip) -> the store's body a response was made from, and that response
         self._responses: dict[tuple[bool, bool], tuple[bytes, bytes, dict[str, str]]] = {}
-        # (format, gzip) -> seconds the last such response took to make, and the series the store held then
-        self._costs: dict[tuple[bool, bool], tuple[float, int]] = {}
+        # One response made at a time, so that scrapes sharing a rendering share its one response.
+        self._making = threading.Lock()
         # format -> (monotonic time read, the registry's text)
         self._process_texts: dict[bool, tuple[float, bytes]] = {}
 
@@ -97,14 +98,23 @@ class MetricsEndpoint:
         openmetrics = wants_openmetrics(request.headers.get("Accept", ""))
         compress = "gzip" in request.headers.get("Accept-Encoding", "")
         exposition = self._exposition
-        deadline = time.monotonic() + MAX_SCRAPE_WAIT
-        while (wait := min(exposition.renews_in(openmetrics), deadline - time.monotonic())) > 0:
+        # Wait out the rendering shared now, not one that a scrape waiting with this one makes meanwhile.
+        stale, deadline = exposition.shared(openmetrics), time.monotonic() + MAX_SCRAPE_WAIT
+        while (
+            stale is not None
+            and exposition.shared(openmetrics) is stale
+            and (wait := min(exposition.renews_in(openmetrics), deadline - time.monotonic())) > 0
+        ):
             await anyio.sleep(wait)
         shared, made = exposition.shared(openmetrics), self._responses.get((openmetrics, compress))
         if shared is not None and made is not None and made[0] is shared:
             return web.Response(body=made[1], headers=made[2])
-        if self._estimated_cost(openmetrics, compress) < INLINE_RESPONSE_SECONDS:
-            body, headers = self.respond(openmetrics, compress)
+        # On the loop only if no worker thread is making a response: the loop must never wait for one.
+        if exposition.samples() <= INLINE_SAMPLES and self._making.acquire(blocking=False):
+            try:
+                body, headers = self._make(openmetrics, compress)
+            finally:
+                self._making.release()
         else:
             # Rendering and compressing run in a worker thread: the event loop goes on ingesting and answering.
             body, headers = await anyio.to_thread.run_sync(self.respond, openmetrics, compress)
@@ -112,9 +122,14 @@ class MetricsEndpoint:
 
     def respond(self, openmetrics: bool, compress: bool) -> tuple[bytes, dict[str, str]]:
         """A response's body and headers, made now (any thread)."""
-        started = time.monotonic()
-        series = self._exposition.series()
+        with self._making:
+            return self._make(openmetrics, compress)
+
+    def _make(self, openmetrics: bool, compress: bool) -> tuple[bytes, dict[str, str]]:
         rendered = body = self._exposition.render(openmetrics)
+        made = self._responses.get((openmetrics, compress))
+        if made is not None and made[0] is rendered:  # scrapes that waited together: one response for them all
+            return made[1], made[2]
         if openmetrics:
             body = body.removesuffix(b"# EOF\n") + self._process_text(openmetrics)
         else:
@@ -124,16 +139,7 @@ class MetricsEndpoint:
             body = gzip.compress(body, compresslevel=1)
             headers["Content-Encoding"] = "gzip"
         self._responses[openmetrics, compress] = (rendered, body, headers)
-        self._costs[openmetrics, compress] = (time.monotonic() - started, series)
         return body, headers
-
-    def _estimated_cost(self, openmetrics: bool, compress: bool) -> float:
-        """What the last such response cost, scaled by how much the store has grown since (inf: none yet)."""
-        last = self._costs.get((openmetrics, compress))
-        if last is None:
-            return math.inf
-        cost, series = last
-        return cost * max(1.0, self._exposition.series() / max(series, 1))
 
     def _process_text(self, openmetrics: bool) -> bytes:
         now = time.monotonic()

@@ -1,6 +1,8 @@
 """The /metrics endpoint (http.py) on a real aiohttp server: back-to-back scrapes paced to the store's renderings,
 the registry's text read at most once a second, and where each response is made (event loop or worker thread)."""
 
+import gzip
+import re
 import threading
 import urllib.request
 from collections.abc import Callable
@@ -132,8 +134,9 @@ def test_the_registry_is_read_at_most_once_per_interval(monkeypatch: pytest.Monk
     assert readings == [1.0, 1.0, 2.0]
 
 
-def test_small_responses_are_made_on_the_loop_and_a_grown_store_in_a_worker(monkeypatch: pytest.MonkeyPatch) -> None:
-    """The first response, and one after the store has grown a hundredfold, are made off the event loop."""
+def test_a_small_store_is_rendered_on_the_loop_and_a_large_one_in_a_worker(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Up to INLINE_SAMPLES sample lines the event loop renders; past them (even with nothing new in the
+    last rendering's families) a worker thread does, so the loop never waits for a large rendering."""
     ingest = make_ingest()
     exposition = Exposition(read_view(ingest), min_interval=0)
     renders = _counting_renders(exposition, monkeypatch)
@@ -149,17 +152,95 @@ def test_small_responses_are_made_on_the_loop_and_a_grown_store_in_a_worker(monk
         runner = await start_http(app, "127.0.0.1", port)
         url = f"http://127.0.0.1:{port}/metrics"
         try:
-            for _ in range(3):
-                await anyio.to_thread.run_sync(_scrape, url)
-            for index in range(100 * max(exposition.series(), 100)):
+            await anyio.to_thread.run_sync(_scrape, url)
+            for index in range(http.INLINE_SAMPLES):
                 family.inc(("s", f"c{index}", "t", "error", ""))
             family.version += 1
-            text: Any = await anyio.to_thread.run_sync(_scrape, url)
-            assert value(parse(text), "tickbus_series", metric="trading_errors_total") == len(family.series)
+            assert exposition.samples() > http.INLINE_SAMPLES
+            for _ in range(2):  # the second finds every family's text cached: still the worker's
+                text: Any = await anyio.to_thread.run_sync(_scrape, url)
+                assert value(parse(text), "tickbus_series", metric="trading_errors_total") == len(family.series)
         finally:
             await runner.cleanup()
 
     anyio.run(main)
-    assert renders[0] != loop_thread[0], "nothing known of its cost yet: made in a worker thread"
-    assert renders[1:3] == [loop_thread[0]] * 2, "small and quick: made on the event loop"
-    assert renders[3] != loop_thread[0], "the store grew a hundredfold since: made in a worker thread"
+    assert renders[0] == loop_thread[0], "a small store: rendered on the event loop"
+    assert renders[1] != loop_thread[0], "past INLINE_SAMPLES: rendered in a worker thread"
+    assert renders[2] != loop_thread[0]
+
+
+def test_scrapes_that_waited_together_get_one_response(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Concurrent scrapes that wait out one window share the next rendering and its one response."""
+    ingest = make_ingest()
+    exposition = Exposition(read_view(ingest), min_interval=0.2)  # a window shorter than MAX_SCRAPE_WAIT
+    renders = _counting_renders(exposition, monkeypatch)
+    bodies: list[str] = []
+    together = threading.Barrier(8)
+
+    def scrape_together(url: str) -> None:
+        together.wait()
+        bodies.append(_scrape(url))
+
+    def check(url: str) -> None:
+        bodies.append(_scrape(url))
+        _error(ingest)
+        workers = [threading.Thread(target=scrape_together, args=(url,)) for _ in range(8)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+
+    _serve(exposition, CollectorRegistry(), check)
+    assert len(renders) == 2
+    assert [_errors(body) for body in bodies] == [None] + [1.0] * 8
+
+
+def test_a_large_rendering_waited_for_together_is_compressed_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Scrapes that wait out one window of a large store (rendered in worker threads) share one gzip of it."""
+    ingest = make_ingest()
+    family = ingest.store.families["trading_errors_total"]
+    assert isinstance(family, CounterFamily)
+    family.max_series = 1_000_000
+    for index in range(2 * http.INLINE_SAMPLES):
+        family.inc(("s", f"c{index}", "t", "error", ""))
+    exposition = Exposition(read_view(ingest), min_interval=0.2)  # a window shorter than MAX_SCRAPE_WAIT
+    renders = _counting_renders(exposition, monkeypatch)
+    compressed: list[int] = []
+    real_compress = gzip.compress
+
+    def counting(data: bytes, compresslevel: int = 9) -> bytes:
+        compressed.append(len(data))
+        return real_compress(data, compresslevel)
+
+    monkeypatch.setattr(gzip, "compress", counting)
+    totals: list[float | None] = []
+    together = threading.Barrier(8)
+
+    def scrape(url: str) -> None:
+        request = urllib.request.Request(url, headers={"Accept-Encoding": "gzip"})
+        with urllib.request.urlopen(request, timeout=30) as response:
+            assert response.headers["Content-Encoding"] == "gzip"
+            text = gzip.decompress(response.read()).decode()
+        # A regular expression, not the parser: the client must be quick to scrape again within the window.
+        found = re.search(r'^tickbus_series\{metric="trading_errors_total"\} (\S+)$', text, re.MULTILINE)
+        totals.append(float(found[1]) if found else None)
+
+    def scrape_together(url: str) -> None:
+        together.wait()
+        scrape(url)
+
+    def check(url: str) -> None:
+        scrape(url)
+        family.inc(("s", "one more", "t", "error", ""))
+        family.version += 1
+        workers = [threading.Thread(target=scrape_together, args=(url,)) for _ in range(8)]
+        for worker in workers:
+            worker.start()
+        for worker in workers:
+            worker.join()
+
+    _serve(exposition, CollectorRegistry(), check)
+    series = 2 * http.INLINE_SAMPLES
+    assert totals == [series] + [series + 1] * 8
+    assert len(renders) == 2
+    assert len(compressed) == 2
