@@ -23,9 +23,10 @@ GZIP_MIN_BYTES = 64 * 1024
 # The aggregator's own process metrics (CPU, memory, descriptors, GC) are read at most this often: reading
 # them (/proc files, prometheus_client's collectors) costs more than rendering a small store's changes.
 PROCESS_METRICS_INTERVAL = 1.0
-# A scrape that arrives while the store's last rendering is still shared (see aggregator.exposition) waits, at
-# most this long, for the next rendering rather than fetching a body it may have already: a client scraping
-# back to back gets each new rendering once instead of spinning on the old one, and the time goes to ingest.
+# A scrape that arrives while the store's last rendering is still shared (see aggregator.exposition) waits for
+# the next rendering, if that comes within this long, rather than fetching a body it may have already: a client
+# scraping back to back gets each new rendering once instead of spinning on the old one, and the time goes to
+# ingest. A longer window (a large store's) is not waited for: the scrape shares the last rendering at once.
 MAX_SCRAPE_WAIT = 0.25
 # A store whose full rendering writes at most this many sample lines (a millisecond or two) is rendered on the
 # event loop: handing it to a worker thread, and the two threads then taking turns with the interpreter, would
@@ -80,8 +81,8 @@ class MetricsEndpoint:
 
     A scrape that shares the store's last rendering (see aggregator.exposition) shares the whole response
     too, compression included; one that arrives while that rendering is still shared first waits for the
-    next (MAX_SCRAPE_WAIT). A small store is rendered on the event loop, a larger one in a worker thread
-    (INLINE_SAMPLES).
+    next, if it comes within MAX_SCRAPE_WAIT. A small store is rendered on the event loop, a larger one in a
+    worker thread (INLINE_SAMPLES).
     """
 
     def __init__(self, exposition: Exposition, registry: CollectorRegistry) -> None:
@@ -98,13 +99,13 @@ class MetricsEndpoint:
         openmetrics = wants_openmetrics(request.headers.get("Accept", ""))
         compress = "gzip" in request.headers.get("Accept-Encoding", "")
         exposition = self._exposition
-        # Wait out the rendering shared now, not one that a scrape waiting with this one makes meanwhile.
+        # Wait out the rendering shared now (not one that a scrape waiting with this one makes meanwhile), if its
+        # window ends within MAX_SCRAPE_WAIT: a longer one (a large store's) is shared at once, without waiting.
         stale, deadline = exposition.shared(openmetrics), time.monotonic() + MAX_SCRAPE_WAIT
-        while (
-            stale is not None
-            and exposition.shared(openmetrics) is stale
-            and (wait := min(exposition.renews_in(openmetrics), deadline - time.monotonic())) > 0
-        ):
+        while stale is not None and exposition.shared(openmetrics) is stale:
+            wait = exposition.renews_in(openmetrics)
+            if wait <= 0 or time.monotonic() + wait > deadline:
+                break
             await anyio.sleep(wait)
         shared, made = exposition.shared(openmetrics), self._responses.get((openmetrics, compress))
         if shared is not None and made is not None and made[0] is shared:

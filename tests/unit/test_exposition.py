@@ -154,7 +154,7 @@ def test_rendering_in_a_thread_while_series_are_added_never_fails() -> None:
 
 
 def test_back_to_back_scrapes_share_a_rendering_for_ten_times_its_cost(monkeypatch: pytest.MonkeyPatch) -> None:
-    """A rendering that took 20 ms serves every scrape of the next 200 ms: rendering stays a tenth of the time."""
+    """A rendering that took 50 ms of CPU serves every scrape of the next 500 ms: rendering stays a tenth of it."""
     ingest = make_ingest()
     exposition = Exposition(read_view(ingest), min_interval=0.001)
     real = exposition._render
@@ -162,17 +162,38 @@ def test_back_to_back_scrapes_share_a_rendering_for_ten_times_its_cost(monkeypat
 
     def slow(openmetrics: bool) -> bytes:
         calls.append(openmetrics)
-        time.sleep(0.02)
+        busy_until = time.thread_time() + 0.05
+        while time.thread_time() < busy_until:
+            pass
         return real(openmetrics)
 
     monkeypatch.setattr(exposition, "_render", slow)
     first = exposition.render()
     cost = exposition._last[False][2]
-    assert cost >= 0.02
+    assert cost >= 0.05
     assert exposition.render() is first
     time.sleep(0.1)
     assert exposition.render() is first, "still inside ten times the rendering's cost"
-    # Past the window (measured, not assumed: on a loaded machine the rendering takes longer than its sleep).
+    # Past the window (measured, not assumed: the rendering's own part adds to the 50 ms).
     time.sleep(max(0.0, exposition._last[False][0] + 10 * cost - time.monotonic()) + 0.01)
     assert exposition.render() is not first
     assert len(calls) == 2
+
+
+def test_a_rendering_is_charged_its_cpu_time_not_its_waits(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Waiting for the interpreter (here: sleeping) does not stretch the sharing window: only CPU time counts."""
+    ingest = make_ingest()
+    exposition = Exposition(read_view(ingest), min_interval=0.001)
+    real = exposition._render
+
+    def waiting(openmetrics: bool) -> bytes:
+        time.sleep(0.1)
+        return real(openmetrics)
+
+    monkeypatch.setattr(exposition, "_render", waiting)
+    started = time.monotonic()
+    exposition.render()
+    wall = time.monotonic() - started
+    cost = exposition._last[False][2]
+    assert wall >= 0.1
+    assert cost < wall / 2
