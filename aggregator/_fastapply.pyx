@@ -100,7 +100,11 @@ cdef class Update:
     cdef Py_ssize_t n_fields
     cdef Py_ssize_t fields[MAX_LABELS]
     cdef tuple derived
-    cdef Py_ssize_t value_offset  # -1: count 1; -2: value_fn
+    # Per derived label: the offset of the field a sign word reads, its (below zero, otherwise) words; -1: a call
+    cdef Py_ssize_t derived_offsets[MAX_LABELS]
+    cdef tuple derived_words
+    cdef Py_ssize_t value_offset  # -1: count 1; -2: value_fn; -3: product of value_fields; -4: magnitude of one
+    cdef Py_ssize_t value_fields[2]
     cdef object value_fn
     cdef Py_ssize_t condition_offset  # -1: none; -2: condition_fn
     cdef object condition_fn
@@ -150,6 +154,7 @@ def make_update(spec, family, event_type, python_update):
         or getattr(spec, "exclusive_prefix", 0)
         or -1 in offsets
         or len(names) > MAX_LABELS
+        or len(update.derived) > MAX_LABELS
         or (kind == "histogram" and len(family.bounds) > MAX_BOUNDS)
     ):
         update.kind = PYTHON
@@ -157,6 +162,13 @@ def make_update(spec, family, event_type, python_update):
     update.n_fields = len(names)
     for index, offset in enumerate(offsets):
         update.fields[index] = offset
+    words = []
+    for index, source in enumerate(update.derived):
+        update.derived_offsets[index] = -1
+        if getattr(source, "op", None) == "sign":
+            update.derived_offsets[index] = _offset(event_type, source.fields[0])
+        words.append(tuple(source.words) if update.derived_offsets[index] >= 0 else None)
+    update.derived_words = tuple(words)
     if spec.value is None:
         update.value_offset = -1
     elif isinstance(spec.value, str):
@@ -167,6 +179,13 @@ def make_update(spec, family, event_type, python_update):
     else:
         update.value_offset = -2
         update.value_fn = spec.value
+        op = getattr(spec.value, "op", None)
+        if op in ("product", "magnitude") and len(spec.value.fields) == (2 if op == "product" else 1):
+            value_offsets = [_offset(event_type, name) for name in spec.value.fields]
+            if -1 not in value_offsets:
+                update.value_offset = -3 if op == "product" else -4
+                for index, offset in enumerate(value_offsets):
+                    update.value_fields[index] = offset
     condition = spec.when
     if condition is None:
         update.condition_offset = -1
@@ -211,8 +230,13 @@ cdef inline object _key(Update update, object event):
         value = _field(event, update.fields[index])
         Py_INCREF(value)
         PyTuple_SET_ITEM(key, index, value)
+    cdef object field
     for index in range(n_derived):
-        value = update.derived[index](event)
+        if update.derived_offsets[index] >= 0:
+            field = _field(event, update.derived_offsets[index])
+            value = (<tuple>update.derived_words[index])[0 if field is not None and field < 0 else 1]
+        else:
+            value = update.derived[index](event)
         Py_INCREF(value)
         PyTuple_SET_ITEM(key, n + index, value)
     return key
@@ -238,7 +262,7 @@ def apply(list events, dict plan, double now):
     _generation += 1
     cdef long generation = _generation
     cdef Update update
-    cdef object event, key, sample, check, current_obj
+    cdef object event, key, sample, other, check, current_obj
     cdef PyObject* current
     cdef tuple updates
     cdef double amount, value, event_ts
@@ -261,6 +285,14 @@ def apply(list events, dict plan, double now):
                 sample = 1.0
             elif update.value_offset >= 0:
                 sample = _field(event, update.value_offset)
+            elif update.value_offset == -3:
+                sample = _field(event, update.value_fields[0])
+                other = _field(event, update.value_fields[1])
+                sample = None if sample is None or other is None else sample * other
+            elif update.value_offset == -4:
+                sample = _field(event, update.value_fields[0])
+                if sample is not None:
+                    sample = abs(sample)
             else:
                 sample = update.value_fn(event)
             if sample is None:

@@ -94,18 +94,46 @@ def _fields(*names: str) -> dict[str, Getter]:
     return {name: name for name in names}
 
 
-def _notional(order: Order) -> float | None:
-    if order.quantity is None or order.price is None:
-        return None
-    return order.quantity * order.price
+@dataclass(frozen=True)
+class Product:
+    """A sample: the product of two event fields, or none when either is missing."""
+
+    fields: tuple[str, str]
+    op = "product"  # how the compiled loop (aggregator/_fastapply.pyx) knows it, without a Python call per event
+
+    def __call__(self, event: Any) -> Any:
+        first, second = getattr(event, self.fields[0]), getattr(event, self.fields[1])
+        return None if first is None or second is None else first * second
 
 
-def _slippage_direction(order: Order) -> str:
-    return "favorable" if order.slippage_bps is not None and order.slippage_bps < 0 else "adverse"
+@dataclass(frozen=True)
+class Magnitude:
+    """A sample: the absolute value of an event field, or none when it is missing."""
+
+    fields: tuple[str]
+    op = "magnitude"
+
+    def __call__(self, event: Any) -> Any:
+        value = getattr(event, self.fields[0])
+        return None if value is None else abs(value)
 
 
-def _expected_direction(prediction: Prediction) -> str:
-    return "loss" if prediction.expected_profit is not None and prediction.expected_profit < 0 else "gain"
+@dataclass(frozen=True)
+class SignWord:
+    """A label: one word when an event field is below zero, another when it is not (or is missing)."""
+
+    fields: tuple[str]
+    words: tuple[str, str]  # (below zero, otherwise)
+    op = "sign"
+
+    def __call__(self, event: Any) -> str:
+        value = getattr(event, self.fields[0])
+        return self.words[0] if value is not None and value < 0 else self.words[1]
+
+
+_NOTIONAL = Product(("quantity", "price"))
+_SLIPPAGE_DIRECTION = SignWord(("slippage_bps",), ("favorable", "adverse"))
+_EXPECTED_DIRECTION = SignWord(("expected_profit",), ("loss", "gain"))
 
 
 def _trade_result(trade: Trade) -> str:
@@ -184,8 +212,8 @@ BUILTIN_CATALOG: Mapping[type[EventBase], tuple[MetricSpec, ...]] = {
             MetricType.HISTOGRAM,
             "Size of fill slippage against the expected price, in basis points; direction is adverse "
             "(worse, or zero) or favorable (price improvement).",
-            {**_fields("source", "venue", "symbol", "side"), "direction": _slippage_direction},
-            value=lambda order: abs(order.slippage_bps) if order.slippage_bps is not None else None,
+            {**_fields("source", "venue", "symbol", "side"), "direction": _SLIPPAGE_DIRECTION},
+            value=Magnitude(("slippage_bps",)),
             unit="bps",
             buckets=SLIPPAGE_BPS_BUCKETS,
             when=FILLED,
@@ -203,7 +231,7 @@ BUILTIN_CATALOG: Mapping[type[EventBase], tuple[MetricSpec, ...]] = {
             MetricType.COUNTER,
             "Traded value (quantity x price) of fills, in the quote currency.",
             _fields("source", "strategy", "symbol", "side"),
-            value=_notional,
+            value=_NOTIONAL,
             when=FILLED,
         ),
     ),
@@ -229,10 +257,8 @@ BUILTIN_CATALOG: Mapping[type[EventBase], tuple[MetricSpec, ...]] = {
             "prediction_expected_profit_ratio",
             MetricType.HISTOGRAM,
             "Size of the expected profit (gain) or loss of the predicted trade as a fraction (0.01 = 1%).",
-            {**_fields("source", "model", "decision"), "direction": _expected_direction},
-            value=lambda prediction: (
-                abs(prediction.expected_profit) if prediction.expected_profit is not None else None
-            ),
+            {**_fields("source", "model", "decision"), "direction": _EXPECTED_DIRECTION},
+            value=Magnitude(("expected_profit",)),
             unit="ratio",
             buckets=RETURN_BUCKETS,
             when=NOT_AN_OUTCOME_REPORT,

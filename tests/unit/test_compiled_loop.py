@@ -8,7 +8,7 @@ from typing import Any
 import msgspec
 import pytest
 
-from aggregator import _fastapply
+from aggregator import _fastapply, catalog
 from aggregator.config import CatalogSettings
 from aggregator.exemplars import carries_ids
 from aggregator.ingest import Ingest, count_by_type_and_source, latest_ts
@@ -138,6 +138,38 @@ def test_most_built_in_updates_run_compiled() -> None:
     kinds = [_fastapply.compiled_kind(update) for updates in ingest._plan.values() for update in updates]
     assert kinds.count("python") <= 4
     assert len(kinds) - kinds.count("python") >= 40
+
+
+def test_declared_derivations_run_in_the_compiled_loop_and_agree(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Notional, slippage and expected-profit magnitudes and directions: no Python call per event when compiled,
+    the same series as the pure path's calls (missing fields, zero, and both signs included)."""
+    compiled, pure = _pair()
+    events: list[Any] = []
+    for quantity in (None, 0.0, 2.5):
+        for price in (None, 100.0):
+            for slippage in (None, -3.0, 0.0, 7.5):
+                events.append(Order(ts=1.0, source="o", symbol="X", side="buy", status="filled", quantity=quantity,
+                                    price=price, slippage_bps=slippage))  # fmt: skip
+    events += [Prediction(ts=1.0, source="m", model="x", probability=0.5, expected_profit=profit)
+               for profit in (None, -0.02, 0.0, 0.03)]  # fmt: skip
+    calls: list[str] = []
+    for kind in (catalog.Product, catalog.Magnitude, catalog.SignWord):
+        real = kind.__call__
+
+        def counted(self: Any, event: Any, real: Any = real) -> Any:
+            calls.append(type(self).__name__)
+            return real(self, event)
+
+        monkeypatch.setattr(kind, "__call__", counted)
+    compiled.apply(events, 1.0)
+    assert calls == []
+    pure.apply(events, 1.0)
+    assert sorted(set(calls)) == ["Magnitude", "Product", "SignWord"]
+    assert _state(compiled) == _state(pure)
+    notional = compiled.store.families["trading_order_filled_notional_total"].series
+    assert sum(notional.values()) == 4 * 250.0  # 2.5 x 100 for each of the four slippages
+    directions = {key[-1] for key in compiled.store.families["trading_order_slippage_bps"].series}
+    assert directions == {"favorable", "adverse"}
 
 
 def test_key_sharing_is_the_same_compiled_and_in_python() -> None:
