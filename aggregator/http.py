@@ -36,6 +36,23 @@ INLINE_SAMPLES = 5_000
 PROBES = ("/healthz", "/readyz")
 
 
+def accepts_gzip(accept_encoding: str) -> bool:
+    """Whether an Accept-Encoding header takes gzip: named, or left to `*`, with a q-value above 0 (RFC 9110)."""
+    weights: dict[str, float] = {}
+    for part in accept_encoding.split(","):
+        coding, _, parameters = part.partition(";")
+        weight = 1.0
+        for parameter in parameters.split(";"):
+            name, _, value = parameter.partition("=")
+            if name.strip().lower() == "q":
+                try:
+                    weight = float(value)
+                except ValueError:
+                    weight = 0.0
+        weights.setdefault(coding.strip().lower(), weight)
+    return weights.get("gzip", weights.get("*", 0.0)) > 0
+
+
 class Readiness(NamedTuple):
     """Whether the aggregator should receive traffic, and why (the /readyz body)."""
 
@@ -97,7 +114,7 @@ class MetricsEndpoint:
 
     async def handle(self, request: web.Request) -> web.Response:
         openmetrics = wants_openmetrics(request.headers.get("Accept", ""))
-        compress = "gzip" in request.headers.get("Accept-Encoding", "")
+        compress = accepts_gzip(request.headers.get("Accept-Encoding", ""))
         exposition = self._exposition
         # Wait out the rendering shared now (not one that a scrape waiting with this one makes meanwhile), if its
         # window ends within MAX_SCRAPE_WAIT: a longer one (a large store's) is shared at once, without waiting.
@@ -135,7 +152,11 @@ class MetricsEndpoint:
             body = body.removesuffix(b"# EOF\n") + self._process_text(openmetrics)
         else:
             body += self._process_text(openmetrics)
-        headers = {"Content-Type": CONTENT_TYPE_OPENMETRICS if openmetrics else CONTENT_TYPE_TEXT}
+        headers = {
+            "Content-Type": CONTENT_TYPE_OPENMETRICS if openmetrics else CONTENT_TYPE_TEXT,
+            # A cache between Prometheus and the aggregator must not hand one format or encoding for the other.
+            "Vary": "Accept, Accept-Encoding",
+        }
         if compress and len(body) >= GZIP_MIN_BYTES:
             body = gzip.compress(body, compresslevel=1)
             headers["Content-Encoding"] = "gzip"

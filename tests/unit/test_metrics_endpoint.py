@@ -253,3 +253,39 @@ def test_a_large_rendering_waited_for_together_is_compressed_once(monkeypatch: p
     assert totals == [series] + [series + 1] * 8
     assert len(renders) == 2
     assert len(compressed) == 2
+
+
+@pytest.mark.parametrize(
+    ("header", "taken"),
+    [("gzip", True), ("GZIP", True), ("deflate, gzip;q=0.5", True), ("*", True), ("br, *;q=0.1", True),
+     ("", False), ("identity", False), ("gzip;q=0", False), ("gzip; q=0.0", False), ("*;q=0", False),
+     ("gzip;q=0, *", False), ("gzip;q=abc", False)],
+)  # fmt: skip
+def test_gzip_is_sent_only_where_the_client_takes_it(header: str, taken: bool) -> None:
+    """Accept-Encoding read as RFC 9110 says: `gzip;q=0` refuses gzip, `*` takes it unless gzip is named."""
+    assert http.accepts_gzip(header) is taken
+
+
+def test_a_large_body_is_compressed_as_asked_and_says_what_it_varies_on() -> None:
+    """A body over GZIP_MIN_BYTES is gzipped for `gzip`, sent as is for `gzip;q=0`; both carry `Vary`."""
+    ingest = make_ingest()
+    family = ingest.store.families["trading_errors_total"]
+    assert isinstance(family, CounterFamily)
+    family.max_series = 1_000_000
+    for index in range(2 * http.INLINE_SAMPLES):
+        family.inc(("s", f"c{index}", "t", "error", ""))
+    exposition = Exposition(read_view(ingest), min_interval=0)
+    answers: list[tuple[str | None, str | None, int]] = []
+
+    def check(url: str) -> None:
+        for encoding in ("gzip", "gzip;q=0"):
+            request = urllib.request.Request(url, headers={"Accept-Encoding": encoding})
+            with urllib.request.urlopen(request, timeout=30) as response:
+                body = response.read()
+                answers.append((response.headers["Content-Encoding"], response.headers["Vary"], len(body)))
+
+    _serve(exposition, CollectorRegistry(), check)
+    (zipped, zipped_vary, zipped_size), (plain, plain_vary, plain_size) = answers
+    assert (zipped, plain) == ("gzip", None)
+    assert zipped_vary == plain_vary == "Accept, Accept-Encoding"
+    assert plain_size > http.GZIP_MIN_BYTES > zipped_size
