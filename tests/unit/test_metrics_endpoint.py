@@ -70,7 +70,7 @@ def _error(ingest: Ingest) -> None:
 def test_a_scrape_inside_the_sharing_window_waits_for_the_next_rendering(monkeypatch: pytest.MonkeyPatch) -> None:
     """A scrape right after another does not get the body it may already have: it gets the change made since."""
     ingest = make_ingest()
-    exposition = Exposition(read_view(ingest), min_interval=0.2)  # a window shorter than MAX_SCRAPE_WAIT
+    exposition = Exposition(read_view(ingest), min_interval=0.2, cost_factor=1.0)  # a window < MAX_SCRAPE_WAIT
     renders = _counting_renders(exposition, monkeypatch)
     seen: list[float | None] = []
 
@@ -87,7 +87,7 @@ def test_a_scrape_inside_the_sharing_window_waits_for_the_next_rendering(monkeyp
 def test_back_to_back_scrapes_get_one_response_per_rendering(monkeypatch: pytest.MonkeyPatch) -> None:
     """A client scraping as fast as it can is paced to the renderings: none of its responses repeats one."""
     ingest = make_ingest()
-    exposition = Exposition(read_view(ingest), min_interval=0.02)
+    exposition = Exposition(read_view(ingest), min_interval=0.02, cost_factor=1.0)
     renders = _counting_renders(exposition, monkeypatch)
     totals: list[float | None] = []
 
@@ -124,7 +124,7 @@ def test_a_window_longer_than_the_wait_is_shared_at_once(monkeypatch: pytest.Mon
 
 def test_the_registry_is_read_at_most_once_per_interval(monkeypatch: pytest.MonkeyPatch) -> None:
     """The aggregator's process metrics follow the store's text, and are read again once the interval has passed."""
-    monkeypatch.setattr(http, "PROCESS_METRICS_INTERVAL", 0.3)
+    monkeypatch.setattr(http, "PROCESS_METRICS_INTERVAL", 1.5)  # the two first scrapes fall well inside it
     ingest = make_ingest()
     registry = CollectorRegistry()
     gauge = Gauge("process_probe", "A process metric.", registry=registry)
@@ -136,7 +136,7 @@ def test_the_registry_is_read_at_most_once_per_interval(monkeypatch: pytest.Monk
         readings.append(value(parse(_scrape(url)), "process_probe"))
         gauge.set(2)
         readings.append(value(parse(_scrape(url)), "process_probe"))
-        threading.Event().wait(0.35)
+        threading.Event().wait(1.6)
         readings.append(value(parse(_scrape(url)), "process_probe"))
 
     _serve(exposition, registry, check)
@@ -180,8 +180,10 @@ def test_a_small_store_is_rendered_on_the_loop_and_a_large_one_in_a_worker(monke
 
 def test_scrapes_that_waited_together_get_one_response(monkeypatch: pytest.MonkeyPatch) -> None:
     """Concurrent scrapes that wait out one window share the next rendering and its one response."""
+    # A window long enough for all eight to arrive inside it on a loaded machine, and a wait that covers it.
+    monkeypatch.setattr(http, "MAX_SCRAPE_WAIT", 2.0)
     ingest = make_ingest()
-    exposition = Exposition(read_view(ingest), min_interval=0.2)  # a window shorter than MAX_SCRAPE_WAIT
+    exposition = Exposition(read_view(ingest), min_interval=1.5, cost_factor=1.0)
     renders = _counting_renders(exposition, monkeypatch)
     bodies: list[str] = []
     together = threading.Barrier(8)
@@ -212,7 +214,9 @@ def test_a_large_rendering_waited_for_together_is_compressed_once(monkeypatch: p
     family.max_series = 1_000_000
     for index in range(2 * http.INLINE_SAMPLES):
         family.inc(("s", f"c{index}", "t", "error", ""))
-    exposition = Exposition(read_view(ingest), min_interval=0.2)  # a window shorter than MAX_SCRAPE_WAIT
+    # A window long enough for all eight to arrive inside it on a loaded machine, and a wait that covers it.
+    monkeypatch.setattr(http, "MAX_SCRAPE_WAIT", 2.0)
+    exposition = Exposition(read_view(ingest), min_interval=1.5, cost_factor=1.0)
     renders = _counting_renders(exposition, monkeypatch)
     compressed: list[int] = []
     real_compress = gzip.compress
