@@ -230,11 +230,8 @@ class Exposition:
 
     def renews_in(self, openmetrics: bool = False) -> float:
         """Seconds until a scrape would get a new rendering rather than share the last one (0: now)."""
-        last = self._last.get(openmetrics)
-        if last is None or not self._min_interval:
-            return 0.0
-        rendered, _, cost = last
-        return max(0.0, rendered + max(self._min_interval, self._cost_factor * cost) - time.monotonic())
+        window = self._window(openmetrics)
+        return 0.0 if window is None else max(0.0, window[1] - time.monotonic())
 
     def samples(self) -> int:
         """The sample lines a full rendering of the store would write (a histogram's buckets, count and sum each)."""
@@ -244,12 +241,17 @@ class Exposition:
         )
 
     def _shared(self, openmetrics: bool, now: float) -> bytes | None:
+        window = self._window(openmetrics)
+        return window[0] if window is not None and now < window[1] else None
+
+    def _window(self, openmetrics: bool) -> tuple[bytes, float] | None:
+        """The last rendering and the monotonic time its sharing ends; None when there is none to share."""
         last = self._last.get(openmetrics)
         # A minimum interval of 0 turns sharing off (tests and benchmarks that want every rendering).
         if last is None or not self._min_interval:
             return None
         rendered, body, cost = last
-        return body if now - rendered < max(self._min_interval, self._cost_factor * cost) else None
+        return body, rendered + max(self._min_interval, self._cost_factor * cost)
 
     def _render(self, openmetrics: bool) -> bytes:
         texts = self._texts
