@@ -63,6 +63,32 @@ def _counting_renders(exposition: Exposition, monkeypatch: pytest.MonkeyPatch) -
     return threads
 
 
+def _large_store() -> tuple[Ingest, CounterFamily]:
+    """A store past INLINE_SAMPLES (twice as many counter series), rendered in worker threads."""
+    ingest = make_ingest()
+    family = ingest.store.families["trading_errors_total"]
+    assert isinstance(family, CounterFamily)
+    family.max_series = 1_000_000
+    for index in range(2 * http.INLINE_SAMPLES):
+        family.inc(("s", f"c{index}", "t", "error", ""))
+    return ingest, family
+
+
+def _scrape_together(scrape: Callable[[str], None], url: str, clients: int = 8) -> None:
+    """`clients` threads released at once, each running `scrape(url)`; returns when all are done."""
+    together = threading.Barrier(clients)
+
+    def client() -> None:
+        together.wait()
+        scrape(url)
+
+    workers = [threading.Thread(target=client) for _ in range(clients)]
+    for worker in workers:
+        worker.start()
+    for worker in workers:
+        worker.join()
+
+
 def _error(ingest: Ingest) -> None:
     ingest.apply([Error(ts=1.0, source="e", component="c", error_type="t")], now=1.0)
 
@@ -186,20 +212,11 @@ def test_scrapes_that_waited_together_get_one_response(monkeypatch: pytest.Monke
     exposition = Exposition(read_view(ingest), min_interval=1.5, cost_factor=1.0)
     renders = _counting_renders(exposition, monkeypatch)
     bodies: list[str] = []
-    together = threading.Barrier(8)
-
-    def scrape_together(url: str) -> None:
-        together.wait()
-        bodies.append(_scrape(url))
 
     def check(url: str) -> None:
         bodies.append(_scrape(url))
         _error(ingest)
-        workers = [threading.Thread(target=scrape_together, args=(url,)) for _ in range(8)]
-        for worker in workers:
-            worker.start()
-        for worker in workers:
-            worker.join()
+        _scrape_together(lambda url: bodies.append(_scrape(url)), url)
 
     _serve(exposition, CollectorRegistry(), check)
     assert len(renders) == 2
@@ -208,12 +225,7 @@ def test_scrapes_that_waited_together_get_one_response(monkeypatch: pytest.Monke
 
 def test_a_large_rendering_waited_for_together_is_compressed_once(monkeypatch: pytest.MonkeyPatch) -> None:
     """Scrapes that wait out one window of a large store (rendered in worker threads) share one gzip of it."""
-    ingest = make_ingest()
-    family = ingest.store.families["trading_errors_total"]
-    assert isinstance(family, CounterFamily)
-    family.max_series = 1_000_000
-    for index in range(2 * http.INLINE_SAMPLES):
-        family.inc(("s", f"c{index}", "t", "error", ""))
+    ingest, family = _large_store()
     # A window long enough for all eight to arrive inside it on a loaded machine, and a wait that covers it.
     monkeypatch.setattr(http, "MAX_SCRAPE_WAIT", 2.0)
     exposition = Exposition(read_view(ingest), min_interval=1.5, cost_factor=1.0)
@@ -227,7 +239,6 @@ def test_a_large_rendering_waited_for_together_is_compressed_once(monkeypatch: p
 
     monkeypatch.setattr(gzip, "compress", counting)
     totals: list[float | None] = []
-    together = threading.Barrier(8)
 
     def scrape(url: str) -> None:
         request = urllib.request.Request(url, headers={"Accept-Encoding": "gzip"})
@@ -238,19 +249,11 @@ def test_a_large_rendering_waited_for_together_is_compressed_once(monkeypatch: p
         found = re.search(r'^tickbus_series\{metric="trading_errors_total"\} (\S+)$', text, re.MULTILINE)
         totals.append(float(found[1]) if found else None)
 
-    def scrape_together(url: str) -> None:
-        together.wait()
-        scrape(url)
-
     def check(url: str) -> None:
         scrape(url)
         family.inc(("s", "one more", "t", "error", ""))
         family.version += 1
-        workers = [threading.Thread(target=scrape_together, args=(url,)) for _ in range(8)]
-        for worker in workers:
-            worker.start()
-        for worker in workers:
-            worker.join()
+        _scrape_together(scrape, url)
 
     _serve(exposition, CollectorRegistry(), check)
     series = 2 * http.INLINE_SAMPLES
@@ -272,12 +275,7 @@ def test_gzip_is_sent_only_where_the_client_takes_it(header: str, taken: bool) -
 
 def test_a_large_body_is_compressed_as_asked_and_says_what_it_varies_on() -> None:
     """A body over GZIP_MIN_BYTES is gzipped for `gzip`, sent as is for `gzip;q=0`; both carry `Vary`."""
-    ingest = make_ingest()
-    family = ingest.store.families["trading_errors_total"]
-    assert isinstance(family, CounterFamily)
-    family.max_series = 1_000_000
-    for index in range(2 * http.INLINE_SAMPLES):
-        family.inc(("s", f"c{index}", "t", "error", ""))
+    ingest, _ = _large_store()
     exposition = Exposition(read_view(ingest), min_interval=0)
     answers: list[tuple[str | None, str | None, int]] = []
 
