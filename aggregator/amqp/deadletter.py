@@ -71,6 +71,9 @@ class DeadLetterPublisher:
         self._exchange_name = exchange_name
         self._on_dropped = on_dropped
         self._channel: AbstractChannel | None = None
+        # Letters published while the channel opens wait on this (FIFO) lock: they share one channel and keep
+        # their order, so the dead-letter queue lists refusals in the order they were made.
+        self._opening = asyncio.Lock()
         self._in_flight: list[asyncio.Future[None]] = []
         self._failed: list[tuple[aio_pika.Message, str]] = []
         self._error: BaseException | None = None
@@ -84,9 +87,10 @@ class DeadLetterPublisher:
 
     async def _send(self, letter: aio_pika.Message, routing_key: str) -> None:
         try:
-            if self._channel is None or self._channel.is_closed:
-                self._channel = await self._open_channel()
-            exchange = await self._channel.get_exchange(self._exchange_name, ensure=False)
+            async with self._opening:
+                if self._channel is None or self._channel.is_closed:
+                    self._channel = await self._open_channel()
+                exchange = await self._channel.get_exchange(self._exchange_name, ensure=False)
             await exchange.publish(letter, routing_key=routing_key)
         except aiormq.exceptions.DeliveryError:
             self._dropped(routing_key)

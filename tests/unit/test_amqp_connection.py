@@ -17,7 +17,7 @@ from aggregator.config import AmqpSettings, ConfigError, load_settings
 from aggregator.refusal import Refusal
 from producers.connection import check_settings, explain_tls
 from producers.emitter import EmitterSettings
-from schemas.wire import Reason
+from schemas.wire import HEADER_DETAIL, Reason
 from tests.support.rabbitnodes import make_tls_files
 
 
@@ -207,3 +207,34 @@ def test_a_dead_letter_the_full_queue_refuses_is_counted_and_nothing_stalls(capl
     assert len(warnings) == 1
     assert "the dead-letter queue is full" in warnings[0]
     assert "tickbus_dead_letters_dropped_total" in warnings[0]
+
+
+def test_letters_published_while_the_channel_opens_share_it_and_keep_their_order() -> None:
+    """Refusals made before the dead-letter channel is open wait for that one channel and are published in the
+    order they were made, so `dlq list` shows them oldest first and no channel is opened twice."""
+    exchange = _RecordingExchange()
+    opened: list[_Channel] = []
+
+    async def open_channel() -> Any:
+        await asyncio.sleep(0.05 if not opened else 0)  # the first opening is the slow one
+        channel = _Channel(exchange)  # type: ignore[arg-type]
+        opened.append(channel)
+        return channel
+
+    async def scenario() -> bool:
+        letters = DeadLetterPublisher(open_channel, "x.dead")
+        for index in range(5):
+            letters.publish(_Message(), Refusal(Reason.MALFORMED, f"letter {index}"))  # type: ignore[arg-type]
+        return await letters.delivered()
+
+    assert asyncio.run(scenario()) is True
+    assert len(opened) == 1
+    assert exchange.details == [f"letter {index}" for index in range(5)]
+
+
+class _RecordingExchange:
+    def __init__(self) -> None:
+        self.details: list[str] = []
+
+    async def publish(self, message: Any, routing_key: str) -> None:
+        self.details.append(message.headers[HEADER_DETAIL])
