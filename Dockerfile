@@ -5,7 +5,8 @@
 # stages install from the lock (requirements/*.txt, with hashes): the image runs what the suite tested.
 FROM python:3.11-slim AS build
 WORKDIR /src
-# A C compiler for the compiled apply loop and exposition (aggregator/_fastapply.pyx, _fastrender.pyx).
+# A C compiler for the compiled apply loop, exposition and counter totals (aggregator/_fastapply.pyx, _fastrender.pyx,
+# _totals.pyx).
 RUN apt-get update \
  && apt-get install -y --no-install-recommends gcc libc6-dev \
  && rm -rf /var/lib/apt/lists/*
@@ -38,7 +39,7 @@ RUN pip install --no-cache-dir --disable-pip-version-check --require-hashes --no
  && rm /tmp/requirements.txt
 COPY --from=build /wheels /tmp/wheels
 RUN pip install --no-cache-dir --disable-pip-version-check --no-deps /tmp/wheels/*.whl && rm -rf /tmp/wheels \
- && python -c "import aggregator._fastapply, aggregator._fastrender"  # the compiled apply loop and exposition
+ && python -c "import aggregator._fastapply, aggregator._fastrender, aggregator._totals"  # the compiled modules
 # Checkpoints of the series state: keep this on a volume so that restarts lose nothing.
 VOLUME ["/var/lib/tickbus"]
 USER 10001:10001

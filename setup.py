@@ -5,6 +5,7 @@ from setuptools import Extension, setup
 
 extensions = cythonize(
     [
+        Extension("aggregator._totals", ["aggregator/_totals.pyx"]),
         Extension("aggregator._fastapply", ["aggregator/_fastapply.pyx"]),
         Extension("aggregator._fastrender", ["aggregator/_fastrender.pyx"]),
     ],

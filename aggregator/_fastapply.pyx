@@ -10,6 +10,9 @@ from cpython.ref cimport Py_DECREF, Py_INCREF
 from cpython.list cimport PyList_New, PyList_SET_ITEM
 from cpython.tuple cimport PyTuple_New, PyTuple_SET_ITEM
 from libc.string cimport memcmp
+from libc.stdint cimport uint32_t
+
+from aggregator._totals cimport Totals, hash_key, plain_key
 
 cdef extern from "Python.h":
     ctypedef unsigned char Py_UCS1
@@ -96,7 +99,8 @@ cdef class Update:
 
     cdef int kind
     cdef object family
-    cdef dict series
+    cdef dict series  # gauges' and histograms'
+    cdef Totals totals  # counters'
     cdef Py_ssize_t n_fields
     cdef Py_ssize_t fields[MAX_LABELS]
     cdef tuple derived
@@ -141,7 +145,10 @@ def make_update(spec, family, event_type, python_update):
     """The compiled form of `spec` for events of `event_type`; it falls back to `python_update` where it must."""
     cdef Update update = Update()
     update.family = family
-    update.series = family.series
+    if type(family.series) is Totals:
+        update.totals = family.series
+    else:
+        update.series = family.series
     update.python_update = python_update
     update.generation = -1
     kind = str(spec.type)
@@ -197,7 +204,7 @@ def make_update(spec, family, event_type, python_update):
         update.allowed = condition.values
         update.negate = condition.negate
     if kind == "counter":
-        update.kind = COUNTER
+        update.kind = COUNTER if update.totals is not None else PYTHON
         from aggregator.store import SHARED_VALUES_PER_LABEL
 
         update.shared = family._shared
@@ -262,6 +269,9 @@ def apply(list events, dict plan, double now):
     _generation += 1
     cdef long generation = _generation
     cdef Update update
+    cdef Totals totals
+    cdef uint32_t hashed
+    cdef Py_ssize_t slot
     cdef object event, key, sample, other, check, current_obj
     cdef PyObject* current
     cdef tuple updates
@@ -298,25 +308,24 @@ def apply(list events, dict plan, double now):
             if sample is None:
                 continue
             key = _key(update, event)
-            current = PyDict_GetItem(update.series, key)
             if update.kind == COUNTER:
-                if current == NULL:
-                    if len(update.series) >= update.family.max_series:
-                        update.family.inc(key, sample)  # the cardinality guard: the overflow series
+                totals = update.totals
+                hashed = hash_key(key)
+                slot = totals.find(key, hashed)
+                if slot < 0:
+                    if totals.used >= update.family.max_series or not plain_key(key):
+                        update.family.inc(key, sample)  # the cardinality guard (the overflow series), or a refusal
                         continue
                     key = _share_key(update.shared, <tuple>key, update.share_limit)
                     update.mark(key)
-                    PyDict_SetItem(update.series, key, 0.0 + <double>sample)
+                    totals.insert(key, hashed, <double>sample)
                     continue
+                # mark() may keep the committed row (a read): the slot stays where it is.
                 update.mark(key)
-                if _is_exact_float(current) and _references(current) == 1:
-                    # Only the series dict holds this total (a commit's frozen row, or a row being written,
-                    # would hold it too): adding to it in place cannot be seen, and saves a float and a lookup.
-                    (<PyFloatObject*>current).ob_fval += <double>sample
-                else:
-                    amount = <double>(<object>current) + <double>sample
-                    PyDict_SetItem(update.series, key, amount)
-            elif update.kind == HISTOGRAM:
+                totals.slot_values[slot] += <double>sample
+                continue
+            current = PyDict_GetItem(update.series, key)
+            if update.kind == HISTOGRAM:
                 if current == NULL:
                     update.family.observe(key, sample)
                     continue

@@ -1,6 +1,6 @@
 """Types of the compiled exposition (aggregator/_fastrender.pyx)."""
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from typing import Any
 
 def render_plain(
@@ -9,7 +9,7 @@ def render_plain(
     keys: list[tuple[str, ...]],
     start: int,
     end: int,
-    series: dict[tuple[str, ...], Any],
+    series: Mapping[tuple[str, ...], Any],
     gauge: bool,
     exemplars: dict[Any, Any],
     exemplar_text: Callable[[Any], str],

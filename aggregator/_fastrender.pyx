@@ -9,6 +9,8 @@ from cpython.tuple cimport PyTuple_GET_SIZE
 from libc.math cimport isfinite, isnan
 from libc.string cimport memcpy, strlen
 
+from aggregator._totals cimport Totals, hash_key, plain_key
+
 cdef extern from "Python.h":
     const char* PyUnicode_AsUTF8AndSize(object text, Py_ssize_t* size) except NULL
     char* PyOS_double_to_string(double value, char format_code, int precision, int flags, int* kind) except NULL
@@ -94,7 +96,7 @@ def render_plain(
     list keys,
     Py_ssize_t start,
     Py_ssize_t end,
-    dict series,
+    object series,
     bint gauge,
     dict exemplars,
     object exemplar_text,
@@ -102,12 +104,16 @@ def render_plain(
     """The sample lines of keys[start:end] of a counter or gauge family, as the pure renderer writes them.
 
     `label_heads` are the bytes before each label's value (`{name="` for the first, `",name="` after);
-    keys no longer in `series` are skipped; `exemplar_text` gives the suffix of a key in `exemplars`.
+    keys no longer in `series` (a dict, or a counter's Totals) are skipped; `exemplar_text` gives the suffix of
+    a key in `exemplars`.
     """
     cdef Buffer buffer
     cdef Py_ssize_t n_labels = len(label_heads)
     cdef Py_ssize_t index, label
     cdef PyObject* found
+    cdef Totals totals = series if type(series) is Totals else None
+    cdef dict plain = None if totals is not None else <dict?>series
+    cdef Py_ssize_t slot
     cdef object key, value, head, suffix
     cdef const char* suffix_text
     cdef Py_ssize_t suffix_size
@@ -117,14 +123,20 @@ def render_plain(
     try:
         for index in range(start, min(end, len(keys))):
             key = keys[index]
-            found = PyDict_GetItem(series, key)
-            if found == NULL or <object>found is None:
-                continue
+            if totals is not None:
+                slot = totals.find(key, hash_key(key)) if plain_key(key) else -1
+                if slot < 0:
+                    continue
+                value = totals.slot_values[slot]
+            else:
+                found = PyDict_GetItem(plain, key)
+                if found == NULL or <object>found is None:
+                    continue
+                value = <object>found
             if type(key) is not tuple:
                 raise TypeError(f"a series key of type {type(key).__name__}, not a tuple")
             if PyTuple_GET_SIZE(key) != n_labels:
                 raise ValueError(f"a key of {len(key)} values in a family of {n_labels} labels")
-            value = <object>found
             if gauge and (type(value) is not tuple or PyTuple_GET_SIZE(value) < 1):
                 raise TypeError(f"a gauge series value {value!r}, not a (value, time) tuple")
             _put(&buffer, PyBytes_AS_STRING(name), PyBytes_GET_SIZE(name))

@@ -1,5 +1,6 @@
-"""The compiled helpers (aggregator/_fastapply.pyx, _fastrender.pyx) where they were built, or None."""
+"""The compiled helpers (aggregator/_fastapply.pyx, _fastrender.pyx, _totals.pyx) where they were built, or None."""
 
+from collections.abc import MutableMapping
 from types import ModuleType
 from typing import TypeVar
 
@@ -22,6 +23,15 @@ def compiled_render() -> ModuleType | None:
     except ImportError:
         return None
     return _fastrender
+
+
+def counter_totals() -> MutableMapping[tuple[str, ...], float]:
+    """An empty table of counter totals: the compiled one (no float object per series), or a dict."""
+    try:
+        from aggregator import _totals
+    except ImportError:
+        return {}
+    return _totals.Totals()
 
 
 def untracked(container: Container) -> Container:

@@ -3,11 +3,11 @@
 import bisect
 import logging
 from array import array
-from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, MutableMapping, Sequence
 from itertools import repeat
 from typing import Any
 
-from aggregator.accelerated import compiled, untracked
+from aggregator.accelerated import compiled, counter_totals, untracked
 from aggregator.catalog import MetricType
 from aggregator.stateformat import CHUNK_SERIES, Chunk, chunked
 
@@ -74,7 +74,7 @@ class Family:
         self.max_series = max_series
         self.overflow_key: LabelKey = (OVERFLOW_VALUE,) * len(self.label_names)
         self._on_overflow = on_overflow
-        self.series: dict[LabelKey, Any] = {}
+        self.series: MutableMapping[LabelKey, Any] = {}
         # Bumped by whoever changes the series (once per message, not per update), so the exposition
         # can reuse a family's rendered text while it is unchanged. Volatile families are always rendered.
         self.version = 0
@@ -196,6 +196,7 @@ class CounterFamily(Family):
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
+        self.series = counter_totals()
         # series key -> {producer instance: last running total it reported}, newest instances last
         self.running_totals: dict[LabelKey, dict[str, float]] = {}
         # series key -> the last exemplar (aggregator.exemplars) of an event that added to it

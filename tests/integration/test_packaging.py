@@ -24,7 +24,7 @@ def test_without_a_compiler_tickbus_installs_and_applies_with_the_pure_loop(tmp_
         ROOT,
         source,
         ignore=shutil.ignore_patterns(
-            ".venv", ".git", "build", "*.so", "node_modules", "_fastapply.c", "_fastrender.c", "state"
+            ".venv", ".git", "build", "*.so", "node_modules", "_fastapply.c", "_fastrender.c", "_totals.c", "state"
         ),
     )
     venv = tmp_path / "venv"
@@ -42,11 +42,12 @@ def test_without_a_compiler_tickbus_installs_and_applies_with_the_pure_loop(tmp_
     )
     assert "Successfully installed tickbus" in output
     check = (
-        "from aggregator.compiler import compiled_loop; from aggregator.accelerated import compiled_render; "
-        "print(compiled_loop(), compiled_render())"
+        "from aggregator.compiler import compiled_loop; "
+        "from aggregator.accelerated import compiled_render, counter_totals; "
+        "print(compiled_loop(), compiled_render(), type(counter_totals()).__name__)"
     )
     # Run outside the checkout, so that only the installed package can be imported.
-    assert _run([python, "-c", check], cwd=tmp_path).strip() == "None None"
+    assert _run([python, "-c", check], cwd=tmp_path).strip() == "None None dict"
     aggregator = subprocess.Popen(
         [str(venv / "bin" / "aggregator"), "run", "--amqp-url", "amqp://guest:guest@127.0.0.1:1/", "--port", "0"],
         stdout=subprocess.PIPE,

@@ -4,6 +4,7 @@ import math
 import random
 import time
 from typing import Any
+from unittest import mock
 
 import msgspec
 import pytest
@@ -12,7 +13,7 @@ from aggregator import _fastapply, catalog
 from aggregator.config import CatalogSettings
 from aggregator.exemplars import carries_ids
 from aggregator.ingest import Ingest, count_by_type_and_source, latest_ts
-from aggregator.store import share_key
+from aggregator.store import CounterFamily, share_key
 from benchmarks.harness import mixed_events
 from schemas.events import Dependency, Error, Heartbeat, Metric, Order, Portfolio, Position, Prediction, Signal, Trade
 from schemas.labels import LabelCheck
@@ -51,13 +52,19 @@ def _events(rng: random.Random, count: int) -> list[Any]:
 
 
 def _pair() -> tuple[Ingest, Ingest]:
+    """The compiled loop over the compiled counter totals; the pure loop over dicts, as without a C compiler."""
     settings = CatalogSettings(max_series_per_metric=40)  # small: the overflow path runs too
-    return make_ingest(settings, compiled=True), make_ingest(settings, compiled=False)
+    compiled = make_ingest(settings, compiled=True)
+    with mock.patch("aggregator.store.counter_totals", dict):
+        pure = make_ingest(settings, compiled=False)
+    return compiled, pure
 
 
 def _state(ingest: Ingest) -> tuple[dict[str, Any], dict[str, Any]]:
+    """Every family's rows, sorted (a dict keeps insertion order, the compiled totals their own), and dirty keys."""
     families = ingest.store.families.values()
-    return ingest.store.snapshot(), {family.name: sorted(map(repr, family.dirty)) for family in families}
+    rows = {name: [kind, sorted(pairs, key=repr)] for name, (kind, pairs) in ingest.store.snapshot().items()}
+    return rows, {family.name: sorted(map(repr, family.dirty)) for family in families}
 
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
@@ -66,6 +73,9 @@ def test_the_compiled_loop_and_the_update_functions_make_the_same_series(seed: i
     compiled, pure = _pair()
     assert compiled.loop is not None
     assert pure.loop is None
+    counters = [name for name, family in pure.store.families.items() if isinstance(family, CounterFamily)]
+    assert {type(compiled.store.families[name].series).__name__ for name in counters} == {"Totals"}
+    assert {type(pure.store.families[name].series).__name__ for name in counters} == {"dict"}
     events = _events(random.Random(seed), 150)
     for start in range(0, len(events), 37):
         batch = events[start : start + 37]

@@ -581,4 +581,4 @@ def test_the_image_builds_and_checks_the_compiled_apply_loop() -> None:
     runs = [arguments for keyword, arguments in instructions if keyword == "RUN"]
     assert any("gcc" in run and "apt-get install" in run for run in runs[: len(runs) // 2 + 1])
     final = [arguments for keyword, arguments in final_stage(instructions) if keyword == "RUN"]
-    assert any('import aggregator._fastapply, aggregator._fastrender"' in run for run in final)
+    assert any('import aggregator._fastapply, aggregator._fastrender, aggregator._totals"' in run for run in final)

@@ -20,7 +20,7 @@ def ingest() -> Ingest:
 
 
 def _series(ingest: Ingest, name: str) -> dict[tuple[str, ...], object]:
-    return ingest.store.families[name].series
+    return dict(ingest.store.families[name].series)
 
 
 def test_every_built_in_metric_follows_prometheus_naming(ingest: Ingest) -> None:
