@@ -116,6 +116,8 @@ cdef class Totals:
         cdef double* old_values = self.slot_values
         cdef uint32_t* old_hashes = self.slot_hashes
         cdef Py_ssize_t old_capacity = self.capacity, old_used = self.used, slot, target, mask
+        if self.bits >= 32:  # a slot is placed by 32 bits of hash
+            raise MemoryError("a table of counter totals holds at most 2**32 slots")
         self._allocate(self.bits + 1)
         mask = self.capacity - 1
         for slot in range(old_capacity):
