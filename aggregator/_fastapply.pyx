@@ -271,7 +271,7 @@ def apply(list events, dict plan, double now):
     cdef Update update
     cdef Totals totals
     cdef uint32_t hashed
-    cdef Py_ssize_t slot
+    cdef Py_ssize_t entry
     cdef object event, key, sample, other, check, current_obj
     cdef PyObject* current
     cdef tuple updates
@@ -311,8 +311,8 @@ def apply(list events, dict plan, double now):
             if update.kind == COUNTER:
                 totals = update.totals
                 hashed = hash_key(key)
-                slot = totals.find(key, hashed)
-                if slot < 0:
+                entry = totals.find(key, hashed)
+                if entry < 0:
                     if totals.used >= update.family.max_series or not plain_key(key):
                         update.family.inc(key, sample)  # the cardinality guard (the overflow series), or a refusal
                         continue
@@ -320,9 +320,9 @@ def apply(list events, dict plan, double now):
                     update.mark(key)
                     totals.insert(key, hashed, <double>sample)
                     continue
-                # mark() may keep the committed row (a read): the slot stays where it is.
+                # mark() may keep the committed row (a read): the entry stays where it is.
                 update.mark(key)
-                totals.slot_values[slot] += <double>sample
+                totals.entry_values[entry] += <double>sample
                 continue
             current = PyDict_GetItem(update.series, key)
             if update.kind == HISTOGRAM:

@@ -113,7 +113,7 @@ def render_plain(
     cdef PyObject* found
     cdef Totals totals = series if type(series) is Totals else None
     cdef dict plain = None if totals is not None else <dict?>series
-    cdef Py_ssize_t slot
+    cdef Py_ssize_t entry
     cdef object key, value, head, suffix
     cdef const char* suffix_text
     cdef Py_ssize_t suffix_size
@@ -124,10 +124,10 @@ def render_plain(
         for index in range(start, min(end, len(keys))):
             key = keys[index]
             if totals is not None:
-                slot = totals.find(key, hash_key(key)) if plain_key(key) else -1
-                if slot < 0:
+                entry = totals.find(key, hash_key(key)) if plain_key(key) else -1
+                if entry < 0:
                     continue
-                value = totals.slot_values[slot]
+                value = totals.entry_values[entry]
             else:
                 found = PyDict_GetItem(plain, key)
                 if found == NULL or <object>found is None:

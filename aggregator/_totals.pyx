@@ -1,16 +1,17 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True
-"""Counter totals kept inline: one open-addressing table of label keys to doubles, with no float object per series."""
+"""Counter totals kept inline: a compact hash table of label keys to doubles, with no float object per series."""
 
+from cpython.list cimport PyList_New, PyList_SET_ITEM
 from cpython.mem cimport PyMem_Free, PyMem_Malloc
 from cpython.object cimport Py_EQ, PyObject, PyObject_Hash, PyObject_RichCompareBool
-from cpython.list cimport PyList_New, PyList_SET_ITEM
 from cpython.ref cimport Py_DECREF, Py_INCREF
-from libc.stdint cimport uint32_t, uint64_t
+from libc.stdint cimport int32_t, uint32_t, uint64_t
 from libc.string cimport memset
 
 from collections.abc import Mapping, MutableMapping
 
 DEF MIN_BITS = 3
+DEF MAX_BITS = 31  # entry numbers are int32
 
 
 cdef bint plain_key(object key) noexcept:
@@ -25,132 +26,137 @@ cdef bint plain_key(object key) noexcept:
 
 
 cdef uint32_t hash_key(object key) except? 0:
-    # The high half of a Fibonacci-mixed hash: its top bits place a key, so a table of 2**bits slots uses
-    # `hashed >> (32 - bits)`, and growing never needs the key's hash again (nor any Python code).
+    # The high half of a Fibonacci-mixed hash: its top bits place a key, so an index of 2**bits slots uses
+    # `hashed >> (32 - bits)`, and a rebuild never needs the key's hash again (nor any Python code).
     return <uint32_t>((<uint64_t>PyObject_Hash(key) * <uint64_t>0x9E3779B97F4A7C15) >> 32)
 
 
-cdef class Totals:
-    """Label key -> float, as a dict of counter totals would hold them, in a fifth of the memory per series.
+cdef inline Py_ssize_t _room(int bits) noexcept:
+    return ((<Py_ssize_t>1) << bits) * 4 // 5
 
-    A dict of totals costs a 24-byte entry, a share of its index and a 24-byte float per series; here a
-    series is a key pointer, an inline double and 32 bits of hash (20 bytes a slot, at most 0.8 full).
-    Keys are tuples of plain values (str, int, float, bool, None), so no Python code runs inside the table:
-    every method is one step under the GIL, safe for the checkpoint writer's thread to read while the
-    event loop writes. keys(), values() and items() return lists, taken at once.
+
+cdef class Totals:
+    """Label key -> float, as a dict of counter totals would hold them, in a third of the memory per series.
+
+    The layout is a dict's (an index of slots pointing into entries kept in insertion order, so that a
+    scrape walks the series in the order they were made, as their keys lie in memory), but an entry is a
+    key pointer, an inline double and 32 bits of hash: 20 bytes and a 4-byte index slot, where a dict of
+    totals costs a 24-byte entry, its index slot and a 24-byte float per series. Keys are tuples of plain
+    values (str, int, float, bool, None), so no Python code runs inside the table: each method is one step
+    under the GIL, safe for the checkpoint writer's and the renderer's threads to read while the event loop
+    writes. keys(), values() and items() return lists, taken at once.
     """
 
     def __cinit__(self):
-        self._allocate(MIN_BITS)
+        self._rebuild(MIN_BITS)
 
     def __init__(self, pairs=()):
         self.update(pairs)
 
     def __dealloc__(self):
-        self._release(self.slot_keys, self.capacity)
-        PyMem_Free(self.slot_values)
-        PyMem_Free(self.slot_hashes)
+        cdef Py_ssize_t entry
+        if self.entry_keys != NULL:
+            for entry in range(self.filled):
+                if self.entry_keys[entry] != NULL:
+                    Py_DECREF(<object>self.entry_keys[entry])
+        PyMem_Free(self.index)
+        PyMem_Free(self.entry_keys)
+        PyMem_Free(self.entry_values)
+        PyMem_Free(self.entry_hashes)
 
-    cdef void _release(self, PyObject** keys, Py_ssize_t capacity) noexcept:
-        cdef Py_ssize_t slot
-        if keys == NULL:
-            return
-        for slot in range(capacity):
-            if keys[slot] != NULL:
-                Py_DECREF(<object>keys[slot])
-        PyMem_Free(keys)
+    cdef int _rebuild(self, int bits) except -1:
+        """Move the live entries, in order, into new arrays with an index of 2**bits slots (compacting holes).
 
-    cdef int _allocate(self, int bits) except -1:
-        cdef Py_ssize_t capacity = (<Py_ssize_t>1) << bits
-        keys = <PyObject**>PyMem_Malloc(capacity * sizeof(PyObject*))
-        values = <double*>PyMem_Malloc(capacity * sizeof(double))
-        hashes = <uint32_t*>PyMem_Malloc(capacity * sizeof(uint32_t))
-        if keys == NULL or values == NULL or hashes == NULL:
+        No Python code runs here (no key is hashed again), so no other thread sees the table half-moved.
+        """
+        if bits > MAX_BITS:
+            raise MemoryError("a table of counter totals holds at most 2**31 index slots")
+        cdef Py_ssize_t capacity = (<Py_ssize_t>1) << bits, room = _room(bits), entry, count = 0, slot
+        cdef Py_ssize_t mask = capacity - 1
+        index = <int32_t*>PyMem_Malloc(capacity * sizeof(int32_t))
+        keys = <PyObject**>PyMem_Malloc(room * sizeof(PyObject*))
+        values = <double*>PyMem_Malloc(room * sizeof(double))
+        hashes = <uint32_t*>PyMem_Malloc(room * sizeof(uint32_t))
+        if index == NULL or keys == NULL or values == NULL or hashes == NULL:
+            PyMem_Free(index)
             PyMem_Free(keys)
             PyMem_Free(values)
             PyMem_Free(hashes)
             raise MemoryError()
-        memset(keys, 0, capacity * sizeof(PyObject*))
-        self.slot_keys, self.slot_values, self.slot_hashes = keys, values, hashes
-        self.capacity, self.bits, self.used = capacity, bits, 0
+        memset(index, 0xFF, capacity * sizeof(int32_t))  # every slot -1: empty
+        for entry in range(self.filled):
+            if self.entry_keys[entry] == NULL:
+                continue
+            keys[count] = self.entry_keys[entry]  # the reference moves with it
+            values[count] = self.entry_values[entry]
+            hashes[count] = self.entry_hashes[entry]
+            slot = hashes[count] >> (32 - bits)
+            while index[slot] >= 0:
+                slot = (slot + 1) & mask
+            index[slot] = <int32_t>count
+            count += 1
+        PyMem_Free(self.index)
+        PyMem_Free(self.entry_keys)
+        PyMem_Free(self.entry_values)
+        PyMem_Free(self.entry_hashes)
+        self.index, self.entry_keys, self.entry_values, self.entry_hashes = index, keys, values, hashes
+        self.bits, self.room, self.filled, self.used = bits, room, count, count
         return 0
 
     cdef Py_ssize_t find(self, object key, uint32_t hashed) except -2:
-        """The slot holding `key` (hashed by hash_key), or -1; `key` must be a plain key."""
-        cdef Py_ssize_t mask = self.capacity - 1
+        """The entry holding `key` (hashed by hash_key), or -1; `key` must be a plain key."""
+        cdef Py_ssize_t mask = ((<Py_ssize_t>1) << self.bits) - 1
         cdef Py_ssize_t slot = hashed >> (32 - self.bits)
+        cdef Py_ssize_t entry
         cdef PyObject* stored
-        cdef int equal
         while True:
-            stored = self.slot_keys[slot]
-            if stored == NULL:
+            entry = self.index[slot]
+            if entry < 0:
                 return -1
-            if self.slot_hashes[slot] == hashed:
-                if stored == <PyObject*>key:
-                    return slot
-                equal = PyObject_RichCompareBool(<object>stored, key, Py_EQ)
-                if equal < 0:
-                    return -2
-                if equal:
-                    return slot
+            if self.entry_hashes[entry] == hashed:
+                stored = self.entry_keys[entry]
+                if stored == <PyObject*>key or PyObject_RichCompareBool(<object>stored, key, Py_EQ):
+                    return entry
             slot = (slot + 1) & mask
 
     cdef int insert(self, object key, uint32_t hashed, double value) except -1:
         """Add `key`, known to be absent (find() said -1), at `value`."""
-        if (self.used + 1) * 5 > self.capacity * 4:
-            self.grow()
-        cdef Py_ssize_t mask = self.capacity - 1
+        if self.filled == self.room:
+            # More than half the room live: double it; otherwise the holes of deleted entries make the room.
+            self._rebuild(self.bits + 1 if (self.used + 1) * 2 > self.room else self.bits)
+        cdef Py_ssize_t mask = ((<Py_ssize_t>1) << self.bits) - 1
         cdef Py_ssize_t slot = hashed >> (32 - self.bits)
-        while self.slot_keys[slot] != NULL:
+        while self.index[slot] >= 0:
             slot = (slot + 1) & mask
         Py_INCREF(key)
-        self.slot_keys[slot] = <PyObject*>key
-        self.slot_values[slot] = value
-        self.slot_hashes[slot] = hashed
+        self.entry_keys[self.filled] = <PyObject*>key
+        self.entry_values[self.filled] = value
+        self.entry_hashes[self.filled] = hashed
+        self.index[slot] = <int32_t>self.filled
+        self.filled += 1
         self.used += 1
         return 0
 
-    cdef int grow(self) except -1:
-        # No Python code runs here (no key is hashed again), so no other thread sees the table half-moved.
-        cdef PyObject** old_keys = self.slot_keys
-        cdef double* old_values = self.slot_values
-        cdef uint32_t* old_hashes = self.slot_hashes
-        cdef Py_ssize_t old_capacity = self.capacity, old_used = self.used, slot, target, mask
-        if self.bits >= 32:  # a slot is placed by 32 bits of hash
-            raise MemoryError("a table of counter totals holds at most 2**32 slots")
-        self._allocate(self.bits + 1)
-        mask = self.capacity - 1
-        for slot in range(old_capacity):
-            if old_keys[slot] == NULL:
-                continue
-            target = old_hashes[slot] >> (32 - self.bits)
-            while self.slot_keys[target] != NULL:
-                target = (target + 1) & mask
-            self.slot_keys[target] = old_keys[slot]  # the reference moves with it
-            self.slot_values[target] = old_values[slot]
-            self.slot_hashes[target] = old_hashes[slot]
-        self.used = old_used
-        PyMem_Free(old_keys)
-        PyMem_Free(old_values)
-        PyMem_Free(old_hashes)
-        return 0
-
-    cdef void remove(self, Py_ssize_t slot) noexcept:
-        """Empty `slot`, shifting back the entries after it that probed past it (no tombstones)."""
-        cdef PyObject* gone = self.slot_keys[slot]
-        cdef Py_ssize_t mask = self.capacity - 1, hole = slot, later = slot, home
+    cdef void remove(self, Py_ssize_t entry) noexcept:
+        """Delete a live entry: it becomes a hole, and the index slots after its own that probed past it shift
+        back (no tombstones)."""
+        cdef Py_ssize_t mask = ((<Py_ssize_t>1) << self.bits) - 1
+        cdef Py_ssize_t hole = self.entry_hashes[entry] >> (32 - self.bits), later, home
+        cdef PyObject* gone = self.entry_keys[entry]
+        while self.index[hole] != entry:
+            hole = (hole + 1) & mask
+        self.entry_keys[entry] = NULL
+        later = hole
         while True:
             later = (later + 1) & mask
-            if self.slot_keys[later] == NULL:
+            if self.index[later] < 0:
                 break
-            home = self.slot_hashes[later] >> (32 - self.bits)
-            # The entry at `later` may move back into the hole if the hole is not before its home.
+            home = self.entry_hashes[self.index[later]] >> (32 - self.bits)
+            # The slot at `later` may move back into the hole unless the hole lies before its home.
             if ((later - home) & mask) >= ((later - hole) & mask):
-                self.slot_keys[hole] = self.slot_keys[later]
-                self.slot_values[hole] = self.slot_values[later]
-                self.slot_hashes[hole] = self.slot_hashes[later]
+                self.index[hole] = self.index[later]
                 hole = later
-        self.slot_keys[hole] = NULL
+        self.index[hole] = -1
         self.used -= 1
         Py_DECREF(<object>gone)  # last: a key's release never sees the table half-changed
 
@@ -166,23 +172,23 @@ cdef class Totals:
         return self._lookup(key) >= 0
 
     def __getitem__(self, key):
-        cdef Py_ssize_t slot = self._lookup(key)
-        if slot < 0:
+        cdef Py_ssize_t entry = self._lookup(key)
+        if entry < 0:
             raise KeyError(key)
-        return self.slot_values[slot]
+        return self.entry_values[entry]
 
     def get(self, key, default=None):
-        cdef Py_ssize_t slot = self._lookup(key)
-        return default if slot < 0 else self.slot_values[slot]
+        cdef Py_ssize_t entry = self._lookup(key)
+        return default if entry < 0 else self.entry_values[entry]
 
     cdef int _set(self, object key, object value) except -1:
         cdef double number = value
         if not plain_key(key):
             raise TypeError(f"a series key must be a tuple of str, int, float, bool or None, not {key!r}")
         cdef uint32_t hashed = hash_key(key)
-        cdef Py_ssize_t slot = self.find(key, hashed)
-        if slot >= 0:
-            self.slot_values[slot] = number
+        cdef Py_ssize_t entry = self.find(key, hashed)
+        if entry >= 0:
+            self.entry_values[entry] = number
         else:
             self.insert(key, hashed, number)
         return 0
@@ -191,31 +197,28 @@ cdef class Totals:
         self._set(key, value)
 
     def __delitem__(self, key):
-        cdef Py_ssize_t slot = self._lookup(key)
-        if slot < 0:
-            raise KeyError(key)
-        self.remove(slot)
+        self.pop(key)
 
     def pop(self, key, *default):
-        cdef Py_ssize_t slot = self._lookup(key)
-        if slot < 0:
+        cdef Py_ssize_t entry = self._lookup(key)
+        if entry < 0:
             if default:
                 return default[0]
             raise KeyError(key)
-        value = self.slot_values[slot]
-        self.remove(slot)
+        value = self.entry_values[entry]
+        self.remove(entry)
         return value
 
     def clear(self):
-        cdef PyObject** keys = self.slot_keys
-        cdef Py_ssize_t capacity = self.capacity
-        PyMem_Free(self.slot_values)
-        PyMem_Free(self.slot_hashes)
-        self.slot_keys = NULL
-        self.slot_values = NULL
-        self.slot_hashes = NULL
-        self._allocate(MIN_BITS)
-        self._release(keys, capacity)
+        cdef PyObject** keys = self.entry_keys
+        cdef Py_ssize_t filled = self.filled, entry
+        self.filled = 0  # the rebuild moves nothing: the old keys are released after
+        self.entry_keys = NULL
+        self._rebuild(MIN_BITS)
+        for entry in range(filled):
+            if keys[entry] != NULL:
+                Py_DECREF(<object>keys[entry])
+        PyMem_Free(keys)
 
     def update(self, pairs=()):
         if isinstance(pairs, (Totals, Mapping)):
@@ -226,7 +229,7 @@ cdef class Totals:
     cdef list _keys(self):
         # Allocating the list may run the collector, and with it Python code: the table may change meanwhile,
         # so the list is filled (no allocation, one step) only once it has room for every key.
-        cdef Py_ssize_t slot, count
+        cdef Py_ssize_t entry, count
         cdef list found
         while True:
             count = self.used
@@ -234,10 +237,10 @@ cdef class Totals:
             if count == self.used:
                 break
         count = 0
-        for slot in range(self.capacity):
-            if self.slot_keys[slot] != NULL:
-                Py_INCREF(<object>self.slot_keys[slot])
-                PyList_SET_ITEM(found, count, <object>self.slot_keys[slot])
+        for entry in range(self.filled):
+            if self.entry_keys[entry] != NULL:
+                Py_INCREF(<object>self.entry_keys[entry])
+                PyList_SET_ITEM(found, count, <object>self.entry_keys[entry])
                 count += 1
         return found
 
@@ -251,7 +254,7 @@ cdef class Totals:
         return [value for _, value in self.items()]
 
     def items(self):
-        cdef Py_ssize_t slot, count = 0
+        cdef Py_ssize_t entry, count = 0
         cdef list keys
         cdef double* values
         # Keys and values copied in one step (a raw buffer cannot run the collector), then turned into pairs.
@@ -263,12 +266,12 @@ cdef class Totals:
             if len(keys) == self.used:
                 break
             PyMem_Free(values)
-        for slot in range(self.capacity):
-            if self.slot_keys[slot] != NULL:
-                values[count] = self.slot_values[slot]
+        for entry in range(self.filled):
+            if self.entry_keys[entry] != NULL:
+                values[count] = self.entry_values[entry]
                 count += 1
         try:
-            return [(keys[slot], values[slot]) for slot in range(count)]
+            return [(keys[entry], values[entry]) for entry in range(count)]
         finally:
             PyMem_Free(values)
 

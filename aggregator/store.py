@@ -1,4 +1,4 @@
-"""The series store: metric families as plain dicts of label tuples to values, with a cardinality guard."""
+"""The series store: metric families as tables of label tuples to values, with a cardinality guard."""
 
 import bisect
 import logging
