@@ -36,7 +36,7 @@ cdef inline Py_ssize_t _room(int bits) noexcept:
 
 
 cdef class Totals:
-    """Label key -> float, as a dict of counter totals would hold them, in a third of the memory per series.
+    """Label key -> float, as a dict of counter totals would hold them, without a float object per series.
 
     The layout is a dict's (an index of slots pointing into entries kept in insertion order, so that a
     scrape walks the series in the order they were made, as their keys lie in memory), but an entry is a
