@@ -11,6 +11,7 @@ from libc.string cimport memset
 from collections.abc import Mapping, MutableMapping
 
 DEF MIN_BITS = 3
+cdef object _MISSING = object()
 DEF MAX_BITS = 31  # entry numbers are int32
 
 
@@ -199,15 +200,36 @@ cdef class Totals:
     def __delitem__(self, key):
         self.pop(key)
 
-    def pop(self, key, *default):
+    def pop(self, key, default=_MISSING):
         cdef Py_ssize_t entry = self._lookup(key)
         if entry < 0:
-            if default:
-                return default[0]
+            if default is not _MISSING:
+                return default
             raise KeyError(key)
         value = self.entry_values[entry]
         self.remove(entry)
         return value
+
+    def popitem(self):
+        """The newest series and its total, removed (as a dict's popitem)."""
+        cdef Py_ssize_t entry = self.filled - 1
+        while entry >= 0 and self.entry_keys[entry] == NULL:
+            entry -= 1
+        if entry < 0:
+            raise KeyError("popitem(): the table is empty")
+        key, value = <object>self.entry_keys[entry], self.entry_values[entry]
+        self.remove(entry)
+        return key, value
+
+    def setdefault(self, key, default=0.0):
+        cdef Py_ssize_t entry = self._lookup(key)
+        if entry >= 0:
+            return self.entry_values[entry]
+        self._set(key, default)
+        return float(default)
+
+    def copy(self):
+        return Totals(self.items())
 
     def clear(self):
         cdef PyObject** keys = self.entry_keys

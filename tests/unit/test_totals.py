@@ -110,6 +110,25 @@ def test_keys_that_could_run_python_code_are_refused_and_never_found() -> None:
         totals[("x",)] = "one"  # type: ignore[assignment]
 
 
+def test_the_rest_of_a_dicts_interface_behaves_as_a_dicts() -> None:
+    """setdefault, popitem (newest first), copy and pop's default: what code written for a dict of totals calls."""
+    totals = Totals({("a",): 1.0, ("b",): 2.0})
+    assert totals.setdefault(("a",), 5.0) == 1.0
+    assert totals.setdefault(("c",)) == 0.0
+    copy = totals.copy()
+    assert copy == totals
+    assert copy is not totals
+    assert totals.popitem() == (("c",), 0.0)
+    assert totals.pop(("zz",), None) is None
+    with pytest.raises(TypeError):
+        totals.pop(("a",), 1, 2)  # type: ignore[call-overload]
+    del totals[("b",)]
+    assert totals.popitem() == (("a",), 1.0)
+    with pytest.raises(KeyError):
+        totals.popitem()
+    assert copy == {("a",): 1.0, ("b",): 2.0, ("c",): 0.0}
+
+
 def test_a_table_pickles_and_compares_as_its_series() -> None:
     """A pickled table comes back with the same series; it equals a dict of them and not a different one."""
     totals = Totals({("a", "b"): 1.5, (): 2.0})
