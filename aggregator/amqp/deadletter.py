@@ -8,7 +8,7 @@ from typing import Any
 
 import aio_pika
 import aiormq
-from aio_pika.abc import AbstractChannel, AbstractIncomingMessage
+from aio_pika.abc import AbstractChannel, AbstractExchange, AbstractIncomingMessage
 
 from aggregator.amqp.connection import describe
 from aggregator.refusal import Refusal
@@ -74,6 +74,10 @@ class DeadLetterPublisher:
         # Letters published while the channel opens wait on this (FIFO) lock: they share one channel and keep
         # their order, so the dead-letter queue lists refusals in the order they were made.
         self._opening = asyncio.Lock()
+        # Failed openings so far, and the last one's error: the letters that waited for an opening that failed
+        # fail with it at once instead of each trying (and timing out) in turn.
+        self._open_failures = 0
+        self._open_error: BaseException | None = None
         self._in_flight: list[asyncio.Future[None]] = []
         self._failed: list[tuple[aio_pika.Message, str]] = []
         self._error: BaseException | None = None
@@ -87,16 +91,27 @@ class DeadLetterPublisher:
 
     async def _send(self, letter: aio_pika.Message, routing_key: str) -> None:
         try:
-            async with self._opening:
-                if self._channel is None or self._channel.is_closed:
-                    self._channel = await self._open_channel()
-                exchange = await self._channel.get_exchange(self._exchange_name, ensure=False)
+            exchange = await self._exchange()
             await exchange.publish(letter, routing_key=routing_key)
         except aiormq.exceptions.DeliveryError:
             self._dropped(routing_key)
         except Exception as error:  # retried by delivered(); nothing is acked until it goes through
             self._failed.append((letter, routing_key))
             self._error = error
+
+    async def _exchange(self) -> AbstractExchange:
+        failures = self._open_failures
+        async with self._opening:
+            if self._channel is None or self._channel.is_closed:
+                if self._open_failures != failures and self._open_error is not None:
+                    raise self._open_error  # the opening this letter waited for failed
+                try:
+                    self._channel = await self._open_channel()
+                except Exception as error:
+                    self._open_failures += 1
+                    self._open_error = error
+                    raise
+            return await self._channel.get_exchange(self._exchange_name, ensure=False)
 
     def _dropped(self, reason: str) -> None:
         """The broker nacked a dead letter: its queue is full. Count it; log the first and then a count per window."""

@@ -238,3 +238,23 @@ class _RecordingExchange:
 
     async def publish(self, message: Any, routing_key: str) -> None:
         self.details.append(message.headers[HEADER_DETAIL])
+
+
+def test_letters_waiting_for_a_channel_that_cannot_open_fail_with_it_instead_of_each_trying() -> None:
+    """When opening the dead-letter channel fails, the letters that waited for that opening fail at once (and
+    nothing is acked): one attempt per round of delivered(), not one slow attempt per letter."""
+    attempts: list[float] = []
+
+    async def open_channel() -> Any:
+        attempts.append(asyncio.get_running_loop().time())
+        await asyncio.sleep(0.05)
+        raise OSError("connection reset")
+
+    async def scenario() -> bool:
+        letters = DeadLetterPublisher(open_channel, "x.dead")
+        for index in range(20):
+            letters.publish(_Message(), Refusal(Reason.MALFORMED, f"letter {index}"))  # type: ignore[arg-type]
+        return await letters.delivered()
+
+    assert asyncio.run(scenario()) is False
+    assert len(attempts) == 2  # the first round's and the retry's
