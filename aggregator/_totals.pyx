@@ -11,8 +11,9 @@ from libc.string cimport memset
 from collections.abc import Mapping, MutableMapping
 
 DEF MIN_BITS = 3
-cdef object _MISSING = object()
 DEF MAX_BITS = 31  # entry numbers are int32
+
+cdef object _MISSING = object()  # pop() without a default
 
 
 cdef bint plain_key(object key) noexcept:

@@ -4,6 +4,7 @@ refusals worded with what to do (never the password), and dead letters the broke
 import asyncio
 import logging
 import ssl
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -221,15 +222,21 @@ def test_letters_published_while_the_channel_opens_share_it_and_keep_their_order
         opened.append(channel)
         return channel
 
+    assert _publish_letters(open_channel, 5) is True
+    assert len(opened) == 1
+    assert exchange.details == [f"letter {index}" for index in range(5)]
+
+
+def _publish_letters(open_channel: Callable[[], Awaitable[Any]], count: int) -> bool:
+    """Refuse `count` messages ("letter 0", "letter 1", ...) at once; whether delivered() saw every letter out."""
+
     async def scenario() -> bool:
         letters = DeadLetterPublisher(open_channel, "x.dead")
-        for index in range(5):
+        for index in range(count):
             letters.publish(_Message(), Refusal(Reason.MALFORMED, f"letter {index}"))  # type: ignore[arg-type]
         return await letters.delivered()
 
-    assert asyncio.run(scenario()) is True
-    assert len(opened) == 1
-    assert exchange.details == [f"letter {index}" for index in range(5)]
+    return asyncio.run(scenario())
 
 
 class _RecordingExchange:
@@ -250,11 +257,5 @@ def test_letters_waiting_for_a_channel_that_cannot_open_fail_with_it_instead_of_
         await asyncio.sleep(0.05)
         raise OSError("connection reset")
 
-    async def scenario() -> bool:
-        letters = DeadLetterPublisher(open_channel, "x.dead")
-        for index in range(20):
-            letters.publish(_Message(), Refusal(Reason.MALFORMED, f"letter {index}"))  # type: ignore[arg-type]
-        return await letters.delivered()
-
-    assert asyncio.run(scenario()) is False
+    assert _publish_letters(open_channel, 20) is False
     assert len(attempts) == 2  # the first round's and the retry's
